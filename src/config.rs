@@ -1,0 +1,511 @@
+//! Environment → `Config` (SPEC §3). Every variable is read and checked here, up front, before
+//! any network access; every default and limit is a named constant next to its check. A
+//! configuration error names the variable and what it accepts, and never repeats a secret.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::artifact::signature::VerifyKey;
+use crate::decrypt::AgeIdentity;
+use crate::secret::Secret;
+use crate::url::{HttpUrl, S3Location};
+
+pub const DEFAULT_PORT: u16 = 7779;
+pub const DEFAULT_CACHE_TTL_SECONDS: u64 = 300;
+/// The shortest TTL of cached mode: below it the 5 s poll floor would poll at every chance.
+pub const MIN_CACHE_TTL_SECONDS: u64 = 30;
+
+/// A configuration problem, printed as `[clef-agent] config error: <message>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn error<T>(message: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(message.into()))
+}
+
+/// Where the artifact comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceConfig {
+    File(PathBuf),
+    Http(HttpUrl),
+    S3 { location: S3Location, region: String },
+    Vcs(VcsConfig),
+}
+
+impl SourceConfig {
+    /// The source as it may be logged: URLs lose user-info and query strings.
+    pub fn describe(&self) -> String {
+        match self {
+            SourceConfig::File(path) => path.display().to_string(),
+            SourceConfig::Http(url) => url.redacted(),
+            SourceConfig::S3 { location, .. } => format!("s3://{}/{}", location.bucket, location.key),
+            SourceConfig::Vcs(vcs) => format!(
+                "{} {}:{}@{}",
+                vcs.provider.name(),
+                vcs.repo,
+                vcs.path(),
+                vcs.reference.as_deref().unwrap_or("default branch")
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VcsProvider {
+    GitHub,
+    GitLab,
+    Bitbucket,
+}
+
+impl VcsProvider {
+    pub fn name(self) -> &'static str {
+        match self {
+            VcsProvider::GitHub => "github",
+            VcsProvider::GitLab => "gitlab",
+            VcsProvider::Bitbucket => "bitbucket",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VcsConfig {
+    pub provider: VcsProvider,
+    pub repo: String,
+    pub token: Secret,
+    pub identity: String,
+    pub environment: String,
+    pub reference: Option<String>,
+    pub api_url: Option<HttpUrl>,
+}
+
+impl VcsConfig {
+    /// The artifact's path inside the repository.
+    pub fn path(&self) -> String {
+        format!(".clef/packed/{}/{}.age.json", self.identity, self.environment)
+    }
+}
+
+/// Where the age identity comes from; the file is read by [`Config::load_age_identity`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgeKeySource {
+    Inline(Secret),
+    File(PathBuf),
+}
+
+/// Where the bearer token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    Given(Secret),
+    File(PathBuf),
+    Generated,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Decrypt on refresh and serve the snapshot for at most `ttl` without a good refresh.
+    Cached { ttl: Duration },
+    /// Keep only the encrypted artifact and decrypt on every request (`CLEF_AGENT_CACHE_TTL=0`).
+    Jit,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Cached { .. } => "cached",
+            Mode::Jit => "jit",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub source: SourceConfig,
+    pub age_key: Option<AgeKeySource>,
+    pub port: u16,
+    /// `CLEF_AGENT_PORT` was set (with a socket, TCP is served only then).
+    pub port_explicit: bool,
+    pub token: TokenSource,
+    pub agent_id: Option<String>,
+    pub mode: Mode,
+    pub cache_path: Option<PathBuf>,
+    pub verify_key: Option<VerifyKey>,
+    pub telemetry_url: Option<HttpUrl>,
+    pub socket: Option<PathBuf>,
+}
+
+const VCS_REQUIRED: [&str; 5] = [
+    "CLEF_AGENT_VCS_PROVIDER",
+    "CLEF_AGENT_VCS_REPO",
+    "CLEF_AGENT_VCS_TOKEN",
+    "CLEF_AGENT_VCS_IDENTITY",
+    "CLEF_AGENT_VCS_ENVIRONMENT",
+];
+
+impl Config {
+    /// Reads the configuration through `lookup` (the process environment in production, a map
+    /// in tests). Empty values count as unset.
+    pub fn from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|value| !value.is_empty());
+        let source = source(&get)?;
+        let age_key = match (get("CLEF_AGENT_AGE_KEY"), get("CLEF_AGENT_AGE_KEY_FILE")) {
+            (Some(_), Some(_)) => {
+                return error("CLEF_AGENT_AGE_KEY and CLEF_AGENT_AGE_KEY_FILE are both set: set only one of them")
+            }
+            (Some(inline), None) => {
+                AgeIdentity::parse(&inline).map_err(|why| ConfigError(format!("CLEF_AGENT_AGE_KEY {why}")))?;
+                Some(AgeKeySource::Inline(Secret::new(inline.trim().to_string())))
+            }
+            (None, Some(path)) => Some(AgeKeySource::File(path.into())),
+            (None, None) => None,
+        };
+        let port = match get("CLEF_AGENT_PORT") {
+            None => DEFAULT_PORT,
+            Some(text) => match text.trim().parse::<u16>() {
+                Ok(port) if port >= 1 => port,
+                _ => return error(format!("CLEF_AGENT_PORT must be a port number from 1 to 65535, got '{text}'")),
+            },
+        };
+        let token = match (get("CLEF_AGENT_TOKEN"), get("CLEF_AGENT_TOKEN_FILE")) {
+            (Some(_), Some(_)) => {
+                return error("CLEF_AGENT_TOKEN and CLEF_AGENT_TOKEN_FILE are both set: set only one of them")
+            }
+            (Some(token), None) => {
+                if !token.bytes().all(|byte| byte.is_ascii_graphic()) {
+                    return error("CLEF_AGENT_TOKEN must contain only printable ASCII characters without spaces");
+                }
+                TokenSource::Given(Secret::new(token))
+            }
+            (None, Some(path)) => TokenSource::File(path.into()),
+            (None, None) => TokenSource::Generated,
+        };
+        let mode = match get("CLEF_AGENT_CACHE_TTL") {
+            None => Mode::Cached { ttl: Duration::from_secs(DEFAULT_CACHE_TTL_SECONDS) },
+            Some(text) => match text.trim().parse::<u64>() {
+                Ok(0) => Mode::Jit,
+                Ok(seconds) if seconds >= MIN_CACHE_TTL_SECONDS => Mode::Cached { ttl: Duration::from_secs(seconds) },
+                _ => {
+                    return error(format!(
+                        "CLEF_AGENT_CACHE_TTL must be 0 (JIT mode) or a whole number of seconds of at least {MIN_CACHE_TTL_SECONDS}, got '{text}'"
+                    ))
+                }
+            },
+        };
+        let verify_key = get("CLEF_AGENT_VERIFY_KEY")
+            .map(|text| VerifyKey::from_base64_spki(&text))
+            .transpose()
+            .map_err(|why| ConfigError(format!("CLEF_AGENT_VERIFY_KEY {why}")))?;
+        let telemetry_url = get("CLEF_AGENT_TELEMETRY_URL")
+            .map(|text| {
+                HttpUrl::parse(&text).ok_or_else(|| {
+                    ConfigError(
+                        "CLEF_AGENT_TELEMETRY_URL must be an http:// or https:// URL of an OTLP/HTTP logs endpoint"
+                            .into(),
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(Config {
+            source,
+            age_key,
+            port,
+            port_explicit: get("CLEF_AGENT_PORT").is_some(),
+            token,
+            agent_id: get("CLEF_AGENT_ID"),
+            mode,
+            cache_path: get("CLEF_AGENT_CACHE_PATH").map(PathBuf::from),
+            verify_key,
+            telemetry_url,
+            socket: get("CLEF_AGENT_SOCKET").map(PathBuf::from),
+        })
+    }
+
+    /// Reads the age identity: inline, or from `CLEF_AGENT_AGE_KEY_FILE`.
+    pub fn load_age_identity(&self) -> Result<Option<AgeIdentity>, ConfigError> {
+        match &self.age_key {
+            None => Ok(None),
+            Some(AgeKeySource::Inline(key)) => AgeIdentity::parse(key.expose())
+                .map(Some)
+                .map_err(|why| ConfigError(format!("CLEF_AGENT_AGE_KEY {why}"))),
+            Some(AgeKeySource::File(path)) => {
+                let contents = std::fs::read(path).map_err(|error| {
+                    ConfigError(format!("CLEF_AGENT_AGE_KEY_FILE: cannot read {}: {error}", path.display()))
+                })?;
+                let contents = zeroize::Zeroizing::new(contents);
+                let text = std::str::from_utf8(&contents).map_err(|_| {
+                    ConfigError(format!("CLEF_AGENT_AGE_KEY_FILE: {} is not a text file", path.display()))
+                })?;
+                AgeIdentity::from_file_contents(text)
+                    .map(Some)
+                    .map_err(|why| ConfigError(format!("CLEF_AGENT_AGE_KEY_FILE: {} {why}", path.display())))
+            }
+        }
+    }
+}
+
+fn source(get: &impl Fn(&str) -> Option<String>) -> Result<SourceConfig, ConfigError> {
+    let vcs_set: Vec<&str> = VCS_REQUIRED.iter().copied().filter(|name| get(name).is_some()).collect();
+    let vcs_optional_set: Vec<&str> =
+        ["CLEF_AGENT_VCS_REF", "CLEF_AGENT_VCS_API_URL"].into_iter().filter(|name| get(name).is_some()).collect();
+    match get("CLEF_AGENT_SOURCE") {
+        Some(_) if !vcs_set.is_empty() || !vcs_optional_set.is_empty() => error(format!(
+            "CLEF_AGENT_SOURCE and {} are both set: use either CLEF_AGENT_SOURCE or the CLEF_AGENT_VCS_* variables",
+            vcs_set.iter().chain(&vcs_optional_set).copied().collect::<Vec<_>>().join(", ")
+        )),
+        Some(text) => source_from_text(&text, get),
+        None if vcs_set.is_empty() && vcs_optional_set.is_empty() => error(
+            "no artifact source: set CLEF_AGENT_SOURCE (an https:// URL, s3://bucket/key or a file path) or all of CLEF_AGENT_VCS_PROVIDER, CLEF_AGENT_VCS_REPO, CLEF_AGENT_VCS_TOKEN, CLEF_AGENT_VCS_IDENTITY and CLEF_AGENT_VCS_ENVIRONMENT",
+        ),
+        None if vcs_set.len() < VCS_REQUIRED.len() => {
+            let missing: Vec<&str> = VCS_REQUIRED.iter().copied().filter(|name| !vcs_set.contains(name)).collect();
+            error(format!(
+                "a VCS source needs all five of {}: missing {}",
+                VCS_REQUIRED.join(", "),
+                missing.join(", ")
+            ))
+        }
+        None => vcs(get).map(SourceConfig::Vcs),
+    }
+}
+
+fn source_from_text(text: &str, get: &impl Fn(&str) -> Option<String>) -> Result<SourceConfig, ConfigError> {
+    let region_from_env = || get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION"));
+    if text.starts_with("s3://") {
+        let Some(location) = S3Location::parse_s3_scheme(text) else {
+            return error("CLEF_AGENT_SOURCE: an S3 source must look like s3://bucket/key");
+        };
+        let Some(region) = region_from_env() else {
+            return error(
+                "CLEF_AGENT_SOURCE is an s3:// URL but no region is set: set AWS_REGION (or AWS_DEFAULT_REGION)",
+            );
+        };
+        return Ok(SourceConfig::S3 { location, region });
+    }
+    let lowercase = text.to_ascii_lowercase();
+    if lowercase.starts_with("http://") || lowercase.starts_with("https://") {
+        let Some(url) = HttpUrl::parse(text) else {
+            return error("CLEF_AGENT_SOURCE is not a valid http(s) URL (expected https://host[:port]/path)");
+        };
+        if let Some(location) = S3Location::from_https(&url) {
+            let region = location.region_in_host.clone().unwrap_or_else(|| "us-east-1".into());
+            return Ok(SourceConfig::S3 { location, region });
+        }
+        return Ok(SourceConfig::Http(url));
+    }
+    if text.contains("://") {
+        return error("CLEF_AGENT_SOURCE must be an http(s):// URL, an s3:// URL or a file path");
+    }
+    Ok(SourceConfig::File(text.into()))
+}
+
+fn vcs(get: &impl Fn(&str) -> Option<String>) -> Result<VcsConfig, ConfigError> {
+    let required = |name: &str| get(name).unwrap_or_default();
+    let provider = match required("CLEF_AGENT_VCS_PROVIDER").as_str() {
+        "github" => VcsProvider::GitHub,
+        "gitlab" => VcsProvider::GitLab,
+        "bitbucket" => VcsProvider::Bitbucket,
+        other => return error(format!("CLEF_AGENT_VCS_PROVIDER must be github, gitlab or bitbucket, got '{other}'")),
+    };
+    let repo = required("CLEF_AGENT_VCS_REPO");
+    if repo.split('/').count() < 2 || repo.split('/').any(str::is_empty) {
+        return error(format!("CLEF_AGENT_VCS_REPO must look like org/repo, got '{repo}'"));
+    }
+    let identity = required("CLEF_AGENT_VCS_IDENTITY");
+    let environment = required("CLEF_AGENT_VCS_ENVIRONMENT");
+    for (name, value) in [("CLEF_AGENT_VCS_IDENTITY", &identity), ("CLEF_AGENT_VCS_ENVIRONMENT", &environment)] {
+        if value.contains('/') || value == "." || value == ".." {
+            return error(format!("{name} must be a single path segment (no '/'), got '{value}'"));
+        }
+    }
+    let api_url = get("CLEF_AGENT_VCS_API_URL")
+        .map(|text| {
+            HttpUrl::parse(&text)
+                .ok_or_else(|| ConfigError("CLEF_AGENT_VCS_API_URL must be an http:// or https:// URL".into()))
+        })
+        .transpose()?;
+    Ok(VcsConfig {
+        provider,
+        repo,
+        token: Secret::new(required("CLEF_AGENT_VCS_TOKEN")),
+        identity,
+        environment,
+        reference: get("CLEF_AGENT_VCS_REF"),
+        api_url,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    pub(crate) const AGE_KEY: &str = "AGE-SECRET-KEY-1AUKVPCSM6LMRNMMKEAWTUH9LZPY5QA9ZD952WJGKCYLD5M4VEEKQKALAZ3";
+
+    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_env(|name| map.get(name).cloned())
+    }
+
+    fn message(pairs: &[(&str, &str)]) -> String {
+        config(pairs).unwrap_err().0
+    }
+
+    #[test]
+    fn defaults_apply_to_a_file_source() {
+        let config = config(&[("CLEF_AGENT_SOURCE", "/srv/artifact.json")]).unwrap();
+        assert_eq!(config.source, SourceConfig::File("/srv/artifact.json".into()));
+        assert_eq!(config.port, 7779);
+        assert!(!config.port_explicit);
+        assert_eq!(config.mode, Mode::Cached { ttl: Duration::from_secs(300) });
+        assert_eq!(config.token, TokenSource::Generated);
+        assert_eq!(config.age_key, None);
+    }
+
+    #[test]
+    fn empty_values_count_as_unset() {
+        let config =
+            config(&[("CLEF_AGENT_SOURCE", "a.json"), ("CLEF_AGENT_PORT", ""), ("CLEF_AGENT_TOKEN", "")]).unwrap();
+        assert_eq!((config.port, config.token), (7779, TokenSource::Generated));
+    }
+
+    #[test]
+    fn a_source_is_required() {
+        assert!(message(&[]).starts_with("no artifact source: set CLEF_AGENT_SOURCE"));
+    }
+
+    #[test]
+    fn port_must_be_in_range() {
+        for bad in ["0", "65536", "http", "-1"] {
+            assert_eq!(
+                message(&[("CLEF_AGENT_SOURCE", "a.json"), ("CLEF_AGENT_PORT", bad)]),
+                format!("CLEF_AGENT_PORT must be a port number from 1 to 65535, got '{bad}'")
+            );
+        }
+        let config = config(&[("CLEF_AGENT_SOURCE", "a.json"), ("CLEF_AGENT_PORT", "65535")]).unwrap();
+        assert_eq!((config.port, config.port_explicit), (65535, true));
+    }
+
+    #[test]
+    fn ttl_is_zero_or_at_least_thirty() {
+        let mode = |ttl| config(&[("CLEF_AGENT_SOURCE", "a.json"), ("CLEF_AGENT_CACHE_TTL", ttl)]).map(|c| c.mode);
+        assert_eq!(mode("0"), Ok(Mode::Jit));
+        assert_eq!(mode("30"), Ok(Mode::Cached { ttl: Duration::from_secs(30) }));
+        for bad in ["29", "1", "-5", "5m", "1.5"] {
+            assert_eq!(
+                mode(bad).unwrap_err().0,
+                format!("CLEF_AGENT_CACHE_TTL must be 0 (JIT mode) or a whole number of seconds of at least 30, got '{bad}'")
+            );
+        }
+    }
+
+    #[test]
+    fn vcs_needs_all_five_variables() {
+        assert_eq!(
+            message(&[("CLEF_AGENT_VCS_PROVIDER", "github"), ("CLEF_AGENT_VCS_REPO", "org/repo")]),
+            "a VCS source needs all five of CLEF_AGENT_VCS_PROVIDER, CLEF_AGENT_VCS_REPO, CLEF_AGENT_VCS_TOKEN, CLEF_AGENT_VCS_IDENTITY, CLEF_AGENT_VCS_ENVIRONMENT: missing CLEF_AGENT_VCS_TOKEN, CLEF_AGENT_VCS_IDENTITY, CLEF_AGENT_VCS_ENVIRONMENT"
+        );
+    }
+
+    fn vcs_vars(provider: &'static str) -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("CLEF_AGENT_VCS_PROVIDER", provider),
+            ("CLEF_AGENT_VCS_REPO", "org/repo"),
+            ("CLEF_AGENT_VCS_TOKEN", "ghp_secret_token"),
+            ("CLEF_AGENT_VCS_IDENTITY", "api"),
+            ("CLEF_AGENT_VCS_ENVIRONMENT", "prod"),
+        ]
+    }
+
+    #[test]
+    fn vcs_source_is_parsed_and_described_without_its_token() {
+        let config = config(&vcs_vars("gitlab")).unwrap();
+        let SourceConfig::Vcs(vcs) = &config.source else { panic!() };
+        assert_eq!(vcs.path(), ".clef/packed/api/prod.age.json");
+        assert_eq!(config.source.describe(), "gitlab org/repo:.clef/packed/api/prod.age.json@default branch");
+        assert!(!format!("{config:?}").contains("ghp_secret_token"));
+        assert_eq!(message(&vcs_vars("svn")), "CLEF_AGENT_VCS_PROVIDER must be github, gitlab or bitbucket, got 'svn'");
+    }
+
+    #[test]
+    fn source_and_vcs_are_exclusive() {
+        let mut vars = vcs_vars("github");
+        vars.push(("CLEF_AGENT_SOURCE", "a.json"));
+        assert!(message(&vars).starts_with("CLEF_AGENT_SOURCE and CLEF_AGENT_VCS_PROVIDER"));
+        assert!(message(&[("CLEF_AGENT_SOURCE", "a.json"), ("CLEF_AGENT_VCS_REF", "main")])
+            .starts_with("CLEF_AGENT_SOURCE and CLEF_AGENT_VCS_REF are both set"));
+    }
+
+    #[test]
+    fn classifies_urls() {
+        let source = |text| config(&[("CLEF_AGENT_SOURCE", text), ("AWS_REGION", "eu-west-1")]).map(|c| c.source);
+        assert!(matches!(source("https://example.com/a.json"), Ok(SourceConfig::Http(_))));
+        assert!(matches!(source("s3://b/k.json"), Ok(SourceConfig::S3 { region, .. }) if region == "eu-west-1"));
+        assert!(
+            matches!(source("https://b.s3.amazonaws.com/k.json"), Ok(SourceConfig::S3 { region, .. }) if region == "us-east-1")
+        );
+        assert_eq!(
+            source("ftp://x/y").unwrap_err().0,
+            "CLEF_AGENT_SOURCE must be an http(s):// URL, an s3:// URL or a file path"
+        );
+        assert_eq!(
+            message(&[("CLEF_AGENT_SOURCE", "s3://b/k")]),
+            "CLEF_AGENT_SOURCE is an s3:// URL but no region is set: set AWS_REGION (or AWS_DEFAULT_REGION)"
+        );
+        let described =
+            config(&[("CLEF_AGENT_SOURCE", "https://u:p@h.example/a.json?sig=x")]).unwrap().source.describe();
+        assert_eq!(described, "https://[redacted]@h.example/a.json?[redacted]");
+    }
+
+    #[test]
+    fn tokens_and_keys_are_validated_without_being_echoed() {
+        let bad_key = "AGE-SECRET-KEY-1NOTREALLYAKEY";
+        let error = message(&[("CLEF_AGENT_SOURCE", "a.json"), ("CLEF_AGENT_AGE_KEY", bad_key)]);
+        assert!(error.starts_with("CLEF_AGENT_AGE_KEY "), "{error}");
+        assert!(!error.contains("NOTREALLY"), "{error}");
+        let error = message(&[("CLEF_AGENT_SOURCE", "a.json"), ("CLEF_AGENT_TOKEN", "has space")]);
+        assert_eq!(error, "CLEF_AGENT_TOKEN must contain only printable ASCII characters without spaces");
+        assert_eq!(
+            message(&[("CLEF_AGENT_SOURCE", "a.json"), ("CLEF_AGENT_TOKEN", "t"), ("CLEF_AGENT_TOKEN_FILE", "/t")]),
+            "CLEF_AGENT_TOKEN and CLEF_AGENT_TOKEN_FILE are both set: set only one of them"
+        );
+        assert_eq!(
+            message(&[
+                ("CLEF_AGENT_SOURCE", "a.json"),
+                ("CLEF_AGENT_AGE_KEY", AGE_KEY),
+                ("CLEF_AGENT_AGE_KEY_FILE", "/k")
+            ]),
+            "CLEF_AGENT_AGE_KEY and CLEF_AGENT_AGE_KEY_FILE are both set: set only one of them"
+        );
+    }
+
+    #[test]
+    fn verify_key_and_telemetry_url_are_checked() {
+        let error = message(&[("CLEF_AGENT_SOURCE", "a.json"), ("CLEF_AGENT_VERIFY_KEY", "***")]);
+        assert!(error.starts_with("CLEF_AGENT_VERIFY_KEY is not valid base64"), "{error}");
+        let error = message(&[("CLEF_AGENT_SOURCE", "a.json"), ("CLEF_AGENT_TELEMETRY_URL", "collector:4318")]);
+        assert!(error.starts_with("CLEF_AGENT_TELEMETRY_URL must be an http"), "{error}");
+    }
+
+    #[test]
+    fn later_features_are_accepted_for_use_later() {
+        let config = config(&[
+            ("CLEF_AGENT_SOURCE", "a.json"),
+            ("CLEF_AGENT_SOCKET", "/run/clef/agent.sock"),
+            ("CLEF_AGENT_TOKEN_FILE", "/run/clef/token"),
+            ("CLEF_AGENT_CACHE_PATH", "/var/cache/clef"),
+            ("CLEF_AGENT_ID", "agent-7"),
+        ])
+        .unwrap();
+        assert_eq!(config.socket, Some("/run/clef/agent.sock".into()));
+        assert_eq!(config.token, TokenSource::File("/run/clef/token".into()));
+        assert_eq!(config.agent_id.as_deref(), Some("agent-7"));
+    }
+}

@@ -1,0 +1,96 @@
+//! Turning a validated artifact's ciphertext into the plaintext secrets. Age artifacts are
+//! opened with the agent's age identity; KMS envelope artifacts name their provider.
+//! Plaintext lives only in buffers that zero themselves on drop.
+
+pub mod age;
+pub mod payload;
+
+use std::fmt;
+
+use base64::Engine as _;
+
+use crate::artifact::{Artifact, Rejection};
+use crate::secret::SecretBytes;
+
+pub use self::age::AgeIdentity;
+pub use self::payload::{Namespace, Plaintext};
+
+/// Why decryption failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecryptError {
+    /// An age artifact arrived and no age key is configured.
+    NoAgeKey,
+    /// The configured age key is not one of the artifact's recipients.
+    NoMatchingKey,
+    /// `ciphertext` is not standard base64.
+    NotBase64,
+    /// The age file is malformed, truncated or tampered with.
+    Age(String),
+    /// `envelope.provider` is not one the agent knows.
+    UnknownProvider(String),
+    /// The provider is known but this build cannot reach it yet.
+    KmsUnavailable(String),
+}
+
+impl DecryptError {
+    /// Failures that retrying cannot fix: the start-up sequence gives up at once on these.
+    pub fn is_configuration_problem(&self) -> bool {
+        matches!(self, DecryptError::NoAgeKey | DecryptError::NoMatchingKey | DecryptError::KmsUnavailable(_))
+    }
+}
+
+impl fmt::Display for DecryptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecryptError::NoAgeKey => f.write_str(
+                "the artifact is age-encrypted and no age key is configured: set CLEF_AGENT_AGE_KEY or CLEF_AGENT_AGE_KEY_FILE",
+            ),
+            DecryptError::NoMatchingKey => f.write_str(
+                "the configured age key is not a recipient of this artifact: check CLEF_AGENT_AGE_KEY / CLEF_AGENT_AGE_KEY_FILE",
+            ),
+            DecryptError::NotBase64 => f.write_str("'ciphertext' is not valid standard base64"),
+            DecryptError::Age(detail) => write!(f, "{detail}"),
+            DecryptError::UnknownProvider(provider) => {
+                write!(f, "unknown envelope provider '{provider}' (expected aws, gcp or azure)")
+            }
+            DecryptError::KmsUnavailable(provider) => write!(
+                f,
+                "KMS envelope artifacts (provider '{provider}') are not supported by this build of clef-agent yet"
+            ),
+        }
+    }
+}
+
+impl From<DecryptError> for Rejection {
+    fn from(error: DecryptError) -> Rejection {
+        match error {
+            DecryptError::UnknownProvider(_) | DecryptError::KmsUnavailable(_) => {
+                Rejection::KmsUnwrap(error.to_string())
+            }
+            other => Rejection::Decrypt(other.to_string()),
+        }
+    }
+}
+
+/// The keys the agent decrypts with.
+#[derive(Debug, Default)]
+pub struct Keys {
+    pub age: Option<AgeIdentity>,
+}
+
+impl Keys {
+    /// Decrypts `artifact.ciphertext` into plaintext bytes.
+    pub fn decrypt(&self, artifact: &Artifact) -> Result<SecretBytes, DecryptError> {
+        let ciphertext = base64::engine::general_purpose::STANDARD
+            .decode(&artifact.ciphertext)
+            .map_err(|_| DecryptError::NotBase64)?;
+        if let Some(envelope) = &artifact.envelope {
+            return match envelope.provider.as_str() {
+                "aws" | "gcp" | "azure" => Err(DecryptError::KmsUnavailable(envelope.provider.clone())),
+                other => Err(DecryptError::UnknownProvider(other.to_string())),
+            };
+        }
+        self.age.as_ref().ok_or(DecryptError::NoAgeKey)?.decrypt(&ciphertext)
+    }
+}

@@ -1,0 +1,21 @@
+//! clef-agent: fetches an encrypted secrets artifact made by `clef pack`, verifies and decrypts
+//! it in memory, and serves the secrets to the application beside it over a loopback HTTP API.
+//!
+//! Data flows source → artifact → decrypt → snapshot → server; `refresh` is the only writer of
+//! the snapshot, `config` the only reader of the environment.
+
+pub mod artifact;
+pub mod config;
+pub mod decrypt;
+pub mod lifecycle;
+pub mod log;
+pub mod refresh;
+pub mod secret;
+pub mod server;
+pub mod snapshot;
+pub mod source;
+pub mod time;
+pub mod url;
+
+/// The crate version, as `--version` prints it and the User-Agent carries it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

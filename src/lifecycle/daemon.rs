@@ -1,0 +1,196 @@
+//! The daemon lifecycle (SPEC §7): start-up with retries, serving, polling, signals and a
+//! graceful shutdown bounded in time. Its log lines are part of the interface: deployments
+//! wait on them.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+use crate::config::{Config, ConfigError, TokenSource};
+use crate::decrypt::Keys;
+use crate::log;
+use crate::refresh::{Pipeline, Poller, RefreshError, Refresher};
+use crate::secret::{hex, random_bytes, Secret};
+use crate::server::routes::Api;
+use crate::server::{listener, Server};
+use crate::snapshot::Cell;
+
+/// Start-up makes this many attempts at the first artifact…
+const STARTUP_ATTEMPTS: u32 = 3;
+/// …waiting this long before the second and the third.
+const STARTUP_BACKOFF: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(4)];
+/// In-flight requests get this long to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// How the daemon ended badly.
+#[derive(Debug)]
+pub enum Fatal {
+    /// Printed as `config error: …`.
+    Config(ConfigError),
+    /// Printed as `fatal: …`.
+    Other(String),
+}
+
+impl From<ConfigError> for Fatal {
+    fn from(error: ConfigError) -> Self {
+        Fatal::Config(error)
+    }
+}
+
+enum Event {
+    Shutdown,
+    Refresh,
+    ServerFailed(String),
+}
+
+/// Runs the daemon until a signal stops it (`Ok`) or it cannot go on (`Err`).
+pub fn run(config: Config) -> Result<(), Fatal> {
+    harden_process();
+    let keys = Arc::new(Keys { age: config.load_age_identity()? });
+    let token = match &config.token {
+        TokenSource::Given(token) => token.clone(),
+        TokenSource::Generated => Secret::new(hex(&random_bytes::<32>().map_err(Fatal::Other)?)),
+        TokenSource::File(_) => return Err(not_supported_yet("CLEF_AGENT_TOKEN_FILE")),
+    };
+    if config.socket.is_some() {
+        return Err(not_supported_yet("CLEF_AGENT_SOCKET"));
+    }
+    warn_about_unsupported_options(&config);
+
+    let listener = listener::bind_loopback(config.port).map_err(Fatal::Other)?;
+    let (events, inbox) = mpsc::channel();
+    watch_signals(events.clone())?;
+
+    let cell = Arc::new(Cell::new(config.mode));
+    let source = crate::source::from_config(&config.source);
+    let refresher = Arc::new(Refresher::new(
+        Arc::clone(&cell),
+        Pipeline::new(source, Arc::clone(&keys), config.verify_key.clone()),
+    ));
+    log::info(&format!("source: {}", refresher.describe_source()));
+    log::info("fetching initial artifact...");
+    if !initial_load(&refresher, &inbox)? {
+        return Ok(());
+    }
+    log::info(&format!("mode: {}", config.mode.name()));
+    log::info(match config.token {
+        TokenSource::Generated => "token: [generated]",
+        _ => "token: [set]",
+    });
+    log::info("lifecycle: daemon");
+
+    let api = Arc::new(Api { cell, refresher: Arc::clone(&refresher), keys, token });
+    let failures = events.clone();
+    let server = Server::start(listener, api, move |message| {
+        let _ = failures.send(Event::ServerFailed(message));
+    })
+    .map_err(Fatal::Other)?;
+    log::info(&format!("Agent server listening at http://127.0.0.1:{}", config.port));
+    let poller =
+        Poller::spawn(refresher).map_err(|error| Fatal::Other(format!("cannot start the refresh thread: {error}")))?;
+    log::info("Agent ready. Polling for updates.");
+
+    let refresh_now = poller.trigger();
+    loop {
+        match inbox.recv() {
+            Ok(Event::Refresh) => refresh_now(),
+            Ok(Event::Shutdown) | Err(_) => break,
+            Ok(Event::ServerFailed(message)) => return Err(Fatal::Other(message)),
+        }
+    }
+    log::info("Shutting down...");
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    poller.stop_by(deadline);
+    server.stop(deadline.saturating_duration_since(Instant::now()));
+    log::info("Shutdown complete.");
+    Ok(())
+}
+
+/// Loads the first artifact with the retries of SPEC §4. `Ok(false)` when a signal asked to
+/// stop meanwhile.
+fn initial_load(refresher: &Refresher, inbox: &Receiver<Event>) -> Result<bool, Fatal> {
+    let mut attempt = 1;
+    loop {
+        let error: RefreshError = match refresher.refresh(crate::time::now_ms()) {
+            Ok(_) => return Ok(true),
+            Err(error) => error,
+        };
+        if error.is_configuration_problem() || attempt == STARTUP_ATTEMPTS {
+            let attempts = if attempt == 1 { "1 attempt".to_string() } else { format!("{attempt} attempts") };
+            return Err(Fatal::Other(format!(
+                "Failed to fetch artifact from {} after {attempts}: {error}. {}",
+                refresher.describe_source(),
+                error.hint()
+            )));
+        }
+        let backoff = STARTUP_BACKOFF[(attempt - 1) as usize];
+        log::error(&format!(
+            "initial fetch failed (attempt {attempt} of {STARTUP_ATTEMPTS}): {error}; retrying in {} s",
+            backoff.as_secs()
+        ));
+        let deadline = Instant::now() + backoff;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match inbox.recv_timeout(left) {
+                Ok(Event::Shutdown) => return Ok(false),
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return Ok(false),
+            }
+        }
+        attempt += 1;
+    }
+}
+
+/// SIGTERM/SIGINT ask for a graceful stop, a second one exits at once; SIGHUP refreshes.
+/// Handlers are installed explicitly, so this works as PID 1 too.
+fn watch_signals(events: Sender<Event>) -> Result<(), Fatal> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|error| Fatal::Other(format!("cannot install signal handlers: {error}")))?;
+    let stops = AtomicUsize::new(0);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    let _ = events.send(Event::Refresh);
+                    continue;
+                }
+                if stops.fetch_add(1, Ordering::SeqCst) > 0 {
+                    log::error("second stop signal: exiting now");
+                    std::process::exit(128 + signal);
+                }
+                let _ = events.send(Event::Shutdown);
+            }
+        })
+        .map_err(|error| Fatal::Other(format!("cannot start the signal thread: {error}")))?;
+    Ok(())
+}
+
+/// No core dumps and no same-user ptrace: the process holds plaintext secrets.
+fn harden_process() {
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) changes only this process's dumpable flag.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
+    listener::raise_file_descriptor_limit();
+}
+
+fn not_supported_yet(variable: &str) -> Fatal {
+    Fatal::Config(ConfigError(format!(
+        "{variable} is set, but this build of clef-agent does not support it yet: unset it"
+    )))
+}
+
+/// Optional features whose absence degrades nothing the application relies on are announced,
+/// never silently ignored.
+fn warn_about_unsupported_options(config: &Config) {
+    if config.telemetry_url.is_some() {
+        log::error("warning: CLEF_AGENT_TELEMETRY_URL is set, but this build does not send telemetry yet; no events will be sent");
+    }
+    if config.cache_path.is_some() {
+        log::error("warning: CLEF_AGENT_CACHE_PATH is set, but this build has no disk cache yet; nothing will be cached on disk");
+    }
+}

@@ -1,0 +1,3 @@
+//! How the agent runs: start-up shared by every lifecycle, and the daemon lifecycle.
+
+pub mod daemon;

@@ -1,0 +1,414 @@
+//! The validation pipeline of SPEC §2 and the refresh schedule of SPEC §4. This module is the
+//! only writer of the served state: the poll thread, SIGHUP and requests that find the cache
+//! expired all go through [`Refresher`], one at a time.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::artifact::signature::VerifyKey;
+use crate::artifact::{self, Parsed, Rejection};
+use crate::config::Mode;
+use crate::decrypt::{DecryptError, Keys, Plaintext};
+use crate::log;
+use crate::snapshot::{Cell, SealedArtifact, Served, Snapshot, Wipe};
+use crate::source::{FetchError, Fetched, Source};
+
+/// JIT mode polls at this fixed interval; it is also the floor of cached mode's schedule.
+pub const POLL_FLOOR: Duration = Duration::from_secs(5);
+/// Cached mode polls at this fraction of the TTL when the artifact has no `expiresAt`.
+const TTL_POLL_DIVISOR: u32 = 10;
+/// With an `expiresAt`, poll after this fraction of the time it has left.
+const EXPIRY_POLL_FRACTION: f64 = 0.8;
+/// Up to this fraction of an interval is taken off at random, so a fleet does not poll in step.
+const MAX_JITTER_FRACTION: f64 = 0.1;
+
+/// Why a refresh did not load a new artifact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshError {
+    Fetch(FetchError),
+    /// The artifact was refused; `configuration` marks failures retrying cannot fix.
+    Rejected {
+        rejection: Rejection,
+        configuration: bool,
+    },
+    /// A revocation was published; the secrets were wiped.
+    Revoked(String),
+    /// The artifact's `expiresAt` passed; the secrets were wiped.
+    Expired(String),
+}
+
+impl RefreshError {
+    /// Start-up gives up at once on these instead of retrying.
+    pub fn is_configuration_problem(&self) -> bool {
+        matches!(
+            self,
+            RefreshError::Rejected { configuration: true, .. } | RefreshError::Fetch(FetchError::NotSupported { .. })
+        )
+    }
+
+    /// What to do about it, for the start-up failure message.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            RefreshError::Fetch(FetchError::NotFound { .. }) => {
+                "The artifact was not found: has it been packed (clef pack) and deployed to this source yet?"
+            }
+            RefreshError::Fetch(FetchError::Forbidden { .. }) => {
+                "Check that the agent has read access to the artifact (IAM policy, bucket policy, token scope or file permissions)."
+            }
+            RefreshError::Fetch(FetchError::NotSupported { .. }) => {
+                "Use a file path in CLEF_AGENT_SOURCE with this build."
+            }
+            RefreshError::Fetch(FetchError::TooLarge { .. }) => "Check that CLEF_AGENT_SOURCE points to a packed artifact.",
+            RefreshError::Fetch(_) => "Check the source URL or path and network connectivity.",
+            RefreshError::Rejected { rejection, .. } => match rejection {
+                Rejection::SignatureMissing | Rejection::SignatureInvalid | Rejection::SignatureError(_) => {
+                    "Check that CLEF_AGENT_VERIFY_KEY is the public key of the key that signs this artifact."
+                }
+                Rejection::Decrypt(_) | Rejection::KmsUnwrap(_) => {
+                    "Check the age key (CLEF_AGENT_AGE_KEY / CLEF_AGENT_AGE_KEY_FILE) or, for KMS envelopes, the kms:Decrypt permission."
+                }
+                _ => "The artifact is malformed or was modified: pack it again with clef pack and redeploy it.",
+            },
+            RefreshError::Revoked(_) => "The artifact was revoked: pack and deploy a new one.",
+            RefreshError::Expired(_) => "Pack and deploy a new artifact with a later expiry.",
+        }
+    }
+}
+
+impl fmt::Display for RefreshError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RefreshError::Fetch(error) => write!(f, "{error}"),
+            RefreshError::Rejected { rejection, .. } => {
+                write!(f, "artifact rejected ({}): {rejection}", rejection.reason())
+            }
+            RefreshError::Revoked(message) | RefreshError::Expired(message) => f.write_str(message),
+        }
+    }
+}
+
+impl From<FetchError> for RefreshError {
+    fn from(error: FetchError) -> Self {
+        RefreshError::Fetch(error)
+    }
+}
+
+impl From<Rejection> for RefreshError {
+    fn from(rejection: Rejection) -> Self {
+        RefreshError::Rejected { rejection, configuration: false }
+    }
+}
+
+impl From<DecryptError> for RefreshError {
+    fn from(error: DecryptError) -> Self {
+        let configuration = error.is_configuration_problem();
+        RefreshError::Rejected { rejection: error.into(), configuration }
+    }
+}
+
+/// What a successful refresh did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Unchanged,
+    Loaded { revision: String, key_count: usize },
+}
+
+/// The artifact last accepted, for the short-circuits of SPEC §2 steps 2 and 6.
+struct Accepted {
+    content_hash: Option<String>,
+    revision: String,
+}
+
+/// Source, keys and memory of the last accepted artifact.
+pub struct Pipeline {
+    source: Box<dyn Source>,
+    keys: Arc<Keys>,
+    verify_key: Option<VerifyKey>,
+    last: Option<Accepted>,
+}
+
+enum Outcome {
+    Unchanged,
+    Accepted { revision: String, served: Served, key_count: usize },
+}
+
+impl Pipeline {
+    pub fn new(source: Box<dyn Source>, keys: Arc<Keys>, verify_key: Option<VerifyKey>) -> Pipeline {
+        Pipeline { source, keys, verify_key, last: None }
+    }
+
+    pub fn describe_source(&self) -> String {
+        self.source.describe()
+    }
+
+    /// SPEC §2 steps 1–9 for one fetch.
+    fn run(&mut self, mode: Mode, now_ms: u64) -> Result<Outcome, RefreshError> {
+        let last_hash = self.last.as_ref().and_then(|last| last.content_hash.as_deref());
+        let (bytes, content_hash) = match self.source.fetch(last_hash)? {
+            Fetched::Unchanged => return Ok(Outcome::Unchanged),
+            Fetched::Content { bytes, content_hash } => (bytes, content_hash),
+        };
+        if content_hash.is_some() && content_hash.as_deref() == last_hash {
+            return Ok(Outcome::Unchanged);
+        }
+        let artifact = match artifact::parse(&bytes)? {
+            Parsed::Revoked(revocation) => return Err(RefreshError::Revoked(revocation.to_string())),
+            Parsed::Artifact(artifact) => artifact,
+        };
+        if artifact::is_expired(&artifact, now_ms) {
+            let expiry = artifact.expires_at.as_ref().map(|expiry| expiry.text.as_str()).unwrap_or_default();
+            return Err(RefreshError::Expired(format!("Artifact expired at {expiry}")));
+        }
+        if let Some(last) = self.last.as_mut().filter(|last| last.revision == artifact.revision) {
+            last.content_hash = content_hash;
+            return Ok(Outcome::Unchanged);
+        }
+        artifact::check_integrity(&artifact)?;
+        if let Some(key) = &self.verify_key {
+            key.verify(&artifact)?;
+        }
+        // Decrypt in both modes: JIT keeps only the sealed artifact, but an artifact this agent
+        // cannot open must not replace one it can.
+        let plaintext = self.keys.decrypt(&artifact)?;
+        let plaintext = Plaintext::parse(&plaintext).map_err(Rejection::PayloadParse)?;
+        let key_count = plaintext.key_count();
+        let served = match mode {
+            Mode::Cached { .. } => Served::Cached(Arc::new(Snapshot::build(&artifact, plaintext))),
+            Mode::Jit => Served::Jit(SealedArtifact { artifact: artifact.clone() }),
+        };
+        self.last = Some(Accepted { content_hash, revision: artifact.revision.clone() });
+        Ok(Outcome::Accepted { revision: artifact.revision.clone(), served, key_count })
+    }
+
+    /// Every wipe forgets what was accepted, so the next good fetch loads again even when it
+    /// is byte for byte the artifact served before.
+    fn forget(&mut self) {
+        self.last = None;
+    }
+}
+
+struct PipelineState {
+    pipeline: Pipeline,
+    last_result: Result<Change, RefreshError>,
+}
+
+/// Serialises refreshes and applies their outcome to the [`Cell`].
+pub struct Refresher {
+    pub cell: Arc<Cell>,
+    pub keys: Arc<Keys>,
+    state: Mutex<PipelineState>,
+    completed: AtomicU64,
+}
+
+impl Refresher {
+    pub fn new(cell: Arc<Cell>, pipeline: Pipeline) -> Refresher {
+        let keys = Arc::clone(&pipeline.keys);
+        Refresher {
+            cell,
+            keys,
+            state: Mutex::new(PipelineState { pipeline, last_result: Ok(Change::Unchanged) }),
+            completed: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PipelineState> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn describe_source(&self) -> String {
+        self.lock().pipeline.describe_source()
+    }
+
+    /// One refresh: fetch, validate, swap or wipe.
+    pub fn refresh(&self, now_ms: u64) -> Result<Change, RefreshError> {
+        let mut state = self.lock();
+        self.refresh_locked(&mut state, now_ms)
+    }
+
+    /// A refresh on behalf of a request that found the cache expired: requests that arrive
+    /// while one is running wait for it and share its result instead of starting another.
+    pub fn refresh_for_request(&self, now_ms: u64) -> Result<Change, RefreshError> {
+        let seen = self.completed.load(Ordering::SeqCst);
+        let mut state = self.lock();
+        if self.completed.load(Ordering::SeqCst) != seen {
+            return state.last_result.clone();
+        }
+        let result = self.refresh_locked(&mut state, now_ms);
+        log_result(&result);
+        result
+    }
+
+    fn refresh_locked(&self, state: &mut PipelineState, now_ms: u64) -> Result<Change, RefreshError> {
+        let result = match state.pipeline.run(self.cell.mode, now_ms) {
+            Ok(Outcome::Unchanged) => {
+                self.cell.mark_fresh(now_ms);
+                Ok(Change::Unchanged)
+            }
+            Ok(Outcome::Accepted { revision, served, key_count }) => {
+                self.cell.swap(served);
+                self.cell.mark_fresh(now_ms);
+                Ok(Change::Loaded { revision, key_count })
+            }
+            Err(error) => {
+                self.after_failure(state, &error, now_ms);
+                Err(error)
+            }
+        };
+        state.last_result = result.clone();
+        self.completed.fetch_add(1, Ordering::SeqCst);
+        result
+    }
+
+    /// Revocation and expiry wipe at once; other failures keep serving until the TTL is up.
+    fn after_failure(&self, state: &mut PipelineState, error: &RefreshError, now_ms: u64) {
+        let wipe = match error {
+            RefreshError::Revoked(message) => Some(Wipe::Revoked(message.clone())),
+            RefreshError::Expired(message) => Some(Wipe::ArtifactExpired(message.clone())),
+            _ => {
+                let served = self.cell.current();
+                let artifact_expired = served.expires_at().filter(|expiry| expiry.epoch_ms <= now_ms as i64);
+                if let Some(expiry) = artifact_expired {
+                    Some(Wipe::ArtifactExpired(format!("Artifact expired at {}", expiry.text)))
+                } else if self.cell.is_expired(now_ms) && !matches!(*served, Served::Wiped(_)) {
+                    log::error("cache expired: no successful refresh within CLEF_AGENT_CACHE_TTL; secrets wiped");
+                    Some(Wipe::CacheExpired)
+                } else {
+                    None
+                }
+            }
+        };
+        if let Some(wipe) = wipe {
+            self.cell.swap(Served::Wiped(wipe));
+            state.pipeline.forget();
+        }
+    }
+
+    /// Refresh and log the result: the poll thread's and SIGHUP's way in.
+    pub fn refresh_and_log(&self, now_ms: u64) {
+        log_result(&self.refresh(now_ms));
+    }
+}
+
+fn log_result(result: &Result<Change, RefreshError>) {
+    match result {
+        Ok(Change::Loaded { revision, key_count }) => {
+            log::info(&format!("refreshed: revision {revision} ({key_count} keys)"))
+        }
+        Ok(Change::Unchanged) => {}
+        Err(error) => log::error(&format!("poll error: {error}")),
+    }
+}
+
+/// How long to wait before the next poll (SPEC §4). `jitter` is uniform in `[0, 1)`.
+pub fn poll_interval_for(mode: Mode, expires_at_ms: Option<i64>, now_ms: u64, jitter: f64) -> Duration {
+    let Mode::Cached { ttl } = mode else { return POLL_FLOOR };
+    let mut interval = ttl / TTL_POLL_DIVISOR;
+    if let Some(expires_at_ms) = expires_at_ms {
+        // Never wait past the TTL either: an artifact valid for a month must still be polled
+        // often enough that the cache does not expire.
+        let remaining_ms = expires_at_ms.saturating_sub(now_ms as i64).max(0) as f64;
+        interval = interval.min(Duration::from_millis((remaining_ms * EXPIRY_POLL_FRACTION) as u64));
+    }
+    let jittered = interval.mul_f64(1.0 - MAX_JITTER_FRACTION * jitter.clamp(0.0, 1.0));
+    jittered.max(POLL_FLOOR)
+}
+
+fn random_jitter() -> f64 {
+    crate::secret::random_bytes::<4>()
+        .map_or(0.0, |bytes| f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0))
+}
+
+enum Command {
+    RefreshNow,
+    Stop,
+}
+
+/// The refresh thread: polls on the schedule, or at once when asked (SIGHUP).
+pub struct Poller {
+    commands: Sender<Command>,
+    thread: JoinHandle<()>,
+}
+
+impl Poller {
+    pub fn spawn(refresher: Arc<Refresher>) -> std::io::Result<Poller> {
+        let (commands, inbox) = mpsc::channel();
+        let thread = std::thread::Builder::new().name("refresh".into()).spawn(move || loop {
+            let served = refresher.cell.current();
+            let expires_at = served.expires_at().map(|expiry| expiry.epoch_ms);
+            drop(served);
+            let delay = poll_interval_for(refresher.cell.mode, expires_at, crate::time::now_ms(), random_jitter());
+            match inbox.recv_timeout(delay) {
+                Ok(Command::RefreshNow) | Err(RecvTimeoutError::Timeout) => {
+                    refresher.refresh_and_log(crate::time::now_ms())
+                }
+                Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            }
+        })?;
+        Ok(Poller { commands, thread })
+    }
+
+    /// A handle that asks for an immediate refresh.
+    pub fn trigger(&self) -> impl Fn() + Send + 'static {
+        let commands = self.commands.clone();
+        move || {
+            let _ = commands.send(Command::RefreshNow);
+        }
+    }
+
+    pub fn is_alive(&self) -> bool {
+        !self.thread.is_finished()
+    }
+
+    /// Stops polling, waiting until `deadline` at most for a refresh in progress.
+    pub fn stop_by(self, deadline: std::time::Instant) {
+        let _ = self.commands.send(Command::Stop);
+        while !self.thread.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    fn cached(ttl: Duration) -> Mode {
+        Mode::Cached { ttl }
+    }
+
+    #[test]
+    fn polls_every_tenth_of_the_ttl_without_expiry() {
+        assert_eq!(poll_interval_for(cached(5 * MINUTE), None, 0, 0.0), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn jitter_takes_off_at_most_ten_percent() {
+        assert_eq!(poll_interval_for(cached(5 * MINUTE), None, 0, 0.5), Duration::from_millis(28_500));
+        assert!(poll_interval_for(cached(5 * MINUTE), None, 0, 0.999_999) > Duration::from_secs(27));
+    }
+
+    #[test]
+    fn polls_at_eighty_percent_of_the_time_left_before_expiry() {
+        let now = 1_000_000;
+        let expires = now as i64 + 100_000;
+        assert_eq!(poll_interval_for(cached(30 * MINUTE), Some(expires), now, 0.0), Duration::from_secs(80));
+    }
+
+    #[test]
+    fn expiry_far_away_still_polls_within_the_ttl() {
+        assert_eq!(poll_interval_for(cached(5 * MINUTE), Some(i64::MAX), 0, 0.0), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn never_polls_more_often_than_the_floor() {
+        assert_eq!(poll_interval_for(cached(Duration::from_secs(30)), None, 0, 0.9), POLL_FLOOR);
+        assert_eq!(poll_interval_for(cached(5 * MINUTE), Some(0), 10, 0.0), POLL_FLOOR);
+        assert_eq!(poll_interval_for(Mode::Jit, None, 0, 0.0), POLL_FLOOR);
+    }
+}

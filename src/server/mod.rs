@@ -1,0 +1,170 @@
+//! The HTTP server: tiny_http on a listener we bound, a few worker threads that answer from
+//! the routes, and the rules that keep a bad request from costing more than its own answer —
+//! a panicking handler costs one 500, a dead accept loop ends the process.
+
+pub mod listener;
+pub mod routes;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use self::routes::{Api, Body, Reply, Request};
+
+/// Worker threads answering requests; tiny_http reads connections on its own threads.
+const WORKERS: usize = 4;
+
+pub struct Server {
+    http: Arc<tiny_http::Server>,
+    workers: Vec<JoinHandle<()>>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl Server {
+    /// Starts serving `api` on `listener`. A receive error (the accept loop died) is reported
+    /// to `on_failure`, because an agent that is alive but deaf must exit for its supervisor.
+    pub fn start(
+        listener: TcpListener,
+        api: Arc<Api>,
+        on_failure: impl Fn(String) + Clone + Send + 'static,
+    ) -> Result<Server, String> {
+        let port = listener.local_addr().map_err(|error| error.to_string())?.port();
+        let http = tiny_http::Server::from_listener(listener, None).map_err(|error| error.to_string())?;
+        let http = Arc::new(http);
+        let stopping = Arc::new(AtomicBool::new(false));
+        listener::spawn_idle_janitor(port, listener::IDLE_TIMEOUT, Arc::clone(&stopping))
+            .map_err(|error| error.to_string())?;
+        let mut workers = Vec::with_capacity(WORKERS);
+        for index in 0..WORKERS {
+            let (http, api, stopping, on_failure) =
+                (Arc::clone(&http), Arc::clone(&api), Arc::clone(&stopping), on_failure.clone());
+            let worker = std::thread::Builder::new()
+                .name(format!("http-{index}"))
+                .spawn(move || work(&http, &api, &stopping, on_failure))
+                .map_err(|error| error.to_string())?;
+            workers.push(worker);
+        }
+        Ok(Server { http, workers, stopping })
+    }
+
+    /// Every worker thread is still running.
+    pub fn is_healthy(&self) -> bool {
+        self.workers.iter().all(|worker| !worker.is_finished())
+    }
+
+    /// Stops taking requests and waits up to `grace` for the ones in flight.
+    pub fn stop(self, grace: Duration) {
+        self.stopping.store(true, Ordering::SeqCst);
+        for _ in &self.workers {
+            self.http.unblock();
+        }
+        let deadline = Instant::now() + grace;
+        for worker in self.workers {
+            while !worker.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+fn work(http: &tiny_http::Server, api: &Api, stopping: &AtomicBool, on_failure: impl Fn(String)) {
+    loop {
+        let request = match http.recv() {
+            Ok(request) => request,
+            Err(_) if stopping.load(Ordering::SeqCst) => return,
+            Err(error) => {
+                on_failure(format!("the HTTP server stopped accepting connections: {error}"));
+                return;
+            }
+        };
+        let reply = answer(api, &request);
+        let _ = request.respond(into_response(reply));
+    }
+}
+
+/// Runs the routes for one request; a panic becomes a 500 and the worker lives on.
+fn answer(api: &Api, request: &tiny_http::Request) -> Reply {
+    let method = request.method().as_str();
+    let header = |name: &'static str| request.headers().iter().filter(move |header| header.field.equiv(name));
+    let view = Request {
+        method,
+        target: request.url(),
+        hosts: header("Host").map(|header| header.value.as_str()).collect(),
+        authorization: header("Authorization").map(|header| header.value.as_str()).next(),
+        forwarded: header("X-Forwarded-For").next().is_some() || header("Forwarded").next().is_some(),
+    };
+    handle_safely(|| api.handle(&view, crate::time::now_ms()))
+}
+
+/// Calls `handler`, turning a panic into [`Reply::internal_error`].
+pub fn handle_safely(handler: impl FnOnce() -> Reply) -> Reply {
+    panic::catch_unwind(AssertUnwindSafe(handler)).unwrap_or_else(|_| Reply::internal_error())
+}
+
+fn into_response(reply: Reply) -> tiny_http::Response<BodyReader> {
+    let mut headers = vec![("Content-Type", reply.content_type), ("X-Content-Type-Options", "nosniff")];
+    if reply.no_store {
+        headers.push(("Cache-Control", "no-store"));
+    }
+    headers.extend(reply.headers.iter().copied());
+    let headers = headers
+        .into_iter()
+        .filter_map(|(name, value)| tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).ok())
+        .collect();
+    let length = reply.body.bytes().len();
+    tiny_http::Response::new(
+        tiny_http::StatusCode(reply.status),
+        headers,
+        BodyReader { body: reply.body, position: 0 },
+        Some(length),
+        None,
+    )
+}
+
+/// Streams a reply body straight from where it lives (a shared snapshot included), so serving
+/// makes no copy of the secrets.
+pub struct BodyReader {
+    body: Body,
+    position: usize,
+}
+
+impl Read for BodyReader {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let rest = self.body.bytes().get(self.position..).unwrap_or_default();
+        let count = rest.len().min(buffer.len());
+        buffer[..count].copy_from_slice(&rest[..count]);
+        self.position += count;
+        Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_handler_becomes_a_500() {
+        let reply = handle_safely(|| panic!("a handler bug"));
+        assert_eq!(reply.status, 500);
+        assert_eq!(reply.body.bytes(), br#"{"error":"Internal server error"}"#);
+    }
+
+    #[test]
+    fn body_reader_streams_the_whole_body_in_pieces() {
+        let mut reader = BodyReader { body: Body::Static("abcdefgh"), position: 0 };
+        let mut buffer = [0u8; 3];
+        let mut collected = Vec::new();
+        loop {
+            let count = reader.read(&mut buffer).unwrap();
+            if count == 0 {
+                break;
+            }
+            collected.extend_from_slice(&buffer[..count]);
+        }
+        assert_eq!(collected, b"abcdefgh");
+    }
+}

@@ -1,0 +1,309 @@
+//! The HTTP API of SPEC §6 as a function from a request's method, target and headers to a
+//! reply value. Guards run in the order the spec gives: Host, method, bearer token, proxy
+//! headers. No sockets here, so nearly all of the API is tested without a server.
+
+use std::sync::Arc;
+
+use crate::config::Mode;
+use crate::decrypt::{Keys, Plaintext};
+use crate::refresh::Refresher;
+use crate::secret::{constant_time_eq, Secret, SecretBytes};
+use crate::snapshot::{Cell, Part, Served, Snapshot, Wipe};
+
+/// The parts of an HTTP request the API looks at.
+#[derive(Debug, Clone, Default)]
+pub struct Request<'a> {
+    pub method: &'a str,
+    /// The request target as sent (`/v1/secrets?x=1`).
+    pub target: &'a str,
+    /// Every `Host` header (a request must carry exactly one).
+    pub hosts: Vec<&'a str>,
+    pub authorization: Option<&'a str>,
+    /// The request carries `X-Forwarded-For` or `Forwarded`.
+    pub forwarded: bool,
+}
+
+/// What a response carries.
+pub enum Body {
+    Json(String),
+    Static(&'static str),
+    /// A part of a snapshot, served from the shared snapshot without copying it.
+    Snapshot(Arc<Snapshot>, Part),
+}
+
+impl Body {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Body::Json(text) => text.as_bytes(),
+            Body::Static(text) => text.as_bytes(),
+            Body::Snapshot(snapshot, part) => snapshot.body(*part),
+        }
+    }
+}
+
+pub const JSON: &str = "application/json; charset=utf-8";
+pub const TEXT: &str = "text/plain; charset=utf-8";
+
+/// A response value: status, body and the headers that vary by route.
+pub struct Reply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Body,
+    /// `Cache-Control: no-store` (every `/v1/secrets…` and `/v1/keys` answer).
+    pub no_store: bool,
+    /// Route-specific headers such as `Allow` or `WWW-Authenticate`.
+    pub headers: Vec<(&'static str, &'static str)>,
+}
+
+impl Reply {
+    fn json(status: u16, body: Body) -> Reply {
+        Reply { status, content_type: JSON, body, no_store: false, headers: Vec::new() }
+    }
+
+    fn error(status: u16, error: &str, detail: Option<&str>) -> Reply {
+        let mut body = format!("{{\"error\":{}", json_string(error));
+        if let Some(detail) = detail {
+            body.push_str(&format!(",\"detail\":{}", json_string(detail)));
+        }
+        body.push('}');
+        Reply::json(status, Body::Json(body))
+    }
+
+    /// The answer when a handler panicked.
+    pub fn internal_error() -> Reply {
+        Reply { no_store: true, ..Reply::json(500, Body::Static(r#"{"error":"Internal server error"}"#)) }
+    }
+
+    fn with_header(mut self, name: &'static str, value: &'static str) -> Reply {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+fn json_string(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// Everything a request needs: the served state, the refresher for expired caches, the keys
+/// for JIT decryption and the bearer token.
+pub struct Api {
+    pub cell: Arc<Cell>,
+    pub refresher: Arc<Refresher>,
+    pub keys: Arc<Keys>,
+    pub token: Secret,
+}
+
+enum Route {
+    Health,
+    Ready,
+    Secrets,
+    Keys,
+    Namespace(String),
+    Value(String, String),
+}
+
+impl Api {
+    /// Answers one request at `now_ms`.
+    pub fn handle(&self, request: &Request<'_>, now_ms: u64) -> Reply {
+        let reply = self.route(request, now_ms);
+        let secret_path =
+            matches!(path_of(request.target), p if p.starts_with("/v1/secrets") || p.starts_with("/v1/keys"));
+        Reply { no_store: reply.no_store || secret_path, ..reply }
+    }
+
+    fn route(&self, request: &Request<'_>, now_ms: u64) -> Reply {
+        if !host_is_loopback(&request.hosts) {
+            return Reply::error(403, "Forbidden: invalid Host header", None);
+        }
+        let route = match parse_route(path_of(request.target)) {
+            Ok(Some(route)) => route,
+            Ok(None) => return Reply::error(404, "Not found", None),
+            Err(detail) => return Reply::error(400, "Bad request", Some(&detail)),
+        };
+        if request.method != "GET" && request.method != "HEAD" {
+            return Reply::error(405, "Method not allowed", None).with_header("Allow", "GET, HEAD");
+        }
+        match route {
+            Route::Health => return self.health(now_ms),
+            Route::Ready => return self.ready(now_ms),
+            _ => {}
+        }
+        if !self.authorized(request.authorization) {
+            return Reply::error(401, "Unauthorized", None).with_header("WWW-Authenticate", "Bearer");
+        }
+        if request.forwarded {
+            return Reply::error(403, "Forbidden: proxied requests are not accepted", None);
+        }
+        let snapshot = match self.snapshot_for_request(now_ms) {
+            Ok(snapshot) => snapshot,
+            Err(reply) => return reply,
+        };
+        let part = match &route {
+            Route::Secrets => Some(Part::Secrets),
+            Route::Keys => Some(Part::Keys),
+            Route::Namespace(name) => snapshot.namespace(name).or_else(|| snapshot.flat_value(name)),
+            Route::Value(namespace, key) => snapshot.value(namespace, key),
+            Route::Health | Route::Ready => None,
+        };
+        match part {
+            Some(part @ Part::Value(..)) => {
+                Reply { content_type: TEXT, ..Reply::json(200, Body::Snapshot(snapshot, part)) }
+            }
+            Some(part) => Reply::json(200, Body::Snapshot(snapshot, part)),
+            None => Reply::error(404, "Secret not found", None),
+        }
+    }
+
+    fn authorized(&self, authorization: Option<&str>) -> bool {
+        let Some((scheme, token)) = authorization.and_then(|value| value.trim().split_once(' ')) else {
+            return false;
+        };
+        scheme.eq_ignore_ascii_case("bearer")
+            && constant_time_eq(token.trim().as_bytes(), self.token.expose().as_bytes())
+    }
+
+    fn health(&self, now_ms: u64) -> Reply {
+        let served = self.cell.current();
+        let revision = served.revision().map_or("null".to_string(), json_string);
+        let last_refresh_at = self.cell.last_refresh_at_ms().map_or("null".to_string(), |ms| ms.to_string());
+        Reply::json(
+            200,
+            Body::Json(format!(
+                r#"{{"status":"ok","mode":"{}","revision":{revision},"lastRefreshAt":{last_refresh_at},"expired":{}}}"#,
+                self.cell.mode.name(),
+                self.cell.is_expired(now_ms)
+            )),
+        )
+    }
+
+    fn ready(&self, now_ms: u64) -> Reply {
+        let served = self.cell.current();
+        let reason = match &*served {
+            Served::NotLoaded => Some("not_loaded"),
+            Served::Wiped(Wipe::CacheExpired) => Some("cache_expired"),
+            Served::Wiped(Wipe::Revoked(_)) => Some("revoked"),
+            Served::Wiped(Wipe::ArtifactExpired(_)) => Some("artifact_expired"),
+            _ if artifact_expired(&served, now_ms).is_some() => Some("artifact_expired"),
+            _ if self.cell.is_expired(now_ms) => Some("cache_expired"),
+            _ => None,
+        };
+        match reason {
+            None => Reply::json(200, Body::Static(r#"{"ready":true}"#)),
+            Some(reason) => Reply::json(503, Body::Json(format!(r#"{{"ready":false,"reason":"{reason}"}}"#))),
+        }
+    }
+
+    /// The snapshot to answer from: refreshed first when the cache expired (SPEC §4), decrypted
+    /// now in JIT mode.
+    fn snapshot_for_request(&self, now_ms: u64) -> Result<Arc<Snapshot>, Reply> {
+        let mut served = self.cell.current();
+        if self.cell.is_expired(now_ms) {
+            if let Err(error) = self.refresher.refresh_for_request(now_ms) {
+                return Err(Reply::error(503, "Refresh failed", Some(&error.to_string())));
+            }
+            served = self.cell.current();
+        }
+        if let Some(message) = artifact_expired(&served, now_ms) {
+            return Err(Reply::error(503, "Artifact expired", Some(&message)));
+        }
+        match &*served {
+            Served::Cached(snapshot) => Ok(Arc::clone(snapshot)),
+            Served::Jit(sealed) => self.decrypt_now(&sealed.artifact),
+            Served::NotLoaded => Err(Reply::error(503, "Secrets not yet loaded", None)),
+            Served::Wiped(Wipe::CacheExpired) => {
+                Err(Reply::error(503, "Refresh failed", Some("no successful refresh within CLEF_AGENT_CACHE_TTL")))
+            }
+            Served::Wiped(Wipe::Revoked(message)) => Err(Reply::error(503, "Artifact revoked", Some(message))),
+            Served::Wiped(Wipe::ArtifactExpired(message)) => Err(Reply::error(503, "Artifact expired", Some(message))),
+        }
+    }
+
+    fn decrypt_now(&self, artifact: &crate::artifact::Artifact) -> Result<Arc<Snapshot>, Reply> {
+        let failed = |detail: String| Reply::error(503, "Decryption failed", Some(&detail));
+        let plaintext: SecretBytes = self.keys.decrypt(artifact).map_err(|error| failed(error.to_string()))?;
+        let plaintext = Plaintext::parse(&plaintext).map_err(failed)?;
+        Ok(Arc::new(Snapshot::build(artifact, plaintext)))
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.cell.mode
+    }
+}
+
+/// The message of an artifact whose `expiresAt` has passed, even before the poller wiped it.
+fn artifact_expired(served: &Served, now_ms: u64) -> Option<String> {
+    served
+        .expires_at()
+        .filter(|expiry| expiry.epoch_ms <= now_ms as i64)
+        .map(|expiry| format!("Artifact expired at {}", expiry.text))
+}
+
+/// Exactly one `Host` header naming a loopback name, with or without a port.
+fn host_is_loopback(hosts: &[&str]) -> bool {
+    let [host] = hosts else { return false };
+    let host = host.trim().to_ascii_lowercase();
+    let name = match host.strip_prefix("[::1]") {
+        Some(rest) => return rest.is_empty() || port_suffix_is_valid(rest),
+        None => match host.split_once(':') {
+            Some((name, port)) => {
+                if !port_suffix_is_valid(&format!(":{port}")) {
+                    return false;
+                }
+                name.to_string()
+            }
+            None => host,
+        },
+    };
+    name == "127.0.0.1" || name == "localhost"
+}
+
+fn port_suffix_is_valid(suffix: &str) -> bool {
+    suffix.strip_prefix(':').is_some_and(|port| port.parse::<u16>().is_ok())
+}
+
+/// The path of a request target, without its query string.
+fn path_of(target: &str) -> &str {
+    target.split(['?', '#']).next().unwrap_or_default()
+}
+
+/// Maps a path to a route: `Ok(None)` for unknown paths, `Err` for undecodable ones.
+fn parse_route(path: &str) -> Result<Option<Route>, String> {
+    let path = path.strip_suffix('/').filter(|trimmed| !trimmed.is_empty()).unwrap_or(path);
+    let Some(rest) = path.strip_prefix("/v1/") else { return Ok(None) };
+    let segments: Vec<&str> = rest.split('/').collect();
+    Ok(match segments.as_slice() {
+        ["health"] => Some(Route::Health),
+        ["ready"] => Some(Route::Ready),
+        ["secrets"] => Some(Route::Secrets),
+        ["keys"] => Some(Route::Keys),
+        ["secrets", name] if !name.is_empty() => Some(Route::Namespace(percent_decode(name)?)),
+        ["secrets", namespace, key] if !namespace.is_empty() && !key.is_empty() => {
+            Some(Route::Value(percent_decode(namespace)?, percent_decode(key)?))
+        }
+        _ => None,
+    })
+}
+
+/// Decodes `%XX` escapes; the result must be UTF-8.
+fn percent_decode(segment: &str) -> Result<String, String> {
+    let bytes = segment.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%' {
+            let hex = bytes.get(index + 1..index + 3).and_then(|pair| std::str::from_utf8(pair).ok());
+            let byte = hex
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or("the path has an invalid percent-escape")?;
+            decoded.push(byte);
+            index += 3;
+        } else {
+            decoded.push(bytes[index]);
+            index += 1;
+        }
+    }
+    String::from_utf8(decoded).map_err(|_| "the path is not UTF-8 after percent-decoding".to_string())
+}
+
+#[cfg(test)]
+mod tests;

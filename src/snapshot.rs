@@ -1,0 +1,322 @@
+//! The immutable snapshot the API serves, and the one place it is swapped.
+//!
+//! A snapshot holds the decrypted secrets with every response body rendered once, when it is
+//! built, so serving a request only clones an `Arc`. All of it zeroes itself on drop: a
+//! replaced or wiped snapshot leaves no plaintext behind once its last reader is done.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use zeroize::Zeroizing;
+
+use crate::artifact::{Artifact, Expiry};
+use crate::config::Mode;
+use crate::decrypt::Plaintext;
+use crate::secret::SecretBytes;
+
+/// Decrypted secrets with their pre-rendered bodies.
+pub struct Snapshot {
+    pub revision: String,
+    pub expires_at: Option<Expiry>,
+    pub key_count: usize,
+    plaintext: Plaintext,
+    secrets_body: SecretBytes,
+    keys_body: Vec<u8>,
+    namespace_bodies: Vec<SecretBytes>,
+    namespace_index: HashMap<String, usize>,
+    /// `<namespace>__<key>` → (namespace, entry) positions.
+    flat_index: HashMap<String, (usize, usize)>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Snapshot {{ revision: {:?}, key_count: {} }}", self.revision, self.key_count)
+    }
+}
+
+/// A part of a snapshot a response can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Secrets,
+    Keys,
+    Namespace(usize),
+    Value(usize, usize),
+}
+
+impl Snapshot {
+    pub fn build(artifact: &Artifact, plaintext: Plaintext) -> Snapshot {
+        let mut namespace_bodies = Vec::with_capacity(plaintext.namespaces.len());
+        let mut namespace_index = HashMap::with_capacity(plaintext.namespaces.len());
+        let mut flat_index = HashMap::new();
+        let mut keys_body = b"[".to_vec();
+        for (ns_index, namespace) in plaintext.namespaces.iter().enumerate() {
+            namespace_bodies.push(render_namespace(&namespace.entries));
+            namespace_index.entry(namespace.name.clone()).or_insert(ns_index);
+            for (entry_index, (key, _)) in namespace.entries.iter().enumerate() {
+                let flat = format!("{}__{key}", namespace.name);
+                if keys_body.len() > 1 {
+                    keys_body.push(b',');
+                }
+                push_json_string(&mut keys_body, &flat);
+                flat_index.entry(flat).or_insert((ns_index, entry_index));
+            }
+        }
+        keys_body.push(b']');
+        let total: usize = namespace_bodies.iter().map(|body| body.len() + 8).sum::<usize>()
+            + plaintext.namespaces.iter().map(|namespace| namespace.name.len()).sum::<usize>();
+        let mut secrets_body = Zeroizing::new(Vec::with_capacity(total + 2));
+        secrets_body.push(b'{');
+        for (index, namespace) in plaintext.namespaces.iter().enumerate() {
+            if index > 0 {
+                secrets_body.push(b',');
+            }
+            push_json_string(&mut secrets_body, &namespace.name);
+            secrets_body.push(b':');
+            secrets_body.extend_from_slice(&namespace_bodies[index]);
+        }
+        secrets_body.push(b'}');
+        Snapshot {
+            revision: artifact.revision.clone(),
+            expires_at: artifact.expires_at.clone(),
+            key_count: plaintext.key_count(),
+            plaintext,
+            secrets_body,
+            keys_body,
+            namespace_bodies,
+            namespace_index,
+            flat_index,
+        }
+    }
+
+    /// The body of a part; `Value` parts are the raw value bytes.
+    pub fn body(&self, part: Part) -> &[u8] {
+        match part {
+            Part::Secrets => &self.secrets_body,
+            Part::Keys => &self.keys_body,
+            Part::Namespace(index) => self.namespace_bodies.get(index).map_or(&[], |body| body.as_slice()),
+            Part::Value(ns, entry) => self
+                .plaintext
+                .namespaces
+                .get(ns)
+                .and_then(|namespace| namespace.entries.get(entry))
+                .map_or(&[], |(_, value)| value.as_bytes()),
+        }
+    }
+
+    pub fn namespace(&self, name: &str) -> Option<Part> {
+        self.namespace_index.get(name).map(|&index| Part::Namespace(index))
+    }
+
+    pub fn value(&self, namespace: &str, key: &str) -> Option<Part> {
+        let ns = *self.namespace_index.get(namespace)?;
+        let entry = self.plaintext.namespaces[ns].entries.iter().position(|(name, _)| name == key)?;
+        Some(Part::Value(ns, entry))
+    }
+
+    /// A value by its flat `<namespace>__<key>` name from `/v1/keys`.
+    pub fn flat_value(&self, flat_name: &str) -> Option<Part> {
+        self.flat_index.get(flat_name).map(|&(ns, entry)| Part::Value(ns, entry))
+    }
+}
+
+fn render_namespace(entries: &[(String, Zeroizing<String>)]) -> SecretBytes {
+    let capacity = entries.iter().map(|(key, value)| key.len() + value.len() + 6).sum::<usize>() + 2;
+    let mut body = Zeroizing::new(Vec::with_capacity(capacity * 2));
+    body.push(b'{');
+    for (index, (key, value)) in entries.iter().enumerate() {
+        if index > 0 {
+            body.push(b',');
+        }
+        push_json_string(&mut body, key);
+        body.push(b':');
+        push_json_string(&mut body, value);
+    }
+    body.push(b'}');
+    body
+}
+
+/// Appends `text` as a JSON string literal, escaped as `JSON.stringify` does.
+fn push_json_string(out: &mut Vec<u8>, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    for &byte in text.as_bytes() {
+        match byte {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            0x00..=0x1f => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(byte >> 4)],
+                HEX[usize::from(byte & 0xf)],
+            ]),
+            _ => out.push(byte),
+        }
+    }
+    out.push(b'"');
+}
+
+/// A validated artifact kept encrypted, for JIT mode.
+pub struct SealedArtifact {
+    pub artifact: Box<Artifact>,
+}
+
+/// Why the secrets were wiped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wipe {
+    /// No successful refresh within the TTL.
+    CacheExpired,
+    /// The source published a revocation (the message of SPEC §1).
+    Revoked(String),
+    /// The artifact's `expiresAt` passed (the message of SPEC §2).
+    ArtifactExpired(String),
+}
+
+/// What the agent has to serve.
+pub enum Served {
+    NotLoaded,
+    Cached(Arc<Snapshot>),
+    Jit(SealedArtifact),
+    Wiped(Wipe),
+}
+
+impl Served {
+    pub fn revision(&self) -> Option<&str> {
+        match self {
+            Served::Cached(snapshot) => Some(&snapshot.revision),
+            Served::Jit(sealed) => Some(&sealed.artifact.revision),
+            Served::NotLoaded | Served::Wiped(_) => None,
+        }
+    }
+
+    pub fn expires_at(&self) -> Option<&Expiry> {
+        match self {
+            Served::Cached(snapshot) => snapshot.expires_at.as_ref(),
+            Served::Jit(sealed) => sealed.artifact.expires_at.as_ref(),
+            Served::NotLoaded | Served::Wiped(_) => None,
+        }
+    }
+}
+
+/// The swap point: the current [`Served`] state and the time of the last successful refresh.
+/// Readers clone an `Arc` under a read lock held for nanoseconds; the refresher swaps.
+pub struct Cell {
+    pub mode: Mode,
+    served: RwLock<Arc<Served>>,
+    /// Epoch milliseconds of the last successful fetch, 0 when none.
+    last_refresh_at_ms: AtomicU64,
+}
+
+impl Cell {
+    pub fn new(mode: Mode) -> Cell {
+        Cell { mode, served: RwLock::new(Arc::new(Served::NotLoaded)), last_refresh_at_ms: AtomicU64::new(0) }
+    }
+
+    pub fn current(&self) -> Arc<Served> {
+        match self.served.read() {
+            Ok(served) => Arc::clone(&served),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Replaces what is served; the old state is dropped (and zeroed) by its last reader.
+    pub fn swap(&self, next: Served) {
+        let next = Arc::new(next);
+        match self.served.write() {
+            Ok(mut served) => *served = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
+        }
+    }
+
+    pub fn mark_fresh(&self, now_ms: u64) {
+        self.last_refresh_at_ms.store(now_ms.max(1), Ordering::SeqCst);
+    }
+
+    pub fn last_refresh_at_ms(&self) -> Option<u64> {
+        Some(self.last_refresh_at_ms.load(Ordering::SeqCst)).filter(|&ms| ms != 0)
+    }
+
+    /// Cached mode: more than TTL since the last successful refresh (or wiped for that reason).
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        let Mode::Cached { ttl } = self.mode else { return false };
+        if matches!(*self.current(), Served::Wiped(Wipe::CacheExpired)) {
+            return true;
+        }
+        self.last_refresh_at_ms().is_some_and(|last| Duration::from_millis(now_ms.saturating_sub(last)) > ttl)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn artifact() -> Artifact {
+        Artifact {
+            version: 1,
+            identity: "api".into(),
+            environment: "prod".into(),
+            packed_at: "2026-11-24T12:00:00.000Z".into(),
+            revision: "r1".into(),
+            ciphertext_hash: String::new(),
+            ciphertext: String::new(),
+            envelope: None,
+            expires_at: None,
+            signature: None,
+        }
+    }
+
+    fn snapshot(json: &str) -> Snapshot {
+        Snapshot::build(&artifact(), Plaintext::parse(json.as_bytes()).unwrap())
+    }
+
+    #[test]
+    fn renders_bodies_in_plaintext_order() {
+        let json = r#"{"zeta":{"b":"1","a":"2"},"alpha":{"y":"q\"\n\u0001é"}}"#;
+        let snapshot = snapshot(json);
+        assert_eq!(
+            std::str::from_utf8(snapshot.body(Part::Secrets)).unwrap(),
+            r#"{"zeta":{"b":"1","a":"2"},"alpha":{"y":"q\"\n\u0001é"}}"#
+        );
+        assert_eq!(snapshot.body(Part::Keys), br#"["zeta__b","zeta__a","alpha__y"]"#);
+        assert_eq!(snapshot.body(snapshot.namespace("alpha").unwrap()), r#"{"y":"q\"\n\u0001é"}"#.as_bytes());
+        assert_eq!(snapshot.body(snapshot.value("zeta", "a").unwrap()), b"2");
+        assert_eq!(snapshot.body(snapshot.flat_value("alpha__y").unwrap()), "q\"\n\u{1}é".as_bytes());
+        assert_eq!(snapshot.key_count, 3);
+        assert_eq!(snapshot.namespace("missing"), None);
+        assert_eq!(snapshot.value("zeta", "missing"), None);
+    }
+
+    #[test]
+    fn rendered_secrets_parse_back_to_the_same_json() {
+        let json = r#"{"n":{"k":"\u2028 \\ / \b\f\r\t ok"}}"#;
+        let rendered: serde_json::Value = serde_json::from_slice(snapshot(json).body(Part::Secrets)).unwrap();
+        assert_eq!(rendered, serde_json::from_str::<serde_json::Value>(json).unwrap());
+    }
+
+    #[test]
+    fn an_empty_plaintext_renders_empty_bodies() {
+        let snapshot = snapshot("{}");
+        assert_eq!(snapshot.body(Part::Secrets), b"{}");
+        assert_eq!(snapshot.body(Part::Keys), b"[]");
+    }
+
+    #[test]
+    fn cell_expires_after_ttl_in_cached_mode_only() {
+        let cell = Cell::new(Mode::Cached { ttl: Duration::from_secs(30) });
+        assert!(!cell.is_expired(1_000_000));
+        cell.mark_fresh(1_000_000);
+        assert!(!cell.is_expired(1_030_000));
+        assert!(cell.is_expired(1_030_001));
+        let jit = Cell::new(Mode::Jit);
+        jit.mark_fresh(1);
+        assert!(!jit.is_expired(u64::MAX));
+    }
+}

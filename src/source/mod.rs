@@ -1,0 +1,97 @@
+//! Artifact sources behind one small trait: fetch with the content hash of the last accepted
+//! artifact, answer new bytes with their hash, or "unchanged".
+
+pub mod file;
+
+use std::fmt;
+
+use crate::config::SourceConfig;
+
+/// Artifacts larger than this are refused without reading further (SPEC §4).
+pub const MAX_ARTIFACT_BYTES: u64 = 32 * 1024 * 1024;
+
+/// What a fetch found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Fetched {
+    /// The source says the content is the one last accepted (hash match, HTTP 304).
+    Unchanged,
+    Content {
+        bytes: Vec<u8>,
+        /// The source's own content marker (ETag, blob SHA, hash of a file's bytes).
+        content_hash: Option<String>,
+    },
+}
+
+/// Why a fetch failed. Messages name the (redacted) source and never carry credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The artifact does not exist there (HTTP 404, missing file).
+    NotFound { source: String },
+    /// The agent may not read it (HTTP 401/403, file permissions).
+    Forbidden { source: String, detail: String },
+    /// Any other HTTP status of 400 or more.
+    Status { source: String, status: u16 },
+    /// The source could not be reached or the transfer broke.
+    Network { source: String, detail: String },
+    /// A local read failed for another reason.
+    Io { source: String, detail: String },
+    /// The artifact is larger than [`MAX_ARTIFACT_BYTES`].
+    TooLarge { source: String },
+    /// This kind of source is configured but this build cannot fetch from it yet.
+    NotSupported { what: String },
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FetchError::NotFound { source } => write!(f, "{source} was not found"),
+            FetchError::Forbidden { source, detail } => write!(f, "access to {source} was denied ({detail})"),
+            FetchError::Status { source, status } => write!(f, "{source} answered HTTP {status}"),
+            FetchError::Network { source, detail } => write!(f, "cannot reach {source}: {detail}"),
+            FetchError::Io { source, detail } => write!(f, "cannot read {source}: {detail}"),
+            FetchError::TooLarge { source } => {
+                write!(f, "{source} is larger than the {} MiB artifact limit", MAX_ARTIFACT_BYTES / (1024 * 1024))
+            }
+            FetchError::NotSupported { what } => write!(f, "{what} is not supported by this build of clef-agent yet"),
+        }
+    }
+}
+
+impl std::error::Error for FetchError {}
+
+pub trait Source: Send {
+    /// The source for log lines, with credentials redacted.
+    fn describe(&self) -> String;
+
+    /// Fetches the artifact. `last_content_hash` is the marker of the last accepted artifact,
+    /// so a source that can tell "unchanged" cheaply (ETag, blob SHA) answers `Unchanged`.
+    fn fetch(&mut self, last_content_hash: Option<&str>) -> Result<Fetched, FetchError>;
+}
+
+/// Builds the configured source. Kinds this build cannot fetch yet become a source whose every
+/// fetch says so, which start-up reports as a configuration problem.
+pub fn from_config(config: &SourceConfig) -> Box<dyn Source> {
+    let what = match config {
+        SourceConfig::File(path) => return Box::new(file::FileSource::new(path.clone())),
+        SourceConfig::Http(_) => "an HTTP(S) source (CLEF_AGENT_SOURCE)",
+        SourceConfig::S3 { .. } => "an S3 source (CLEF_AGENT_SOURCE)",
+        SourceConfig::Vcs(_) => "a VCS source (CLEF_AGENT_VCS_*)",
+    };
+    Box::new(Unsupported { description: config.describe(), what })
+}
+
+struct Unsupported {
+    description: String,
+    what: &'static str,
+}
+
+impl Source for Unsupported {
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    fn fetch(&mut self, _: Option<&str>) -> Result<Fetched, FetchError> {
+        Err(FetchError::NotSupported { what: self.what.to_string() })
+    }
+}

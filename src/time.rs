@@ -1,0 +1,182 @@
+//! Wall-clock time as epoch milliseconds, and the ISO-8601 timestamps artifacts carry
+//! (`packedAt`, `expiresAt`). Pure functions; the clock is passed in where decisions are made.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
+}
+
+/// Parses an ISO-8601 / RFC 3339 timestamp such as `2026-11-24T12:00:00.000Z` into epoch
+/// milliseconds. Accepts a date alone, `T` or a space before the time, seconds and fractions
+/// optional, and `Z` or a `±HH:MM` offset; a time without an offset is taken as UTC.
+pub fn parse_iso8601_ms(text: &str) -> Option<i64> {
+    let bytes = text.as_bytes();
+    let mut cursor = Cursor { bytes, pos: 0 };
+    let year = cursor.digits(4)? as i64;
+    cursor.expect(b'-')?;
+    let month = cursor.digits(2)?;
+    cursor.expect(b'-')?;
+    let day = cursor.digits(2)?;
+    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+        return None;
+    }
+    let mut millis_of_day: i64 = 0;
+    let mut offset_minutes: i64 = 0;
+    if cursor.pos < bytes.len() {
+        match bytes[cursor.pos] {
+            b'T' | b't' | b' ' => cursor.pos += 1,
+            _ => return None,
+        }
+        let hour = cursor.digits(2)?;
+        cursor.expect(b':')?;
+        let minute = cursor.digits(2)?;
+        let mut second = 0;
+        let mut millis = 0;
+        if cursor.peek() == Some(b':') {
+            cursor.pos += 1;
+            second = cursor.digits(2)?;
+            if cursor.peek() == Some(b'.') || cursor.peek() == Some(b',') {
+                cursor.pos += 1;
+                millis = cursor.fraction_as_millis()?;
+            }
+        }
+        if hour > 23 || minute > 59 || second > 60 {
+            return None;
+        }
+        millis_of_day = ((hour * 60 + minute) * 60 + second.min(59)) as i64 * 1000 + millis;
+        match cursor.peek() {
+            None => {}
+            Some(b'Z') | Some(b'z') => cursor.pos += 1,
+            Some(sign @ (b'+' | b'-')) => {
+                cursor.pos += 1;
+                let hours = cursor.digits(2)? as i64;
+                if cursor.peek() == Some(b':') {
+                    cursor.pos += 1;
+                }
+                let minutes = cursor.digits(2)? as i64;
+                if hours > 23 || minutes > 59 {
+                    return None;
+                }
+                offset_minutes = hours * 60 + minutes;
+                if sign == b'-' {
+                    offset_minutes = -offset_minutes;
+                }
+            }
+            Some(_) => return None,
+        }
+    }
+    if cursor.pos != bytes.len() {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    Some(days * 86_400_000 + millis_of_day - offset_minutes * 60_000)
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Cursor<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.pos).copied()
+    }
+
+    fn expect(&mut self, byte: u8) -> Option<()> {
+        (self.peek()? == byte).then(|| self.pos += 1)
+    }
+
+    fn digits(&mut self, count: usize) -> Option<u32> {
+        let slice = self.bytes.get(self.pos..self.pos + count)?;
+        let mut value = 0u32;
+        for &byte in slice {
+            if !byte.is_ascii_digit() {
+                return None;
+            }
+            value = value * 10 + u32::from(byte - b'0');
+        }
+        self.pos += count;
+        Some(value)
+    }
+
+    fn fraction_as_millis(&mut self) -> Option<i64> {
+        let start = self.pos;
+        while self.peek().is_some_and(|byte| byte.is_ascii_digit()) {
+            self.pos += 1;
+        }
+        let digits = &self.bytes[start..self.pos];
+        if digits.is_empty() {
+            return None;
+        }
+        let mut millis = 0i64;
+        for index in 0..3 {
+            millis = millis * 10 + digits.get(index).map_or(0, |d| i64::from(d - b'0'));
+        }
+        Some(millis)
+    }
+}
+
+fn is_leap(year: i64) -> bool {
+    (year % 4 == 0 && year % 100 != 0) || year % 400 == 0
+}
+
+fn days_in_month(year: i64, month: u32) -> u32 {
+    match month {
+        2 if is_leap(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 for a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let month = i64::from(month);
+    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_format_clef_pack_writes() {
+        assert_eq!(parse_iso8601_ms("1970-01-01T00:00:00.000Z"), Some(0));
+        assert_eq!(parse_iso8601_ms("2024-11-24T08:00:00.000Z"), Some(1_732_435_200_000));
+        assert_eq!(parse_iso8601_ms("2024-11-24T08:00:00.5Z"), Some(1_732_435_200_500));
+    }
+
+    #[test]
+    fn parses_offsets_dates_and_missing_seconds() {
+        assert_eq!(parse_iso8601_ms("2024-11-24T09:00:00+01:00"), Some(1_732_435_200_000));
+        assert_eq!(parse_iso8601_ms("2024-11-24T03:00-0500"), Some(1_732_435_200_000));
+        assert_eq!(parse_iso8601_ms("2024-11-24"), Some(1_732_406_400_000));
+        assert_eq!(parse_iso8601_ms("2000-02-29T00:00:00Z"), Some(951_782_400_000));
+        assert_eq!(parse_iso8601_ms("1969-12-31T23:59:59Z"), Some(-1000));
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_timestamp() {
+        for text in [
+            "",
+            "tomorrow",
+            "2024-13-01",
+            "2023-02-29",
+            "2024-11-24T25:00:00Z",
+            "2024-11-24T08:00:00Q",
+            "2024-11-24T08:00:00.Z",
+            "2024-11-24T08",
+            "1732435200000",
+            "2024-11-24T08:00:00Z trailing",
+        ] {
+            assert_eq!(parse_iso8601_ms(text), None, "{text:?}");
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Just enough URL handling for sources: split an `http(s)://` URL into its parts, recognise
+//! S3 URLs, and describe a URL for logs with its user-info and query string redacted, because
+//! either may carry a credential (a pre-signed query, `user:password@host`).
+
+/// An `http://` or `https://` URL split into the parts the agent uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpUrl {
+    pub scheme: String,
+    pub has_userinfo: bool,
+    /// Host as written, lowercased; IPv6 literals keep their brackets.
+    pub host: String,
+    pub port: Option<u16>,
+    /// Path starting with `/` (`/` when the URL has none).
+    pub path: String,
+    pub has_query: bool,
+}
+
+impl HttpUrl {
+    /// Parses `text`; `None` when it is not an absolute http(s) URL with a host.
+    pub fn parse(text: &str) -> Option<HttpUrl> {
+        let (scheme, rest) = text.split_once("://")?;
+        let scheme = scheme.to_ascii_lowercase();
+        if scheme != "http" && scheme != "https" {
+            return None;
+        }
+        let rest = rest.split('#').next().unwrap_or_default();
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, path_and_query) = rest.split_at(authority_end);
+        let (has_userinfo, host_port) = match authority.rsplit_once('@') {
+            Some((_, host_port)) => (true, host_port),
+            None => (false, authority),
+        };
+        let (host, port) = split_host_port(host_port)?;
+        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return None;
+        }
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path_and_query, None),
+        };
+        Some(HttpUrl {
+            scheme,
+            has_userinfo,
+            host: host.to_ascii_lowercase(),
+            port,
+            path: if path.is_empty() { "/".into() } else { path.into() },
+            has_query: query.is_some(),
+        })
+    }
+
+    /// The URL as it may appear in a log line: user-info and query replaced by `[redacted]`.
+    pub fn redacted(&self) -> String {
+        let userinfo = if self.has_userinfo { "[redacted]@" } else { "" };
+        let port = self.port.map(|port| format!(":{port}")).unwrap_or_default();
+        let query = if self.has_query { "?[redacted]" } else { "" };
+        format!("{}://{userinfo}{}{port}{}{query}", self.scheme, self.host, self.path)
+    }
+}
+
+fn split_host_port(host_port: &str) -> Option<(&str, Option<u16>)> {
+    if host_port.starts_with('[') {
+        let close = host_port.find(']')?;
+        let (host, rest) = host_port.split_at(close + 1);
+        return match rest.strip_prefix(':') {
+            Some(port) => Some((host, Some(port.parse().ok()?))),
+            None if rest.is_empty() => Some((host, None)),
+            None => None,
+        };
+    }
+    match host_port.rsplit_once(':') {
+        Some((host, port)) => Some((host, Some(port.parse().ok()?))),
+        None => Some((host_port, None)),
+    }
+}
+
+/// Where an S3 object lives, from `s3://bucket/key` or an S3 https URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: String,
+    pub key: String,
+    /// The region named in the URL's host; `None` for `s3://` URLs and region-less hosts.
+    pub region_in_host: Option<String>,
+}
+
+impl S3Location {
+    /// Parses `s3://bucket/key`.
+    pub fn parse_s3_scheme(text: &str) -> Option<S3Location> {
+        let rest = text.strip_prefix("s3://")?;
+        let (bucket, key) = rest.split_once('/')?;
+        (!bucket.is_empty() && !key.is_empty()).then(|| S3Location {
+            bucket: bucket.into(),
+            key: key.into(),
+            region_in_host: None,
+        })
+    }
+
+    /// Recognises `https://<bucket>.s3[.-<region>].amazonaws.com/<key>` (virtual-hosted style)
+    /// and `https://s3[.-<region>].amazonaws.com/<bucket>/<key>` (path style).
+    pub fn from_https(url: &HttpUrl) -> Option<S3Location> {
+        let host = url.host.strip_suffix(".amazonaws.com")?;
+        let path = url.path.strip_prefix('/')?;
+        let region_of = |service: &str| -> Option<Option<String>> {
+            if service == "s3" {
+                return Some(None);
+            }
+            let region = service.strip_prefix("s3.").or_else(|| service.strip_prefix("s3-"))?;
+            (!region.is_empty() && !region.contains('.')).then(|| Some(region.to_string()))
+        };
+        if let Some(region) = region_of(host) {
+            let (bucket, key) = path.split_once('/')?;
+            return (!bucket.is_empty() && !key.is_empty()).then(|| S3Location {
+                bucket: bucket.into(),
+                key: key.into(),
+                region_in_host: region,
+            });
+        }
+        let (bucket, service) = host.split_once(".s3")?;
+        let region = region_of(&format!("s3{service}"))?;
+        (!bucket.is_empty() && !path.is_empty()).then(|| S3Location {
+            bucket: bucket.into(),
+            key: path.into(),
+            region_in_host: region,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_userinfo_and_query() {
+        let url = HttpUrl::parse("https://user:pass@example.com:8443/a/b.json?X-Amz-Signature=abc").unwrap();
+        assert_eq!(url.redacted(), "https://[redacted]@example.com:8443/a/b.json?[redacted]");
+        let plain = HttpUrl::parse("http://Example.com").unwrap();
+        assert_eq!(plain.redacted(), "http://example.com/");
+    }
+
+    #[test]
+    fn rejects_non_http_urls() {
+        assert_eq!(HttpUrl::parse("ftp://example.com/x"), None);
+        assert_eq!(HttpUrl::parse("https:///x"), None);
+        assert_eq!(HttpUrl::parse("https://host:notaport/x"), None);
+        assert_eq!(HttpUrl::parse("/etc/artifact.json"), None);
+    }
+
+    #[test]
+    fn keeps_ipv6_literals() {
+        let url = HttpUrl::parse("http://[::1]:8080/x").unwrap();
+        assert_eq!((url.host.as_str(), url.port), ("[::1]", Some(8080)));
+    }
+
+    #[test]
+    fn recognises_every_s3_url_style() {
+        let s3 = S3Location::parse_s3_scheme("s3://my-bucket/clef/app/prod.age.json").unwrap();
+        assert_eq!((s3.bucket.as_str(), s3.key.as_str()), ("my-bucket", "clef/app/prod.age.json"));
+        let virtual_hosted = |text: &str| S3Location::from_https(&HttpUrl::parse(text).unwrap());
+        let location = virtual_hosted("https://my-bucket.s3.amazonaws.com/k/x.json").unwrap();
+        assert_eq!(
+            (location.bucket.as_str(), location.key.as_str(), location.region_in_host),
+            ("my-bucket", "k/x.json", None)
+        );
+        let location = virtual_hosted("https://my-bucket.s3.eu-west-1.amazonaws.com/x.json").unwrap();
+        assert_eq!(location.region_in_host.as_deref(), Some("eu-west-1"));
+        let location = virtual_hosted("https://s3.us-west-2.amazonaws.com/my-bucket/x.json").unwrap();
+        assert_eq!((location.bucket.as_str(), location.region_in_host.as_deref()), ("my-bucket", Some("us-west-2")));
+        let location = virtual_hosted("https://s3-eu-central-1.amazonaws.com/b/x.json").unwrap();
+        assert_eq!(location.region_in_host.as_deref(), Some("eu-central-1"));
+        assert_eq!(virtual_hosted("https://example.com/b/x.json"), None);
+        assert_eq!(virtual_hosted("https://sqs.us-east-1.amazonaws.com/b/x"), None);
+        assert_eq!(S3Location::parse_s3_scheme("s3://bucket-only"), None);
+    }
+}
