@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::artifact::signature::VerifyKey;
-use crate::artifact::{self, Parsed, Rejection};
+use crate::artifact::{self, Artifact, Parsed, Rejection};
 use crate::config::Mode;
 use crate::decrypt::{DecryptError, Keys, Plaintext};
 use crate::log;
@@ -155,26 +155,14 @@ impl Pipeline {
         if content_hash.is_some() && content_hash.as_deref() == last_hash {
             return Ok(Outcome::Unchanged);
         }
-        let artifact = match artifact::parse(&bytes)? {
-            Parsed::Revoked(revocation) => return Err(RefreshError::Revoked(revocation.to_string())),
-            Parsed::Artifact(artifact) => artifact,
-        };
-        if artifact::is_expired(&artifact, now_ms) {
-            let expiry = artifact.expires_at.as_ref().map(|expiry| expiry.text.as_str()).unwrap_or_default();
-            return Err(RefreshError::Expired(format!("Artifact expired at {expiry}")));
-        }
+        let artifact = screen(&bytes, now_ms)?;
         if let Some(last) = self.last.as_mut().filter(|last| last.revision == artifact.revision) {
             last.content_hash = content_hash;
             return Ok(Outcome::Unchanged);
         }
-        artifact::check_integrity(&artifact)?;
-        if let Some(key) = &self.verify_key {
-            key.verify(&artifact)?;
-        }
         // Decrypt in both modes: JIT keeps only the sealed artifact, but an artifact this agent
         // cannot open must not replace one it can.
-        let plaintext = self.keys.decrypt(&artifact)?;
-        let plaintext = Plaintext::parse(&plaintext).map_err(Rejection::PayloadParse)?;
+        let plaintext = open(&artifact, self.verify_key.as_ref(), &self.keys)?;
         let key_count = plaintext.key_count();
         let served = match mode {
             Mode::Cached { .. } => Served::Cached(Arc::new(Snapshot::build(&artifact, plaintext))),
@@ -189,6 +177,29 @@ impl Pipeline {
     fn forget(&mut self) {
         self.last = None;
     }
+}
+
+/// SPEC §2 steps 3–5: parse, honour a revocation, check the shape and the expiry.
+pub fn screen(bytes: &[u8], now_ms: u64) -> Result<Box<Artifact>, RefreshError> {
+    let artifact = match artifact::parse(bytes)? {
+        Parsed::Revoked(revocation) => return Err(RefreshError::Revoked(revocation.to_string())),
+        Parsed::Artifact(artifact) => artifact,
+    };
+    if artifact::is_expired(&artifact, now_ms) {
+        let expiry = artifact.expires_at.as_ref().map(|expiry| expiry.text.as_str()).unwrap_or_default();
+        return Err(RefreshError::Expired(format!("Artifact expired at {expiry}")));
+    }
+    Ok(artifact)
+}
+
+/// SPEC §2 steps 7–9: integrity, signature, decryption and the plaintext's shape.
+pub fn open(artifact: &Artifact, verify_key: Option<&VerifyKey>, keys: &Keys) -> Result<Plaintext, RefreshError> {
+    artifact::check_integrity(artifact)?;
+    if let Some(key) = verify_key {
+        key.verify(artifact)?;
+    }
+    let plaintext = keys.decrypt(artifact)?;
+    Ok(Plaintext::parse(&plaintext).map_err(Rejection::PayloadParse)?)
 }
 
 struct PipelineState {
