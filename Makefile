@@ -1,0 +1,53 @@
+# clef-agent developer commands. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+CARGO ?= cargo
+BIN := target/release/clef-agent
+DEMO_PORT ?= 7779
+DEMO_TOKEN ?= demo-token-not-secret
+
+.PHONY: help build run test deps lint fmt bench fixtures clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+
+build: ## Build the release binary (target/release/clef-agent)
+	$(CARGO) build --release --locked
+
+run: build ## Serve the bundled DEMO artifact (demo key, demo secrets) on 127.0.0.1:7779
+	@echo "Serving demo/demo.age.json (DEMO ONLY: its key is public in this repository)."
+	@echo "In another terminal:"
+	@echo "  curl -H 'Authorization: Bearer $(DEMO_TOKEN)' http://127.0.0.1:$(DEMO_PORT)/v1/secrets"
+	@echo
+	CLEF_AGENT_SOURCE=demo/demo.age.json CLEF_AGENT_AGE_KEY_FILE=demo/demo.agekey \
+	CLEF_AGENT_TOKEN=$(DEMO_TOKEN) CLEF_AGENT_PORT=$(DEMO_PORT) ./$(BIN)
+
+deps: ## Install what the tests need (the age CLI) and check the toolchain
+	@command -v $(CARGO) >/dev/null || { echo "error: cargo is required (https://rustup.rs)"; exit 1; }
+	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
+	@if ! command -v age >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq age >/dev/null; \
+	  else echo "error: the age CLI is required by the tests: install the 'age' package (apt-get install age)"; exit 1; fi; \
+	fi
+	@command -v age >/dev/null || { echo "error: installing the age CLI failed"; exit 1; }
+
+lint: ## rustfmt and clippy, warnings as errors
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+test: deps lint ## Install what is needed, then run every test
+	$(CARGO) test --locked --all-targets
+
+fmt: ## Format the code
+	$(CARGO) fmt
+
+bench: build deps ## Measure size, idle RSS and spawn-to-ready time of the release binary
+	python3 bench/run.py $(BIN)
+
+fixtures: ## Regenerate tests/fixtures (needs age, node/npm, python3 with cryptography)
+	tests/fixtures/generate.sh
+
+clean: ## Remove build output
+	$(CARGO) clean
