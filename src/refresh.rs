@@ -370,10 +370,6 @@ impl Poller {
         }
     }
 
-    pub fn is_alive(&self) -> bool {
-        !self.thread.is_finished()
-    }
-
     /// Stops polling, waiting until `deadline` at most for a refresh in progress.
     pub fn stop_by(self, deadline: std::time::Instant) {
         let _ = self.commands.send(Command::Stop);

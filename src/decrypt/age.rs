@@ -43,11 +43,6 @@ impl AgeIdentity {
         Self::parse(line)
     }
 
-    /// The public recipient (`age1…`), safe to print.
-    pub fn recipient(&self) -> String {
-        self.0.to_public().to_string()
-    }
-
     /// Decrypts a binary age file.
     pub fn decrypt(&self, ciphertext: &[u8]) -> Result<SecretBytes, DecryptError> {
         if ciphertext.starts_with(b"-----BEGIN AGE ENCRYPTED FILE-----") {

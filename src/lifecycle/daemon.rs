@@ -73,6 +73,8 @@ pub fn run(config: Config) -> Result<(), Fatal> {
     log::info(&format!("source: {}", refresher.describe_source()));
     log::info("fetching initial artifact...");
     if !initial_load(&refresher, &inbox)? {
+        log::info("Shutting down...");
+        log::info("Shutdown complete.");
         return Ok(());
     }
     log::info(&format!("mode: {}", config.mode.name()));

@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use crate::config::Mode;
 use crate::decrypt::{Keys, Plaintext};
 use crate::refresh::Refresher;
 use crate::secret::{constant_time_eq, Secret, SecretBytes};
@@ -223,10 +222,6 @@ impl Api {
         let plaintext: SecretBytes = self.keys.decrypt(artifact).map_err(|error| failed(error.to_string()))?;
         let plaintext = Plaintext::parse(&plaintext).map_err(failed)?;
         Ok(Arc::new(Snapshot::build(artifact, plaintext)))
-    }
-
-    pub fn mode(&self) -> Mode {
-        self.cell.mode
     }
 }
 
