@@ -196,7 +196,10 @@ impl Api {
     /// now in JIT mode.
     fn snapshot_for_request(&self, now_ms: u64) -> Result<Arc<Snapshot>, Reply> {
         let mut served = self.cell.current();
-        if self.cell.is_expired(now_ms) {
+        // Only a cache that aged out is refreshed here; a revoked or expired artifact is
+        // answered as such until the poller finds a new one.
+        let aged_out = matches!(*served, Served::Cached(_) | Served::Wiped(Wipe::CacheExpired));
+        if aged_out && self.cell.is_expired(now_ms) {
             if let Err(error) = self.refresher.refresh_for_request(now_ms) {
                 return Err(Reply::error(503, "Refresh failed", Some(&error.to_string())));
             }

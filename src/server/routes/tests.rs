@@ -238,6 +238,8 @@ fn a_revocation_wipes_the_secrets_until_a_new_artifact_arrives() {
         (503, r#"{"error":"Artifact revoked","detail":"Artifact revoked: api/prod at 2026-11-24T13:00:00Z"}"#)
     );
     assert_eq!(body(&fixture.api.handle(&get("/v1/ready", None), NOW + 2)), r#"{"ready":false,"reason":"revoked"}"#);
+    let after_ttl = fixture.api.handle(&get("/v1/secrets", BEARER), NOW + 120_000);
+    assert_eq!((after_ttl.status, body(&after_ttl)), (503, body(&reply)), "still revoked, not a refresh failure");
     *fixture.source.0.lock().unwrap() = Ok(artifact(PLAINTEXT, "r1", None, &fixture.recipient));
     fixture.api.refresher.refresh(NOW + 3).unwrap();
     assert_eq!(fixture.api.handle(&get("/v1/secrets", BEARER), NOW + 4).status, 200);
