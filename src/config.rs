@@ -167,13 +167,7 @@ impl Config {
             (None, Some(path)) => Some(AgeKeySource::File(path.into())),
             (None, None) => None,
         };
-        let port = match get("CLEF_AGENT_PORT") {
-            None => DEFAULT_PORT,
-            Some(text) => match text.trim().parse::<u16>() {
-                Ok(port) if port >= 1 => port,
-                _ => return error(format!("CLEF_AGENT_PORT must be a port number from 1 to 65535, got '{text}'")),
-            },
-        };
+        let port = port_from_env(&lookup)?;
         let token = match (get("CLEF_AGENT_TOKEN"), get("CLEF_AGENT_TOKEN_FILE")) {
             (Some(_), Some(_)) => {
                 return error("CLEF_AGENT_TOKEN and CLEF_AGENT_TOKEN_FILE are both set: set only one of them")
@@ -248,6 +242,17 @@ impl Config {
                     .map_err(|why| ConfigError(format!("CLEF_AGENT_AGE_KEY_FILE: {} {why}", path.display())))
             }
         }
+    }
+}
+
+/// `CLEF_AGENT_PORT`, or the default; also what `healthcheck` reads.
+pub fn port_from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<u16, ConfigError> {
+    match lookup("CLEF_AGENT_PORT").filter(|value| !value.is_empty()) {
+        None => Ok(DEFAULT_PORT),
+        Some(text) => match text.trim().parse::<u16>() {
+            Ok(port) if port >= 1 => Ok(port),
+            _ => error(format!("CLEF_AGENT_PORT must be a port number from 1 to 65535, got '{text}'")),
+        },
     }
 }
 

@@ -2,20 +2,10 @@
 
 use std::process::ExitCode;
 
-use clef_agent::config::Config;
-use clef_agent::lifecycle::daemon::{self, Fatal};
+use clef_agent::cli::{self, Command};
+use clef_agent::config::{self, Config};
+use clef_agent::lifecycle::{daemon, Fatal};
 use clef_agent::{log, VERSION};
-
-const HELP: &str = "\
-clef-agent - serves secrets from a clef packed artifact over a loopback HTTP API
-
-Usage:
-  clef-agent [run]     run the agent (the default)
-  clef-agent --version print the version
-  clef-agent --help    print this help
-
-Configuration is read from CLEF_AGENT_* environment variables; see the README.
-";
 
 fn main() -> ExitCode {
     // A panic message may quote data; print only where it happened.
@@ -23,35 +13,50 @@ fn main() -> ExitCode {
         let location = info.location().map(|location| location.to_string()).unwrap_or_default();
         log::error(&format!("internal error (a bug) at {location}"));
     }));
-    let arguments: Vec<String> = std::env::args().skip(1).collect();
-    match arguments.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
-        [] | ["run"] => run(),
-        ["--version" | "-V"] => {
+    let command = match cli::parse(std::env::args_os().skip(1).collect()) {
+        Ok(command) => command,
+        Err(message) => {
+            log::error(&message);
+            return ExitCode::from(2);
+        }
+    };
+    let environment = |name: &str| std::env::var(name).ok();
+    let result = match command {
+        Command::Version => {
             println!("clef-agent {VERSION}");
-            ExitCode::SUCCESS
+            Ok(())
         }
-        ["--help" | "-h"] => {
-            print!("{HELP}");
-            ExitCode::SUCCESS
+        Command::Help => {
+            print!("{}", cli::HELP);
+            Ok(())
         }
-        [other, ..] => {
-            log::error(&format!("unknown command or option '{other}': run clef-agent --help"));
-            ExitCode::from(2)
+        Command::Healthcheck => {
+            return match config::port_from_env(environment)
+                .map_err(Fatal::Config)
+                .and_then(|port| cli::healthcheck::check_ready(port).map_err(Fatal::Other))
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(fatal) => report(fatal),
+            };
         }
+        Command::Run => Config::from_env(environment).map_err(Fatal::Config).and_then(daemon::run),
+        Command::Check => {
+            Config::from_env(environment).map_err(Fatal::Config).and_then(|config| cli::check::run(&config))
+        }
+        Command::Exec { program, arguments } => Config::from_env(environment)
+            .map_err(Fatal::Config)
+            .and_then(|config| cli::exec::run(&config, &program, &arguments)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(fatal) => report(fatal),
     }
 }
 
-fn run() -> ExitCode {
-    let result = Config::from_env(|name| std::env::var(name).ok()).map_err(Fatal::Config).and_then(daemon::run);
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Fatal::Config(error)) => {
-            log::error(&format!("config error: {error}"));
-            ExitCode::FAILURE
-        }
-        Err(Fatal::Other(message)) => {
-            log::error(&format!("fatal: {message}"));
-            ExitCode::FAILURE
-        }
+fn report(fatal: Fatal) -> ExitCode {
+    match fatal {
+        Fatal::Config(error) => log::error(&format!("config error: {error}")),
+        Fatal::Other(message) => log::error(&format!("fatal: {message}")),
     }
+    ExitCode::FAILURE
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
+use super::Fatal;
 use crate::config::{Config, ConfigError, TokenSource};
 use crate::decrypt::Keys;
 use crate::log;
@@ -24,21 +25,6 @@ const STARTUP_ATTEMPTS: u32 = 3;
 const STARTUP_BACKOFF: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(4)];
 /// In-flight requests get this long to finish at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
-
-/// How the daemon ended badly.
-#[derive(Debug)]
-pub enum Fatal {
-    /// Printed as `config error: …`.
-    Config(ConfigError),
-    /// Printed as `fatal: …`.
-    Other(String),
-}
-
-impl From<ConfigError> for Fatal {
-    fn from(error: ConfigError) -> Self {
-        Fatal::Config(error)
-    }
-}
 
 enum Event {
     Shutdown,

@@ -1,0 +1,62 @@
+//! `clef-agent exec [--] CMD [ARGS…]`: one fetch and decryption, then `execve` CMD with every
+//! secret added to its environment as `<namespace>__<key>` (overriding inherited variables).
+//! The agent's process becomes CMD, so CMD's exit status is the exit status; nothing is
+//! written to disk. For cron jobs and scripts that read secrets from their environment.
+
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+
+use crate::config::Config;
+use crate::decrypt::Plaintext;
+use crate::lifecycle::Fatal;
+
+pub fn run(config: &Config, program: &OsString, arguments: &[OsString]) -> Result<(), Fatal> {
+    let (_, plaintext) = super::load_once(config)?;
+    let variables = environment(&plaintext).map_err(Fatal::Other)?;
+    let mut command = std::process::Command::new(program);
+    command.args(arguments).envs(variables.iter().map(|(name, value)| (name.as_str(), value.as_str())));
+    // `exec` only returns when the program could not be started.
+    let error = command.exec();
+    Err(Fatal::Other(format!("cannot run {}: {error}", program.to_string_lossy())))
+}
+
+/// The `<namespace>__<key>` variables, or why one of them cannot be an environment variable.
+pub fn environment(plaintext: &Plaintext) -> Result<Vec<(String, zeroize::Zeroizing<String>)>, String> {
+    let mut variables = Vec::with_capacity(plaintext.key_count());
+    for namespace in &plaintext.namespaces {
+        for (key, value) in &namespace.entries {
+            let name = format!("{}__{key}", namespace.name);
+            if name.contains(['=', '\0']) {
+                return Err(format!(
+                    "the secret '{name}' cannot be an environment variable: its name contains '=' or NUL"
+                ));
+            }
+            if value.contains('\0') {
+                return Err(format!("the secret '{name}' cannot be an environment variable: its value contains NUL"));
+            }
+            variables.push((name, value.clone()));
+        }
+    }
+    Ok(variables)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_variables_namespace_double_underscore_key() {
+        let plaintext = Plaintext::parse(br#"{"db":{"HOST":"h","PASS":"p"},"app":{"KEY":"k"}}"#).unwrap();
+        let variables = environment(&plaintext).unwrap();
+        let names: Vec<_> = variables.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+        assert_eq!(names, [("db__HOST", "h"), ("db__PASS", "p"), ("app__KEY", "k")]);
+    }
+
+    #[test]
+    fn refuses_names_and_values_the_environment_cannot_hold() {
+        let plaintext = Plaintext::parse(br#"{"db":{"A=B":"x"}}"#).unwrap();
+        assert!(environment(&plaintext).unwrap_err().contains("'db__A=B'"));
+        let plaintext = Plaintext::parse(br#"{"db":{"K":"a\u0000b"}}"#).unwrap();
+        assert!(environment(&plaintext).unwrap_err().contains("value contains NUL"));
+    }
+}
