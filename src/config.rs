@@ -140,6 +140,10 @@ pub struct Config {
     pub verify_key: Option<VerifyKey>,
     pub telemetry_url: Option<HttpUrl>,
     pub socket: Option<PathBuf>,
+    /// `NOTIFY_SOCKET`: systemd's notification socket.
+    pub notify_socket: Option<String>,
+    /// Half of `WATCHDOG_USEC`, when systemd's watchdog is meant for this process.
+    pub watchdog_interval: Option<Duration>,
 }
 
 const VCS_REQUIRED: [&str; 5] = [
@@ -219,6 +223,8 @@ impl Config {
             verify_key,
             telemetry_url,
             socket: get("CLEF_AGENT_SOCKET").map(PathBuf::from),
+            notify_socket: get("NOTIFY_SOCKET"),
+            watchdog_interval: crate::lifecycle::systemd::watchdog_interval(get, std::process::id()),
         })
     }
 

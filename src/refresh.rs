@@ -370,6 +370,11 @@ impl Poller {
         }
     }
 
+    /// The refresh thread is still running (the watchdog's self-check).
+    pub fn is_alive(&self) -> bool {
+        !self.thread.is_finished()
+    }
+
     /// Stops polling, waiting until `deadline` at most for a refresh in progress.
     pub fn stop_by(self, deadline: std::time::Instant) {
         let _ = self.commands.send(Command::Stop);

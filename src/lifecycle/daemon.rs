@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use super::Fatal;
+use super::{systemd, Fatal};
 use crate::config::{Config, ConfigError, TokenSource};
 use crate::decrypt::Keys;
 use crate::log;
@@ -80,15 +80,25 @@ pub fn run(config: Config) -> Result<(), Fatal> {
     let poller =
         Poller::spawn(refresher).map_err(|error| Fatal::Other(format!("cannot start the refresh thread: {error}")))?;
     log::info("Agent ready. Polling for updates.");
+    let notifier = config.notify_socket.as_deref().and_then(systemd::Notifier::new);
+    notify(&notifier, "READY=1");
 
     let refresh_now = poller.trigger();
+    // Without a watchdog this only wakes for events.
+    let tick = config.watchdog_interval.unwrap_or(Duration::from_secs(3600));
     loop {
-        match inbox.recv() {
+        match inbox.recv_timeout(tick) {
             Ok(Event::Refresh) => refresh_now(),
-            Ok(Event::Shutdown) | Err(_) => break,
+            Ok(Event::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
             Ok(Event::ServerFailed(message)) => return Err(Fatal::Other(message)),
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        // The self-check: this loop, the refresh thread and every HTTP worker are alive.
+        if config.watchdog_interval.is_some() && poller.is_alive() && server.is_healthy() {
+            notify(&notifier, "WATCHDOG=1");
         }
     }
+    notify(&notifier, "STOPPING=1");
     log::info("Shutting down...");
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     poller.stop_by(deadline);
@@ -164,6 +174,12 @@ fn harden_process() {
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
     }
     listener::raise_file_descriptor_limit();
+}
+
+fn notify(notifier: &Option<systemd::Notifier>, state: &str) {
+    if let Some(notifier) = notifier {
+        notifier.notify(state);
+    }
 }
 
 fn not_supported_yet(variable: &str) -> Fatal {

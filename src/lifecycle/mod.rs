@@ -2,6 +2,7 @@
 //! with when it cannot go on.
 
 pub mod daemon;
+pub mod systemd;
 
 use crate::config::ConfigError;
 

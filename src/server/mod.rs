@@ -51,6 +51,11 @@ impl Server {
         Ok(Server { http, workers, stopping })
     }
 
+    /// Every worker thread is still running (the watchdog's self-check).
+    pub fn is_healthy(&self) -> bool {
+        self.workers.iter().all(|worker| !worker.is_finished())
+    }
+
     /// Stops taking requests and waits up to `grace` for the ones in flight.
     pub fn stop(self, grace: Duration) {
         self.stopping.store(true, Ordering::SeqCst);

@@ -1,0 +1,81 @@
+//! systemd's notify protocol (SPEC §7, **beyond**): `READY=1` once serving, `STOPPING=1` at
+//! shutdown, and `WATCHDOG=1` every `WATCHDOG_USEC`/2 — but only while a self-check passes
+//! (the refresh thread and every HTTP worker alive), so a wedged agent stops pinging and
+//! systemd restarts it. Without `NOTIFY_SOCKET` all of this does nothing. The daemon's main
+//! loop sends the pings, so its own liveness is part of the check.
+
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::time::Duration;
+
+/// Where to send notifications, from `NOTIFY_SOCKET`.
+pub struct Notifier {
+    address: SocketAddr,
+}
+
+impl Notifier {
+    /// `None` when `NOTIFY_SOCKET` is unset or unusable (then systemd is not listening).
+    pub fn new(path: &str) -> Option<Notifier> {
+        // A leading '@' names a socket in the abstract namespace.
+        let address = match path.strip_prefix('@') {
+            Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+            None => SocketAddr::from_pathname(path),
+        };
+        address.ok().map(|address| Notifier { address })
+    }
+
+    /// Sends one notification; failures are ignored (systemd may be gone at shutdown).
+    pub fn notify(&self, state: &str) {
+        if let Ok(socket) = UnixDatagram::unbound() {
+            let _ = socket.send_to_addr(state.as_bytes(), &self.address);
+        }
+    }
+}
+
+/// The watchdog ping interval: half of `WATCHDOG_USEC`, when the watchdog is meant for us.
+pub fn watchdog_interval(lookup: impl Fn(&str) -> Option<String>, own_pid: u32) -> Option<Duration> {
+    let microseconds: u64 = lookup("WATCHDOG_USEC")?.trim().parse().ok().filter(|&usec| usec > 0)?;
+    if let Some(pid) = lookup("WATCHDOG_PID") {
+        if pid.trim().parse::<u32>().ok() != Some(own_pid) {
+            return None;
+        }
+    }
+    Some(Duration::from_micros(microseconds) / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| pairs.iter().find(|(key, _)| *key == name).map(|(_, value)| value.to_string())
+    }
+
+    #[test]
+    fn watchdog_pings_at_half_the_timeout_for_our_pid_only() {
+        assert_eq!(watchdog_interval(lookup(&[("WATCHDOG_USEC", "10000000")]), 7), Some(Duration::from_secs(5)));
+        assert_eq!(
+            watchdog_interval(lookup(&[("WATCHDOG_USEC", "10000000"), ("WATCHDOG_PID", "7")]), 7),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(watchdog_interval(lookup(&[("WATCHDOG_USEC", "10000000"), ("WATCHDOG_PID", "8")]), 7), None);
+        assert_eq!(watchdog_interval(lookup(&[("WATCHDOG_USEC", "0")]), 7), None);
+        assert_eq!(watchdog_interval(lookup(&[]), 7), None);
+    }
+
+    #[test]
+    fn sends_datagrams_to_the_notify_socket() {
+        let directory = std::env::temp_dir().join(format!("clef-notify-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let path = directory.join("notify.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixDatagram::bind(&path).unwrap();
+        let path_text = path.to_string_lossy().to_string();
+        let notifier = Notifier::new(&path_text).unwrap();
+        notifier.notify("READY=1");
+        let mut buffer = [0u8; 64];
+        let count = listener.recv(&mut buffer).unwrap();
+        assert_eq!(&buffer[..count], b"READY=1");
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+}
