@@ -16,6 +16,7 @@ pub mod server;
 pub mod snapshot;
 pub mod source;
 pub mod time;
+pub mod token;
 pub mod url;
 
 /// The crate version, as `--version` prints it and the User-Agent carries it.

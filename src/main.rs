@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clef_agent::cli::{self, Command};
-use clef_agent::config::{self, Config};
+use clef_agent::config::Config;
 use clef_agent::lifecycle::{daemon, Fatal};
 use clef_agent::{log, VERSION};
 
@@ -30,15 +30,9 @@ fn main() -> ExitCode {
             print!("{}", cli::HELP);
             Ok(())
         }
-        Command::Healthcheck => {
-            return match config::port_from_env(environment)
-                .map_err(Fatal::Config)
-                .and_then(|port| cli::healthcheck::check_ready(port).map_err(Fatal::Other))
-            {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(fatal) => report(fatal),
-            };
-        }
+        Command::Healthcheck => cli::healthcheck::Target::from_env(environment)
+            .map_err(Fatal::Config)
+            .and_then(|target| cli::healthcheck::check_ready(&target).map_err(Fatal::Other)),
         Command::Run => Config::from_env(environment).map_err(Fatal::Config).and_then(daemon::run),
         Command::Check => {
             Config::from_env(environment).map_err(Fatal::Config).and_then(|config| cli::check::run(&config))

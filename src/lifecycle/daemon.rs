@@ -10,14 +10,14 @@ use std::time::{Duration, Instant};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use super::{systemd, Fatal};
-use crate::config::{Config, ConfigError, TokenSource};
+use crate::config::Config;
 use crate::decrypt::Keys;
 use crate::log;
 use crate::refresh::{Pipeline, Poller, RefreshError, Refresher};
-use crate::secret::{hex, random_bytes, Secret};
 use crate::server::routes::Api;
-use crate::server::{listener, Server};
+use crate::server::{listener, Bound, Server};
 use crate::snapshot::Cell;
+use crate::token;
 
 /// Start-up makes this many attempts at the first artifact…
 const STARTUP_ATTEMPTS: u32 = 3;
@@ -36,17 +36,10 @@ enum Event {
 pub fn run(config: Config) -> Result<(), Fatal> {
     harden_process();
     let keys = Arc::new(Keys { age: config.load_age_identity()? });
-    let token = match &config.token {
-        TokenSource::Given(token) => token.clone(),
-        TokenSource::Generated => Secret::new(hex(&random_bytes::<32>().map_err(Fatal::Other)?)),
-        TokenSource::File(_) => return Err(not_supported_yet("CLEF_AGENT_TOKEN_FILE")),
-    };
-    if config.socket.is_some() {
-        return Err(not_supported_yet("CLEF_AGENT_SOCKET"));
-    }
+    let (token, token_line) = token::resolve(&config.token)?;
     warn_about_unsupported_options(&config);
 
-    let listener = listener::bind_loopback(config.port).map_err(Fatal::Other)?;
+    let listeners = bind_listeners(&config)?;
     let (events, inbox) = mpsc::channel();
     watch_signals(events.clone())?;
 
@@ -64,19 +57,20 @@ pub fn run(config: Config) -> Result<(), Fatal> {
         return Ok(());
     }
     log::info(&format!("mode: {}", config.mode.name()));
-    log::info(match config.token {
-        TokenSource::Generated => "token: [generated]",
-        _ => "token: [set]",
-    });
+    log::info(&token_line);
     log::info("lifecycle: daemon");
 
     let api = Arc::new(Api { cell, refresher: Arc::clone(&refresher), keys, token });
-    let failures = events.clone();
-    let server = Server::start(listener, api, move |message| {
-        let _ = failures.send(Event::ServerFailed(message));
-    })
-    .map_err(Fatal::Other)?;
-    log::info(&format!("Agent server listening at http://127.0.0.1:{}", config.port));
+    let mut servers = Vec::with_capacity(listeners.len());
+    for (listener, address) in listeners {
+        let failures = events.clone();
+        let server = Server::start(listener, Arc::clone(&api), move |message| {
+            let _ = failures.send(Event::ServerFailed(message));
+        })
+        .map_err(Fatal::Other)?;
+        servers.push(server);
+        log::info(&format!("Agent server listening at {address}"));
+    }
     let poller =
         Poller::spawn(refresher).map_err(|error| Fatal::Other(format!("cannot start the refresh thread: {error}")))?;
     log::info("Agent ready. Polling for updates.");
@@ -94,7 +88,7 @@ pub fn run(config: Config) -> Result<(), Fatal> {
             Err(RecvTimeoutError::Timeout) => {}
         }
         // The self-check: this loop, the refresh thread and every HTTP worker are alive.
-        if config.watchdog_interval.is_some() && poller.is_alive() && server.is_healthy() {
+        if config.watchdog_interval.is_some() && poller.is_alive() && servers.iter().all(Server::is_healthy) {
             notify(&notifier, "WATCHDOG=1");
         }
     }
@@ -102,7 +96,12 @@ pub fn run(config: Config) -> Result<(), Fatal> {
     log::info("Shutting down...");
     let deadline = Instant::now() + SHUTDOWN_GRACE;
     poller.stop_by(deadline);
-    server.stop(deadline.saturating_duration_since(Instant::now()));
+    for server in servers {
+        server.stop(deadline.saturating_duration_since(Instant::now()));
+    }
+    if let Some(path) = &config.socket {
+        let _ = std::fs::remove_file(path);
+    }
     log::info("Shutdown complete.");
     Ok(())
 }
@@ -182,10 +181,19 @@ fn notify(notifier: &Option<systemd::Notifier>, state: &str) {
     }
 }
 
-fn not_supported_yet(variable: &str) -> Fatal {
-    Fatal::Config(ConfigError(format!(
-        "{variable} is set, but this build of clef-agent does not support it yet: unset it"
-    )))
+/// The Unix socket when `CLEF_AGENT_SOCKET` is set (then TCP only with an explicit
+/// `CLEF_AGENT_PORT`), else TCP on loopback; each with the address the log names.
+fn bind_listeners(config: &Config) -> Result<Vec<(Bound, String)>, Fatal> {
+    let mut listeners = Vec::new();
+    if let Some(path) = &config.socket {
+        let listener = listener::bind_unix(path).map_err(Fatal::Other)?;
+        listeners.push((Bound::Unix(listener), format!("unix:{}", path.display())));
+    }
+    if config.socket.is_none() || config.port_explicit {
+        let listener = listener::bind_loopback(config.port).map_err(Fatal::Other)?;
+        listeners.push((Bound::Tcp(listener), format!("http://127.0.0.1:{}", config.port)));
+    }
+    Ok(listeners)
 }
 
 /// Optional features whose absence degrades nothing the application relies on are announced,

@@ -10,6 +10,9 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::os::fd::RawFd;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +25,25 @@ const JANITOR_PERIOD: Duration = Duration::from_secs(1);
 pub fn bind_loopback(port: u16) -> Result<TcpListener, String> {
     let address = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
     TcpListener::bind(address).map_err(|error| format!("cannot listen on {address}: {error}"))
+}
+
+/// Binds a Unix socket at `path` with mode 0660. A stale socket file left by a previous run is
+/// replaced; a live one (something answers on it) or a file that is not a socket is an error.
+pub fn bind_unix(path: &Path) -> Result<UnixListener, String> {
+    let cannot = |why: String| format!("cannot listen on unix:{}: {why}", path.display());
+    if let Ok(metadata) = std::fs::symlink_metadata(path) {
+        if !metadata.file_type().is_socket() {
+            return Err(cannot("the path exists and is not a socket".into()));
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(cannot("another process is listening on it".into()));
+        }
+        std::fs::remove_file(path).map_err(|error| cannot(format!("cannot remove the stale socket: {error}")))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|error| cannot(error.to_string()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|error| cannot(error.to_string()))?;
+    Ok(listener)
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit, so many clients do not make `accept()`
@@ -140,6 +162,23 @@ mod tests {
         let port = first.local_addr().unwrap().port();
         let error = bind_loopback(port).unwrap_err();
         assert!(error.starts_with(&format!("cannot listen on 127.0.0.1:{port}: ")), "{error}");
+    }
+
+    #[test]
+    fn unix_socket_has_mode_0660_and_replaces_only_stale_sockets() {
+        let directory = std::env::temp_dir().join(format!("clef-socket-{}", std::process::id()));
+        std::fs::create_dir_all(&directory).unwrap();
+        let path = directory.join("agent.sock");
+        let _ = std::fs::remove_file(&path);
+        let live = bind_unix(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o660);
+        assert!(bind_unix(&path).unwrap_err().ends_with("another process is listening on it"));
+        drop(live);
+        assert!(bind_unix(&path).is_ok(), "a stale socket file is replaced");
+        let regular = directory.join("not-a-socket");
+        std::fs::write(&regular, "x").unwrap();
+        assert!(bind_unix(&regular).unwrap_err().ends_with("the path exists and is not a socket"));
+        std::fs::remove_dir_all(&directory).unwrap();
     }
 
     #[test]

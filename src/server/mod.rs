@@ -7,6 +7,7 @@ pub mod routes;
 
 use std::io::Read;
 use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,6 +19,12 @@ use self::routes::{Api, Body, Reply, Request};
 /// Worker threads answering requests; tiny_http reads connections on its own threads.
 const WORKERS: usize = 4;
 
+/// A listener bound by [`listener::bind_loopback`] or [`listener::bind_unix`].
+pub enum Bound {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
 pub struct Server {
     http: Arc<tiny_http::Server>,
     workers: Vec<JoinHandle<()>>,
@@ -28,16 +35,22 @@ impl Server {
     /// Starts serving `api` on `listener`. A receive error (the accept loop died) is reported
     /// to `on_failure`, because an agent that is alive but deaf must exit for its supervisor.
     pub fn start(
-        listener: TcpListener,
+        listener: Bound,
         api: Arc<Api>,
         on_failure: impl Fn(String) + Clone + Send + 'static,
     ) -> Result<Server, String> {
-        let port = listener.local_addr().map_err(|error| error.to_string())?.port();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let listener: tiny_http::Listener = match listener {
+            Bound::Tcp(listener) => {
+                let port = listener.local_addr().map_err(|error| error.to_string())?.port();
+                listener::spawn_idle_janitor(port, listener::IDLE_TIMEOUT, Arc::clone(&stopping))
+                    .map_err(|error| error.to_string())?;
+                listener.into()
+            }
+            Bound::Unix(listener) => listener.into(),
+        };
         let http = tiny_http::Server::from_listener(listener, None).map_err(|error| error.to_string())?;
         let http = Arc::new(http);
-        let stopping = Arc::new(AtomicBool::new(false));
-        listener::spawn_idle_janitor(port, listener::IDLE_TIMEOUT, Arc::clone(&stopping))
-            .map_err(|error| error.to_string())?;
         let mut workers = Vec::with_capacity(WORKERS);
         for index in 0..WORKERS {
             let (http, api, stopping, on_failure) =

@@ -1,0 +1,122 @@
+//! The bearer token: from `CLEF_AGENT_TOKEN`, from `CLEF_AGENT_TOKEN_FILE` (read it, or create
+//! it once so an application on a shared volume can read it), or random. The log says where it
+//! came from, never what it is.
+
+use std::fs::OpenOptions;
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use crate::config::{ConfigError, TokenSource};
+use crate::secret::{hex, random_bytes, Secret};
+
+/// The token and the start-up log line that says where it came from.
+pub fn resolve(source: &TokenSource) -> Result<(Secret, String), ConfigError> {
+    match source {
+        TokenSource::Given(token) => Ok((token.clone(), "token: [set]".into())),
+        TokenSource::Generated => Ok((generate()?, "token: [generated]".into())),
+        TokenSource::File(path) => match read(path)? {
+            Some(token) => Ok((token, format!("token: [read from {}]", path.display()))),
+            None => {
+                let token = create(path)?;
+                Ok((token, format!("token: [generated, written to {}]", path.display())))
+            }
+        },
+    }
+}
+
+fn generate() -> Result<Secret, ConfigError> {
+    Ok(Secret::new(hex(&random_bytes::<32>().map_err(ConfigError)?)))
+}
+
+/// Reads the token file; `None` when it does not exist.
+fn read(path: &Path) -> Result<Option<Secret>, ConfigError> {
+    let problem = |what: String| ConfigError(format!("CLEF_AGENT_TOKEN_FILE {}: {what}", path.display()));
+    let contents = match std::fs::read(path) {
+        Ok(contents) => zeroize::Zeroizing::new(contents),
+        Err(error) if error.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(problem(format!("cannot be read: {error}"))),
+    };
+    let text = std::str::from_utf8(&contents).map_err(|_| problem("is not text".into()))?.trim();
+    if text.is_empty() {
+        return Err(problem("is empty: delete it to have a token generated, or write one into it".into()));
+    }
+    if !text.bytes().all(|byte| byte.is_ascii_graphic()) {
+        return Err(problem("must hold one token of printable ASCII characters without spaces".into()));
+    }
+    Ok(Some(Secret::new(text.to_string())))
+}
+
+/// Writes a new random token to `path` atomically with mode 0600. If another process created
+/// the file first, its token wins and is returned, so agents sharing a volume agree.
+fn create(path: &Path) -> Result<Secret, ConfigError> {
+    let problem = |what: String| ConfigError(format!("CLEF_AGENT_TOKEN_FILE {}: {what}", path.display()));
+    let token = generate()?;
+    let file_name = path.file_name().ok_or_else(|| problem("is not a file path".into()))?;
+    let temporary = path.with_file_name(format!(".{}.{}.tmp", file_name.to_string_lossy(), std::process::id()));
+    let written = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary).and_then(|mut file| {
+        file.write_all(token.expose().as_bytes())?;
+        file.write_all(b"\n")?;
+        file.sync_all()
+    });
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&temporary);
+        return Err(problem(format!("cannot be created: {error}")));
+    }
+    // A hard link, unlike a rename, fails when the file appeared meanwhile.
+    let linked = std::fs::hard_link(&temporary, path);
+    let _ = std::fs::remove_file(&temporary);
+    match linked {
+        Ok(()) => Ok(token),
+        Err(error) if error.kind() == ErrorKind::AlreadyExists => {
+            read(path)?.ok_or_else(|| problem("disappeared while it was being created".into()))
+        }
+        Err(error) => Err(problem(format!("cannot be created: {error}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn directory(name: &str) -> std::path::PathBuf {
+        let directory = std::env::temp_dir().join(format!("clef-token-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&directory);
+        std::fs::create_dir_all(&directory).unwrap();
+        directory
+    }
+
+    #[test]
+    fn creates_a_token_file_with_mode_0600_and_reads_it_back() {
+        let directory = directory("create");
+        let path = directory.join("token");
+        let (token, line) = resolve(&TokenSource::File(path.clone())).unwrap();
+        assert_eq!(token.expose().len(), 64);
+        assert_eq!(line, format!("token: [generated, written to {}]", path.display()));
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let (again, line) = resolve(&TokenSource::File(path.clone())).unwrap();
+        assert_eq!(again, token);
+        assert_eq!(line, format!("token: [read from {}]", path.display()));
+        assert_eq!(std::fs::read_dir(&directory).unwrap().count(), 1, "no temporary file left behind");
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    #[test]
+    fn refuses_empty_or_malformed_token_files_without_echoing_them() {
+        let directory = directory("bad");
+        let path = directory.join("token");
+        std::fs::write(&path, "\n").unwrap();
+        assert!(resolve(&TokenSource::File(path.clone())).unwrap_err().0.contains("is empty"));
+        std::fs::write(&path, "two words").unwrap();
+        let error = resolve(&TokenSource::File(path.clone())).unwrap_err().0;
+        assert!(error.contains("printable ASCII") && !error.contains("two words"), "{error}");
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    #[test]
+    fn a_missing_directory_is_a_clear_error() {
+        let error = resolve(&TokenSource::File("/nonexistent-clef-dir/token".into())).unwrap_err().0;
+        assert!(error.starts_with("CLEF_AGENT_TOKEN_FILE /nonexistent-clef-dir/token: cannot be created"), "{error}");
+    }
+}
