@@ -144,6 +144,8 @@ pub struct Config {
     pub notify_socket: Option<String>,
     /// Half of `WATCHDOG_USEC`, when systemd's watchdog is meant for this process.
     pub watchdog_interval: Option<Duration>,
+    /// `AWS_LAMBDA_RUNTIME_API` (`host:port`): run as a Lambda extension.
+    pub lambda_runtime_api: Option<String>,
 }
 
 const VCS_REQUIRED: [&str; 5] = [
@@ -224,6 +226,7 @@ impl Config {
             telemetry_url,
             socket: get("CLEF_AGENT_SOCKET").map(PathBuf::from),
             notify_socket: get("NOTIFY_SOCKET"),
+            lambda_runtime_api: get("AWS_LAMBDA_RUNTIME_API"),
             watchdog_interval: crate::lifecycle::systemd::watchdog_interval(get, std::process::id()),
         })
     }

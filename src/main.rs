@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clef_agent::cli::{self, Command};
 use clef_agent::config::Config;
-use clef_agent::lifecycle::{daemon, Fatal};
+use clef_agent::lifecycle::{daemon, lambda, Fatal};
 use clef_agent::{log, VERSION};
 
 fn main() -> ExitCode {
@@ -33,7 +33,12 @@ fn main() -> ExitCode {
         Command::Healthcheck => cli::healthcheck::Target::from_env(environment)
             .map_err(Fatal::Config)
             .and_then(|target| cli::healthcheck::check_ready(&target).map_err(Fatal::Other)),
-        Command::Run => Config::from_env(environment).map_err(Fatal::Config).and_then(daemon::run),
+        Command::Run => Config::from_env(environment).map_err(Fatal::Config).and_then(|config| {
+            match config.lambda_runtime_api.clone() {
+                Some(runtime_api) => lambda::run(config, &runtime_api),
+                None => daemon::run(config),
+            }
+        }),
         Command::Check => {
             Config::from_env(environment).map_err(Fatal::Config).and_then(|config| cli::check::run(&config))
         }

@@ -10,12 +10,13 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::artifact::signature::VerifyKey;
-use crate::artifact::{self, Artifact, Parsed, Rejection};
+use crate::artifact::{self, Artifact, Parsed, Rejection, Revocation};
 use crate::config::Mode;
 use crate::decrypt::{DecryptError, Keys, Plaintext};
 use crate::log;
 use crate::snapshot::{Cell, SealedArtifact, Served, Snapshot, Wipe};
 use crate::source::{FetchError, Fetched, Source};
+use crate::telemetry::{self, Event, Telemetry};
 
 /// JIT mode polls at this fixed interval; it is also the floor of cached mode's schedule.
 pub const POLL_FLOOR: Duration = Duration::from_secs(5);
@@ -36,9 +37,11 @@ pub enum RefreshError {
         configuration: bool,
     },
     /// A revocation was published; the secrets were wiped.
-    Revoked(String),
-    /// The artifact's `expiresAt` passed; the secrets were wiped.
-    Expired(String),
+    Revoked(Revocation),
+    /// The artifact's `expiresAt` (as written) passed; the secrets were wiped.
+    Expired {
+        expires_at: String,
+    },
 }
 
 impl RefreshError {
@@ -74,7 +77,7 @@ impl RefreshError {
                 _ => "The artifact is malformed or was modified: pack it again with clef pack and redeploy it.",
             },
             RefreshError::Revoked(_) => "The artifact was revoked: pack and deploy a new one.",
-            RefreshError::Expired(_) => "Pack and deploy a new artifact with a later expiry.",
+            RefreshError::Expired { .. } => "Pack and deploy a new artifact with a later expiry.",
         }
     }
 }
@@ -86,7 +89,8 @@ impl fmt::Display for RefreshError {
             RefreshError::Rejected { rejection, .. } => {
                 write!(f, "artifact rejected ({}): {rejection}", rejection.reason())
             }
-            RefreshError::Revoked(message) | RefreshError::Expired(message) => f.write_str(message),
+            RefreshError::Revoked(revocation) => write!(f, "{revocation}"),
+            RefreshError::Expired { expires_at } => write!(f, "Artifact expired at {expires_at}"),
         }
     }
 }
@@ -117,6 +121,16 @@ pub enum Change {
     Loaded { revision: String, key_count: usize },
 }
 
+/// What telemetry and the log learn about a newly accepted artifact.
+struct Loaded {
+    revision: String,
+    identity: String,
+    environment: String,
+    key_count: usize,
+    kms_envelope: bool,
+    telemetry_headers: Vec<(String, crate::secret::Secret)>,
+}
+
 /// The artifact last accepted, for the short-circuits of SPEC §2 steps 2 and 6.
 struct Accepted {
     content_hash: Option<String>,
@@ -133,7 +147,7 @@ pub struct Pipeline {
 
 enum Outcome {
     Unchanged,
-    Accepted { revision: String, served: Served, key_count: usize },
+    Accepted { served: Served, loaded: Loaded },
 }
 
 impl Pipeline {
@@ -163,13 +177,20 @@ impl Pipeline {
         // Decrypt in both modes: JIT keeps only the sealed artifact, but an artifact this agent
         // cannot open must not replace one it can.
         let plaintext = open(&artifact, self.verify_key.as_ref(), &self.keys)?;
-        let key_count = plaintext.key_count();
+        let loaded = Loaded {
+            revision: artifact.revision.clone(),
+            identity: artifact.identity.clone(),
+            environment: artifact.environment.clone(),
+            key_count: plaintext.key_count(),
+            kms_envelope: artifact.envelope.is_some(),
+            telemetry_headers: telemetry::headers_from(&plaintext),
+        };
         let served = match mode {
             Mode::Cached { .. } => Served::Cached(Arc::new(Snapshot::build(&artifact, plaintext))),
             Mode::Jit => Served::Jit(SealedArtifact { artifact: artifact.clone() }),
         };
         self.last = Some(Accepted { content_hash, revision: artifact.revision.clone() });
-        Ok(Outcome::Accepted { revision: artifact.revision.clone(), served, key_count })
+        Ok(Outcome::Accepted { served, loaded })
     }
 
     /// Every wipe forgets what was accepted, so the next good fetch loads again even when it
@@ -182,12 +203,12 @@ impl Pipeline {
 /// SPEC §2 steps 3–5: parse, honour a revocation, check the shape and the expiry.
 pub fn screen(bytes: &[u8], now_ms: u64) -> Result<Box<Artifact>, RefreshError> {
     let artifact = match artifact::parse(bytes)? {
-        Parsed::Revoked(revocation) => return Err(RefreshError::Revoked(revocation.to_string())),
+        Parsed::Revoked(revocation) => return Err(RefreshError::Revoked(revocation)),
         Parsed::Artifact(artifact) => artifact,
     };
     if artifact::is_expired(&artifact, now_ms) {
-        let expiry = artifact.expires_at.as_ref().map(|expiry| expiry.text.as_str()).unwrap_or_default();
-        return Err(RefreshError::Expired(format!("Artifact expired at {expiry}")));
+        let expires_at = artifact.expires_at.as_ref().map(|expiry| expiry.text.clone()).unwrap_or_default();
+        return Err(RefreshError::Expired { expires_at });
     }
     Ok(artifact)
 }
@@ -211,16 +232,18 @@ struct PipelineState {
 pub struct Refresher {
     pub cell: Arc<Cell>,
     pub keys: Arc<Keys>,
+    telemetry: Telemetry,
     state: Mutex<PipelineState>,
     completed: AtomicU64,
 }
 
 impl Refresher {
-    pub fn new(cell: Arc<Cell>, pipeline: Pipeline) -> Refresher {
+    pub fn new(cell: Arc<Cell>, pipeline: Pipeline, telemetry: Telemetry) -> Refresher {
         let keys = Arc::clone(&pipeline.keys);
         Refresher {
             cell,
             keys,
+            telemetry,
             state: Mutex::new(PipelineState { pipeline, last_result: Ok(Change::Unchanged) }),
             completed: AtomicU64::new(0),
         }
@@ -259,12 +282,19 @@ impl Refresher {
                 self.cell.mark_fresh(now_ms);
                 Ok(Change::Unchanged)
             }
-            Ok(Outcome::Accepted { revision, served, key_count }) => {
+            Ok(Outcome::Accepted { served, loaded }) => {
                 self.cell.swap(served);
                 self.cell.mark_fresh(now_ms);
-                Ok(Change::Loaded { revision, key_count })
+                self.telemetry.artifact_loaded(&loaded.identity, &loaded.environment, loaded.telemetry_headers);
+                self.telemetry.emit(Event::ArtifactRefreshed {
+                    revision: loaded.revision.clone(),
+                    key_count: Some(loaded.key_count),
+                    kms_envelope: loaded.kms_envelope,
+                });
+                Ok(Change::Loaded { revision: loaded.revision, key_count: loaded.key_count })
             }
             Err(error) => {
+                self.telemetry.emit(failure_event(&error));
                 self.after_failure(state, &error, now_ms);
                 Err(error)
             }
@@ -277,15 +307,20 @@ impl Refresher {
     /// Revocation and expiry wipe at once; other failures keep serving until the TTL is up.
     fn after_failure(&self, state: &mut PipelineState, error: &RefreshError, now_ms: u64) {
         let wipe = match error {
-            RefreshError::Revoked(message) => Some(Wipe::Revoked(message.clone())),
-            RefreshError::Expired(message) => Some(Wipe::ArtifactExpired(message.clone())),
+            RefreshError::Revoked(_) => Some(Wipe::Revoked(error.to_string())),
+            RefreshError::Expired { .. } => Some(Wipe::ArtifactExpired(error.to_string())),
             _ => {
                 let served = self.cell.current();
                 let artifact_expired = served.expires_at().filter(|expiry| expiry.epoch_ms <= now_ms as i64);
                 if let Some(expiry) = artifact_expired {
+                    self.telemetry.emit(Event::ArtifactExpired { expires_at: expiry.text.clone() });
                     Some(Wipe::ArtifactExpired(format!("Artifact expired at {}", expiry.text)))
                 } else if self.cell.is_expired(now_ms) && !matches!(*served, Served::Wiped(_)) {
                     log::error("cache expired: no successful refresh within CLEF_AGENT_CACHE_TTL; secrets wiped");
+                    if let Mode::Cached { ttl } = self.cell.mode {
+                        self.telemetry
+                            .emit(Event::CacheExpired { cache_ttl_seconds: ttl.as_secs(), disk_cache_purged: false });
+                    }
                     Some(Wipe::CacheExpired)
                 } else {
                     None
@@ -301,6 +336,18 @@ impl Refresher {
     /// Refresh and log the result: the poll thread's and SIGHUP's way in.
     pub fn refresh_and_log(&self, now_ms: u64) {
         log_result(&self.refresh(now_ms));
+    }
+}
+
+/// The telemetry event of a failed refresh.
+fn failure_event(error: &RefreshError) -> Event {
+    match error {
+        RefreshError::Fetch(error) => Event::FetchFailed { error: error.to_string(), disk_cache_available: false },
+        RefreshError::Rejected { rejection, .. } => {
+            Event::ArtifactInvalid { reason: rejection.reason(), error: rejection.to_string() }
+        }
+        RefreshError::Revoked(revocation) => Event::ArtifactRevoked { revoked_at: revocation.revoked_at.clone() },
+        RefreshError::Expired { expires_at } => Event::ArtifactExpired { expires_at: expires_at.clone() },
     }
 }
 

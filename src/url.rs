@@ -3,8 +3,10 @@
 //! either may carry a credential (a pre-signed query, `user:password@host`).
 
 /// An `http://` or `https://` URL split into the parts the agent uses.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct HttpUrl {
+    /// The URL as configured, credentials included: for requests only, never for logs.
+    pub full: String,
     pub scheme: String,
     pub has_userinfo: bool,
     /// Host as written, lowercased; IPv6 literals keep their brackets.
@@ -39,6 +41,7 @@ impl HttpUrl {
             None => (path_and_query, None),
         };
         Some(HttpUrl {
+            full: text.to_string(),
             scheme,
             has_userinfo,
             host: host.to_ascii_lowercase(),
@@ -54,6 +57,12 @@ impl HttpUrl {
         let port = self.port.map(|port| format!(":{port}")).unwrap_or_default();
         let query = if self.has_query { "?[redacted]" } else { "" };
         format!("{}://{userinfo}{}{port}{}{query}", self.scheme, self.host, self.path)
+    }
+}
+
+impl std::fmt::Debug for HttpUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
     }
 }
 
@@ -134,6 +143,7 @@ mod tests {
         assert_eq!(url.redacted(), "https://[redacted]@example.com:8443/a/b.json?[redacted]");
         let plain = HttpUrl::parse("http://Example.com").unwrap();
         assert_eq!(plain.redacted(), "http://example.com/");
+        assert_eq!(format!("{url:?}"), url.redacted(), "Debug must not show credentials");
     }
 
     #[test]

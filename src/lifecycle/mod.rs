@@ -1,10 +1,36 @@
-//! How the agent runs: the daemon lifecycle, and the error every lifecycle and command ends
-//! with when it cannot go on.
+//! How the agent runs. Start-up is shared (this module): harden the process, resolve keys and
+//! token, bind the listeners, load the first artifact with retries, start serving. Then the
+//! daemon polls on its schedule, or the Lambda extension refreshes on invocations. Both end the
+//! same way: stop serving within a bounded time and flush telemetry.
 
 pub mod daemon;
+pub mod lambda;
 pub mod systemd;
 
-use crate::config::ConfigError;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+use crate::config::{Config, ConfigError, SourceConfig};
+use crate::decrypt::Keys;
+use crate::log;
+use crate::refresh::{Pipeline, RefreshError, Refresher};
+use crate::secret::{hex, random_bytes};
+use crate::server::routes::Api;
+use crate::server::{listener, Bound, Server};
+use crate::snapshot::Cell;
+use crate::telemetry::{self, StopReason, Telemetry};
+use crate::token;
+
+/// Start-up makes this many attempts at the first artifact…
+const STARTUP_ATTEMPTS: u32 = 3;
+/// …waiting this long before the second and the third.
+const STARTUP_BACKOFF: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(4)];
+/// In-flight requests get this long to finish at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// How a lifecycle or command ended badly; `main` prints it and exits with status 1.
 #[derive(Debug)]
@@ -18,5 +44,226 @@ pub enum Fatal {
 impl From<ConfigError> for Fatal {
     fn from(error: ConfigError) -> Self {
         Fatal::Config(error)
+    }
+}
+
+/// What the running agent's main loop reacts to.
+pub enum Event {
+    /// SIGTERM or SIGINT.
+    Shutdown,
+    /// SIGHUP.
+    Refresh,
+    /// Lambda's SHUTDOWN event.
+    LambdaShutdown,
+    /// Something the agent cannot serve without (the HTTP accept loop, the Lambda API).
+    Failed(String),
+}
+
+/// A started agent: serving, with its first artifact loaded.
+pub struct Running {
+    pub config: Config,
+    pub refresher: Arc<Refresher>,
+    pub servers: Vec<Server>,
+    pub telemetry: Telemetry,
+    pub events: Sender<Event>,
+    pub inbox: Receiver<Event>,
+    started_at: Instant,
+}
+
+/// Shared start-up, up to and including `Agent server listening at …`. `Ok(None)` when a
+/// signal asked to stop during the start-up retries.
+pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> {
+    let started_at = Instant::now();
+    harden_process();
+    let keys = Arc::new(Keys { age: config.load_age_identity()? });
+    let (token, token_line) = token::resolve(&config.token)?;
+    warn_about_unsupported_options(&config);
+    let listeners = bind_listeners(&config)?;
+    let (events, inbox) = mpsc::channel();
+    watch_signals(events.clone())?;
+    let telemetry = start_telemetry(&config)?;
+
+    let cell = Arc::new(Cell::new(config.mode));
+    let source = crate::source::from_config(&config.source);
+    let pipeline = Pipeline::new(source, Arc::clone(&keys), config.verify_key.clone());
+    let refresher = Arc::new(Refresher::new(Arc::clone(&cell), pipeline, telemetry.clone()));
+    log::info(&format!("source: {}", refresher.describe_source()));
+    log::info("fetching initial artifact...");
+    if !initial_load(&refresher, &inbox)? {
+        log::info("Shutting down...");
+        log::info("Shutdown complete.");
+        return Ok(None);
+    }
+    log::info(&format!("mode: {}", config.mode.name()));
+    log::info(&token_line);
+    log::info(&format!("lifecycle: {lifecycle}"));
+
+    let api = Arc::new(Api { cell, refresher: Arc::clone(&refresher), keys, token });
+    let mut servers = Vec::with_capacity(listeners.len());
+    for (listener, address) in listeners {
+        let failures = events.clone();
+        let server = Server::start(listener, Arc::clone(&api), move |message| {
+            let _ = failures.send(Event::Failed(message));
+        })
+        .map_err(Fatal::Other)?;
+        servers.push(server);
+        log::info(&format!("Agent server listening at {address}"));
+    }
+    Ok(Some(Running { config, refresher, servers, telemetry, events, inbox, started_at }))
+}
+
+impl Running {
+    /// Stops serving (in-flight requests get [`SHUTDOWN_GRACE`]), flushes telemetry, and
+    /// returns how the lifecycle ends.
+    pub fn stop(
+        self,
+        reason: StopReason,
+        outcome: Result<(), Fatal>,
+        before_servers: impl FnOnce(Instant),
+    ) -> Result<(), Fatal> {
+        log::info("Shutting down...");
+        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        before_servers(deadline);
+        for server in self.servers {
+            server.stop(deadline.saturating_duration_since(Instant::now()));
+        }
+        if let Some(path) = &self.config.socket {
+            let _ = std::fs::remove_file(path);
+        }
+        let uptime_seconds = self.started_at.elapsed().as_secs();
+        self.telemetry.emit(telemetry::Event::AgentStopped { reason, uptime_seconds });
+        self.telemetry.shutdown();
+        log::info("Shutdown complete.");
+        outcome
+    }
+}
+
+/// Loads the first artifact with the retries of SPEC §4. `Ok(false)` when a signal asked to
+/// stop meanwhile.
+fn initial_load(refresher: &Refresher, inbox: &Receiver<Event>) -> Result<bool, Fatal> {
+    let mut attempt = 1;
+    loop {
+        let error: RefreshError = match refresher.refresh(crate::time::now_ms()) {
+            Ok(_) => return Ok(true),
+            Err(error) => error,
+        };
+        if error.is_configuration_problem() || attempt == STARTUP_ATTEMPTS {
+            let attempts = if attempt == 1 { "1 attempt".to_string() } else { format!("{attempt} attempts") };
+            return Err(Fatal::Other(format!(
+                "Failed to fetch artifact from {} after {attempts}: {error}. {}",
+                refresher.describe_source(),
+                error.hint()
+            )));
+        }
+        let backoff = STARTUP_BACKOFF[(attempt - 1) as usize];
+        log::error(&format!(
+            "initial fetch failed (attempt {attempt} of {STARTUP_ATTEMPTS}): {error}; retrying in {} s",
+            backoff.as_secs()
+        ));
+        let deadline = Instant::now() + backoff;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match inbox.recv_timeout(left) {
+                Ok(Event::Shutdown | Event::LambdaShutdown) | Err(RecvTimeoutError::Disconnected) => return Ok(false),
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Timeout) => break,
+            }
+        }
+        attempt += 1;
+    }
+}
+
+/// SIGTERM/SIGINT ask for a graceful stop, a second one exits at once; SIGHUP refreshes.
+/// Handlers are installed explicitly, so this works as PID 1 too.
+fn watch_signals(events: Sender<Event>) -> Result<(), Fatal> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|error| Fatal::Other(format!("cannot install signal handlers: {error}")))?;
+    let stops = AtomicUsize::new(0);
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    let _ = events.send(Event::Refresh);
+                    continue;
+                }
+                if stops.fetch_add(1, Ordering::SeqCst) > 0 {
+                    log::error("second stop signal: exiting now");
+                    std::process::exit(128 + signal);
+                }
+                let _ = events.send(Event::Shutdown);
+            }
+        })
+        .map_err(|error| Fatal::Other(format!("cannot start the signal thread: {error}")))?;
+    Ok(())
+}
+
+/// No core dumps and no same-user ptrace: the process holds plaintext secrets.
+fn harden_process() {
+    // SAFETY: prctl(PR_SET_DUMPABLE, 0) changes only this process's dumpable flag.
+    unsafe {
+        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
+    }
+    listener::raise_file_descriptor_limit();
+}
+
+/// The Unix socket when `CLEF_AGENT_SOCKET` is set (then TCP only with an explicit
+/// `CLEF_AGENT_PORT`), else TCP on loopback; each with the address the log names.
+fn bind_listeners(config: &Config) -> Result<Vec<(Bound, String)>, Fatal> {
+    let mut listeners = Vec::new();
+    if let Some(path) = &config.socket {
+        let listener = listener::bind_unix(path).map_err(Fatal::Other)?;
+        listeners.push((Bound::Unix(listener), format!("unix:{}", path.display())));
+    }
+    if config.socket.is_none() || config.port_explicit {
+        let listener = listener::bind_loopback(config.port).map_err(Fatal::Other)?;
+        listeners.push((Bound::Tcp(listener), format!("http://127.0.0.1:{}", config.port)));
+    }
+    Ok(listeners)
+}
+
+fn start_telemetry(config: &Config) -> Result<Telemetry, Fatal> {
+    let Some(url) = &config.telemetry_url else { return Ok(Telemetry::default()) };
+    let agent_id = match &config.agent_id {
+        Some(id) => id.clone(),
+        None => uuid_v4().map_err(Fatal::Other)?,
+    };
+    let source_type = match config.source {
+        SourceConfig::File(_) => "file",
+        SourceConfig::Http(_) => "http",
+        SourceConfig::S3 { .. } => "s3",
+        SourceConfig::Vcs(_) => "vcs",
+    };
+    let resource = telemetry::Resource { agent_id, source_type, identity: None, environment: None };
+    Ok(Telemetry::start(url, resource))
+}
+
+/// A random (version 4) UUID, the default `CLEF_AGENT_ID`.
+fn uuid_v4() -> Result<String, String> {
+    let mut bytes = random_bytes::<16>()?;
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let text = hex(&bytes);
+    Ok(format!("{}-{}-{}-{}-{}", &text[..8], &text[8..12], &text[12..16], &text[16..20], &text[20..]))
+}
+
+/// Optional features whose absence degrades nothing the application relies on are announced,
+/// never silently ignored.
+fn warn_about_unsupported_options(config: &Config) {
+    if config.cache_path.is_some() {
+        log::error("warning: CLEF_AGENT_CACHE_PATH is set, but this build has no disk cache yet; nothing will be cached on disk");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uuids_are_version_4() {
+        let id = uuid_v4().unwrap();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
+        assert_ne!(id, uuid_v4().unwrap());
     }
 }

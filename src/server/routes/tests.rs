@@ -62,8 +62,11 @@ fn fixture(mode: Mode) -> Fixture {
     let keys = Arc::new(Keys { age: Some(AgeIdentity::parse(identity.to_string().expose_secret()).unwrap()) });
     let source = MemorySource(Arc::new(Mutex::new(Ok(artifact(PLAINTEXT, "r1", None, &recipient)))));
     let cell = Arc::new(Cell::new(mode));
-    let refresher =
-        Arc::new(Refresher::new(Arc::clone(&cell), Pipeline::new(Box::new(source.clone()), Arc::clone(&keys), None)));
+    let refresher = Arc::new(Refresher::new(
+        Arc::clone(&cell),
+        Pipeline::new(Box::new(source.clone()), Arc::clone(&keys), None),
+        Default::default(),
+    ));
     let api = Api { cell, refresher, keys, token: Secret::new(TOKEN.into()) };
     Fixture { api, source, recipient }
 }

@@ -1,0 +1,130 @@
+//! The AWS Lambda extension lifecycle (SPEC §7), chosen when `AWS_LAMBDA_RUNTIME_API` is set:
+//! after the shared start-up, register with the Extensions API and loop on `event/next`.
+//! INVOKE refreshes when the TTL has passed since the last refresh (JIT: every time) before
+//! asking for the next event, because Lambda freezes the sandbox once every extension has asked;
+//! SHUTDOWN stops within Lambda's 2 s budget. The API is always reached directly, never through
+//! a proxy.
+
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+
+use super::{Event, Fatal};
+use crate::config::{Config, Mode};
+use crate::http::HttpClient;
+use crate::log;
+use crate::refresh::Refresher;
+use crate::telemetry::{self, StopReason};
+
+pub const EXTENSION_NAME: &str = "clef-agent";
+
+/// Runs as a Lambda extension against the Extensions API at `runtime_api` (`host:port`).
+pub fn run(config: Config, runtime_api: &str) -> Result<(), Fatal> {
+    let Some(running) = super::start(config, "lambda-extension")? else { return Ok(()) };
+    let base = format!("http://{runtime_api}/2020-01-01/extension");
+    let http = HttpClient::default();
+    let identifier = match register(&http, &base) {
+        Ok(identifier) => identifier,
+        Err(message) => return running.stop(StopReason::Error, Err(Fatal::Other(message)), |_| {}),
+    };
+    log::info("Agent ready. Polling for updates.");
+    running.telemetry.emit(telemetry::Event::AgentStarted);
+    let refresher = Arc::clone(&running.refresher);
+    let events = running.events.clone();
+    let spawned = std::thread::Builder::new()
+        .name("lambda-events".into())
+        .spawn(move || next_event_loop(&http, &base, &identifier, &refresher, &events));
+    if let Err(error) = spawned {
+        let failure = Err(Fatal::Other(format!("cannot start the Lambda event thread: {error}")));
+        return running.stop(StopReason::Error, failure, |_| {});
+    }
+    let (reason, outcome) = loop {
+        match running.inbox.recv() {
+            Ok(Event::Refresh) => running.refresher.refresh_and_log(crate::time::now_ms()),
+            Ok(Event::LambdaShutdown) => break (StopReason::LambdaShutdown, Ok(())),
+            Ok(Event::Shutdown) | Err(_) => break (StopReason::Signal, Ok(())),
+            Ok(Event::Failed(message)) => break (StopReason::Error, Err(Fatal::Other(message))),
+        }
+    };
+    running.stop(reason, outcome, |_| {})
+}
+
+/// `POST …/register`; answers the `Lambda-Extension-Identifier`.
+fn register(http: &HttpClient, base: &str) -> Result<String, String> {
+    let failed = |why: String| format!("cannot register the Lambda extension: {why}");
+    let response = http
+        .for_host("127.0.0.1")
+        .post(&format!("{base}/register"))
+        .header("Lambda-Extension-Name", EXTENSION_NAME)
+        .header("Content-Type", "application/json")
+        .send(r#"{"events":["INVOKE","SHUTDOWN"]}"#.as_bytes())
+        .map_err(|error| failed(error.to_string()))?;
+    if response.status().as_u16() != 200 {
+        return Err(failed(format!("the Extensions API answered HTTP {}", response.status().as_u16())));
+    }
+    response
+        .headers()
+        .get("Lambda-Extension-Identifier")
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| !value.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| failed("the answer has no Lambda-Extension-Identifier header".into()))
+}
+
+/// Waits for events until SHUTDOWN (or the API fails), refreshing on INVOKE.
+fn next_event_loop(http: &HttpClient, base: &str, identifier: &str, refresher: &Refresher, events: &Sender<Event>) {
+    loop {
+        let event = match next_event(http, base, identifier) {
+            Ok(event) => event,
+            Err(message) => {
+                let _ = events.send(Event::Failed(message));
+                return;
+            }
+        };
+        match event.as_str() {
+            "SHUTDOWN" => {
+                let _ = events.send(Event::LambdaShutdown);
+                return;
+            }
+            "INVOKE" => refresh_if_due(refresher),
+            _ => {}
+        }
+    }
+}
+
+fn next_event(http: &HttpClient, base: &str, identifier: &str) -> Result<String, String> {
+    let failed = |why: String| format!("the Lambda Extensions API failed: {why}");
+    let mut response = http
+        .long_poll()
+        .get(&format!("{base}/event/next"))
+        .header("Lambda-Extension-Identifier", identifier)
+        .call()
+        .map_err(|error| failed(error.to_string()))?;
+    if response.status().as_u16() != 200 {
+        return Err(failed(format!("event/next answered HTTP {}", response.status().as_u16())));
+    }
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(1024 * 1024)
+        .read_to_vec()
+        .map_err(|error| failed(error.to_string()))?;
+    let event: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|_| failed("event/next answered something that is not JSON".into()))?;
+    event["eventType"].as_str().map(str::to_string).ok_or_else(|| failed("the event has no eventType".into()))
+}
+
+/// On INVOKE: JIT re-validates every time; cached mode when at least TTL has passed since the
+/// last refresh. Failures are logged, never fatal.
+fn refresh_if_due(refresher: &Refresher) {
+    let now = crate::time::now_ms();
+    let due = match refresher.cell.mode {
+        Mode::Jit => true,
+        Mode::Cached { ttl } => refresher
+            .cell
+            .last_refresh_at_ms()
+            .is_none_or(|last| u128::from(now.saturating_sub(last)) >= ttl.as_millis()),
+    };
+    if due {
+        refresher.refresh_and_log(now);
+    }
+}
