@@ -67,12 +67,15 @@ impl RefreshError {
             }
             RefreshError::Fetch(FetchError::TooLarge { .. }) => "Check that CLEF_AGENT_SOURCE points to a packed artifact.",
             RefreshError::Fetch(_) => "Check the source URL or path and network connectivity.",
-            RefreshError::Rejected { rejection, .. } => match rejection {
+            RefreshError::Rejected { rejection, configuration } => match rejection {
                 Rejection::SignatureMissing | Rejection::SignatureInvalid | Rejection::SignatureError(_) => {
                     "Check that CLEF_AGENT_VERIFY_KEY is the public key of the key that signs this artifact."
                 }
-                Rejection::Decrypt(_) | Rejection::KmsUnwrap(_) => {
-                    "Check the age key (CLEF_AGENT_AGE_KEY / CLEF_AGENT_AGE_KEY_FILE) or, for KMS envelopes, the kms:Decrypt permission."
+                Rejection::Decrypt(_) if *configuration => {
+                    "Check the age key (CLEF_AGENT_AGE_KEY / CLEF_AGENT_AGE_KEY_FILE): it must be the identity the artifact was packed for."
+                }
+                Rejection::KmsUnwrap(_) => {
+                    "Check the envelope's KMS key and this agent's permission to decrypt with it (e.g. kms:Decrypt)."
                 }
                 _ => "The artifact is malformed or was modified: pack it again with clef pack and redeploy it.",
             },

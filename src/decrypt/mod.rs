@@ -68,6 +68,11 @@ impl From<DecryptError> for Rejection {
             DecryptError::UnknownProvider(_) | DecryptError::KmsUnavailable(_) => {
                 Rejection::KmsUnwrap(error.to_string())
             }
+            DecryptError::NotBase64 => Rejection::InvalidShape {
+                field: "ciphertext",
+                expected: "standard base64",
+                found: "text that is not".into(),
+            },
             other => Rejection::Decrypt(other.to_string()),
         }
     }
