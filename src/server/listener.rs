@@ -157,6 +157,15 @@ mod tests {
     use std::net::TcpStream;
 
     #[test]
+    fn raises_the_descriptor_limit_to_the_hard_limit() {
+        raise_file_descriptor_limit();
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes only the struct we pass.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+        assert_eq!(limit.rlim_cur, limit.rlim_max);
+    }
+
+    #[test]
     fn port_in_use_is_an_error_naming_the_address() {
         let first = bind_loopback(0).unwrap();
         let port = first.local_addr().unwrap().port();
