@@ -114,14 +114,14 @@ impl Api {
         if !host_is_loopback(&request.hosts) {
             return Reply::error(403, "Forbidden: invalid Host header", None);
         }
+        if request.method != "GET" && request.method != "HEAD" {
+            return Reply::error(405, "Method not allowed", None).with_header("Allow", "GET, HEAD");
+        }
         let route = match parse_route(path_of(request.target)) {
             Ok(Some(route)) => route,
             Ok(None) => return Reply::error(404, "Not found", None),
             Err(detail) => return Reply::error(400, "Bad request", Some(&detail)),
         };
-        if request.method != "GET" && request.method != "HEAD" {
-            return Reply::error(405, "Method not allowed", None).with_header("Allow", "GET, HEAD");
-        }
         match route {
             Route::Health => return self.health(now_ms),
             Route::Ready => return self.ready(now_ms),

@@ -1,0 +1,10 @@
+//! Integration tests: the real `clef-agent` executable, started with a cleared environment and
+//! spoken to over HTTP, plus the fixture corpus run through the library. One crate, one module
+//! per capability, helpers in `support`.
+
+mod api;
+mod fixtures;
+mod lifecycle;
+mod refresh;
+mod secrecy;
+mod support;
