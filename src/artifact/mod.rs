@@ -156,7 +156,8 @@ impl std::error::Error for Rejection {}
 /// check of SPEC §2 step 4.
 pub fn parse(bytes: &[u8]) -> Result<Parsed, Rejection> {
     let value: Value = serde_json::from_slice(bytes).map_err(|error| {
-        Rejection::JsonParse(format!("invalid JSON at line {} column {}", error.line(), error.column()))
+        let what = if error.is_eof() { "the JSON ends early" } else { "invalid JSON" };
+        Rejection::JsonParse(format!("{what} at line {} column {}", error.line(), error.column()))
     })?;
     let Value::Object(object) = value else {
         return Err(Rejection::JsonParse(format!("found {}", json_type(&value))));

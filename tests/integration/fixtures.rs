@@ -15,7 +15,7 @@ use crate::support::{fixture, now_ms, read_fixture, sha256_hex, Deployment};
 /// are random on every regeneration, so `{claimed}` and `{actual}` stand for the file's
 /// `ciphertextHash` and the SHA-256 of its `ciphertext`.
 const INVALID: &[(&str, &str)] = &[
-    ("not-json", "artifact rejected (json_parse): artifact is not a JSON object: invalid JSON at line 6 column 0"),
+    ("not-json", "artifact rejected (json_parse): artifact is not a JSON object: the JSON ends early at line 6 column 0"),
     ("not-object", "artifact rejected (json_parse): artifact is not a JSON object: found an array"),
     ("version-2", "artifact rejected (unsupported_version): unsupported version 2: this agent reads version 1 artifacts"),
     ("version-string", "artifact rejected (invalid_shape): field 'version' must be the number 1, found a string"),
