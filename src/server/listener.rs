@@ -9,7 +9,7 @@
 //! nothing for the limit; the tiny_http thread blocked reading one then ends.
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -24,7 +24,26 @@ const JANITOR_PERIOD: Duration = Duration::from_secs(1);
 /// Binds `127.0.0.1:<port>`; never a wildcard address.
 pub fn bind_loopback(port: u16) -> Result<TcpListener, String> {
     let address = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
-    TcpListener::bind(address).map_err(|error| format!("cannot listen on {address}: {error}"))
+    let listener = TcpListener::bind(address).map_err(|error| format!("cannot listen on {address}: {error}"))?;
+    disable_nagle(listener.as_raw_fd());
+    Ok(listener)
+}
+
+/// Sets `TCP_NODELAY`, which Linux copies from a listening socket to the connections it
+/// accepts. tiny_http writes a response's head and body separately; with Nagle's algorithm the
+/// body would wait for the client's delayed ACK of the head, 40 ms per keep-alive request.
+fn disable_nagle(fd: RawFd) {
+    let enabled: libc::c_int = 1;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `enabled`.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&enabled as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 /// Binds a Unix socket at `path` with mode 0660. A stale socket file left by a previous run is
@@ -163,6 +182,15 @@ mod tests {
         // SAFETY: getrlimit writes only the struct we pass.
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
         assert_eq!(limit.rlim_cur, limit.rlim_max);
+    }
+
+    #[test]
+    fn accepted_connections_inherit_no_delay() {
+        let listener = bind_loopback(0).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(accepted.nodelay().unwrap(), "responses would wait for delayed ACKs");
     }
 
     #[test]
