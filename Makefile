@@ -3,10 +3,13 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 BIN := target/release/clef-agent
+# The shipped executable: musl, fully static (packaging/README.md has the musl/glibc numbers).
+STATIC_TARGET := x86_64-unknown-linux-musl
+STATIC_BIN := target/static/clef-agent
 DEMO_PORT ?= 7779
 DEMO_TOKEN ?= demo-token-not-secret
 
-.PHONY: help build run test deps lint fmt bench fixtures clean
+.PHONY: help build run test deps lint fmt bench fixtures clean static static-deps test-packaging lambda-layer
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -39,6 +42,7 @@ lint: ## rustfmt and clippy, warnings as errors
 
 test: deps lint ## Install what is needed, then run every test
 	$(CARGO) test --locked --all-targets
+	$(MAKE) --no-print-directory test-packaging
 
 fmt: ## Format the code
 	$(CARGO) fmt
@@ -51,3 +55,27 @@ fixtures: ## Regenerate tests/fixtures (needs age, node/npm, python3 with crypto
 
 clean: ## Remove build output
 	$(CARGO) clean
+
+static-deps:
+	@rustup target list --installed | grep -qx $(STATIC_TARGET) || rustup target add $(STATIC_TARGET)
+	@if ! command -v musl-gcc >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq musl-tools >/dev/null; \
+	  else echo "error: musl-gcc is required to build ring for musl: install the 'musl-tools' package"; exit 1; fi; \
+	fi
+
+static: static-deps ## Build the fully static executable into target/static/clef-agent
+	CC_x86_64_unknown_linux_musl=musl-gcc $(CARGO) build --release --locked --target $(STATIC_TARGET)
+	@mkdir -p $(dir $(STATIC_BIN))
+	cp target/$(STATIC_TARGET)/release/clef-agent $(STATIC_BIN)
+	@ldd $(STATIC_BIN) 2>&1 | grep -Eq 'statically linked|not a dynamic executable' \
+	  || { echo "error: $(STATIC_BIN) is not statically linked"; exit 1; }
+	@echo "$(STATIC_BIN): $$(stat -c %s $(STATIC_BIN)) bytes, static"
+
+test-packaging: static ## Static binary alone in a chroot, systemd unit verification, Lambda layer
+	tests/packaging/static_isolation.sh $(STATIC_BIN)
+	tests/packaging/systemd_verify.sh $(STATIC_BIN)
+	tests/packaging/lambda_layer.sh
+
+lambda-layer: static ## Build the Lambda layer zip (target/lambda/clef-agent-layer.zip)
+	packaging/lambda/build-layer.sh $(STATIC_BIN) target/lambda/clef-agent-layer.zip

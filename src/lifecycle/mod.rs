@@ -249,6 +249,9 @@ fn uuid_v4() -> Result<String, String> {
 /// Optional features whose absence degrades nothing the application relies on are announced,
 /// never silently ignored.
 fn warn_about_unsupported_options(config: &Config) {
+    if (config.socket.is_none() || config.port_explicit) && std::fs::read_dir("/proc/self/fd").is_err() {
+        log::error("warning: /proc is not mounted, so connections idle for 10 s cannot be found and closed");
+    }
     if config.cache_path.is_some() {
         log::error("warning: CLEF_AGENT_CACHE_PATH is set, but this build has no disk cache yet; nothing will be cached on disk");
     }
