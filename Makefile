@@ -12,7 +12,7 @@ DEMO_TOKEN ?= demo-token-not-secret
 .PHONY: help build run test deps lint fmt bench fixtures clean static static-deps test-packaging lambda-layer
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 build: ## Build the release binary (target/release/clef-agent)
 	$(CARGO) build --release --locked
@@ -47,8 +47,8 @@ test: deps lint ## Install what is needed, then run every test
 fmt: ## Format the code
 	$(CARGO) fmt
 
-bench: build deps ## Measure size, idle RSS and spawn-to-ready time of the release binary
-	python3 bench/run.py $(BIN)
+bench: static deps ## Measure size, idle RSS and spawn-to-ready time of the static executable
+	python3 bench/run.py $(STATIC_BIN)
 
 fixtures: ## Regenerate tests/fixtures (needs age, node/npm, python3 with cryptography)
 	tests/fixtures/generate.sh
