@@ -5,6 +5,7 @@
 mod api;
 mod fixtures;
 mod lifecycle;
+mod operations;
 mod refresh;
 mod secrecy;
 mod support;

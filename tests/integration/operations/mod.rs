@@ -1,0 +1,8 @@
+//! Operations: the commands, systemd notify, the Lambda extension and telemetry, each against
+//! a real peer on loopback (a datagram socket, an Extensions API, an OTLP collector).
+
+mod commands;
+mod lambda;
+mod loopback;
+mod systemd;
+mod telemetry;
