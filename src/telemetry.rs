@@ -270,12 +270,12 @@ impl Telemetry {
         shared.headers = headers;
     }
 
-    /// Sends what is buffered and stops the sender, waiting at most [`FLUSH_TIMEOUT`].
-    pub fn shutdown(&self) {
+    /// Sends what is buffered and stops the sender, waiting at most `timeout`.
+    pub fn shutdown(&self, timeout: Duration) {
         let (Some(inner), Some(sender)) = (&self.inner, &self.sender) else { return };
         inner.lock().stopping = true;
         inner.wake.notify_one();
-        let deadline = Instant::now() + FLUSH_TIMEOUT;
+        let deadline = Instant::now() + timeout;
         let handle = sender.lock().ok().and_then(|mut sender| sender.take());
         if let Some(handle) = handle {
             while !handle.is_finished() && Instant::now() < deadline {

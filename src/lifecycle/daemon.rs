@@ -4,7 +4,7 @@
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
-use super::{systemd, Event, Fatal};
+use super::{systemd, Event, Fatal, DAEMON_SHUTDOWN};
 use crate::config::Config;
 use crate::log;
 use crate::refresh::Poller;
@@ -17,7 +17,7 @@ pub fn run(config: Config) -> Result<(), Fatal> {
         Ok(poller) => poller,
         Err(error) => {
             let failure = Err(Fatal::Other(format!("cannot start the refresh thread: {error}")));
-            return running.stop(StopReason::Error, failure, |_| {});
+            return running.stop(StopReason::Error, failure, DAEMON_SHUTDOWN, |_| {});
         }
     };
     log::info("Agent ready. Polling for updates.");
@@ -44,7 +44,7 @@ pub fn run(config: Config) -> Result<(), Fatal> {
         }
     };
     notify(&notifier, "STOPPING=1");
-    running.stop(reason, outcome, |deadline| poller.stop_by(deadline))
+    running.stop(reason, outcome, DAEMON_SHUTDOWN, |deadline| poller.stop_by(deadline))
 }
 
 fn notify(notifier: &Option<systemd::Notifier>, state: &str) {

@@ -7,8 +7,9 @@
 
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
+use std::time::Duration;
 
-use super::{Event, Fatal};
+use super::{Event, Fatal, ShutdownBudget};
 use crate::config::{Config, Mode};
 use crate::http::HttpClient;
 use crate::log;
@@ -17,6 +18,11 @@ use crate::telemetry::{self, StopReason};
 
 pub const EXTENSION_NAME: &str = "clef-agent";
 
+/// Lambda allows an external extension 2 s after SHUTDOWN (less with internal extensions);
+/// stay well inside it.
+const LAMBDA_SHUTDOWN: ShutdownBudget =
+    ShutdownBudget { requests: Duration::from_millis(500), telemetry: Duration::from_millis(1000) };
+
 /// Runs as a Lambda extension against the Extensions API at `runtime_api` (`host:port`).
 pub fn run(config: Config, runtime_api: &str) -> Result<(), Fatal> {
     let Some(running) = super::start(config, "lambda-extension")? else { return Ok(()) };
@@ -24,7 +30,7 @@ pub fn run(config: Config, runtime_api: &str) -> Result<(), Fatal> {
     let http = HttpClient::default();
     let identifier = match register(&http, &base) {
         Ok(identifier) => identifier,
-        Err(message) => return running.stop(StopReason::Error, Err(Fatal::Other(message)), |_| {}),
+        Err(message) => return running.stop(StopReason::Error, Err(Fatal::Other(message)), LAMBDA_SHUTDOWN, |_| {}),
     };
     log::info("Agent ready. Polling for updates.");
     running.telemetry.emit(telemetry::Event::AgentStarted);
@@ -35,7 +41,7 @@ pub fn run(config: Config, runtime_api: &str) -> Result<(), Fatal> {
         .spawn(move || next_event_loop(&http, &base, &identifier, &refresher, &events));
     if let Err(error) = spawned {
         let failure = Err(Fatal::Other(format!("cannot start the Lambda event thread: {error}")));
-        return running.stop(StopReason::Error, failure, |_| {});
+        return running.stop(StopReason::Error, failure, LAMBDA_SHUTDOWN, |_| {});
     }
     let (reason, outcome) = loop {
         match running.inbox.recv() {
@@ -45,7 +51,7 @@ pub fn run(config: Config, runtime_api: &str) -> Result<(), Fatal> {
             Ok(Event::Failed(message)) => break (StopReason::Error, Err(Fatal::Other(message))),
         }
     };
-    running.stop(reason, outcome, |_| {})
+    running.stop(reason, outcome, LAMBDA_SHUTDOWN, |_| {})
 }
 
 /// `POST …/register`; answers the `Lambda-Extension-Identifier`.

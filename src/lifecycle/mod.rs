@@ -29,8 +29,16 @@ use crate::token;
 const STARTUP_ATTEMPTS: u32 = 3;
 /// …waiting this long before the second and the third.
 const STARTUP_BACKOFF: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(4)];
-/// In-flight requests get this long to finish at shutdown.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+/// How long shutdown may take: first for in-flight requests, then for the telemetry flush.
+#[derive(Debug, Clone, Copy)]
+pub struct ShutdownBudget {
+    pub requests: Duration,
+    pub telemetry: Duration,
+}
+
+/// The daemon: in-flight requests get 3 s, the telemetry flush 2 s (SPEC §7).
+pub const DAEMON_SHUTDOWN: ShutdownBudget =
+    ShutdownBudget { requests: Duration::from_secs(3), telemetry: telemetry::FLUSH_TIMEOUT };
 
 /// How a lifecycle or command ended badly; `main` prints it and exits with status 1.
 #[derive(Debug)]
@@ -89,7 +97,11 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
     let refresher = Arc::new(Refresher::new(Arc::clone(&cell), pipeline, telemetry.clone()));
     log::info(&format!("source: {}", refresher.describe_source()));
     log::info("fetching initial artifact...");
-    if !initial_load(&refresher, &inbox)? {
+    let loaded = initial_load(&refresher, &inbox).inspect_err(|_| {
+        telemetry.emit(telemetry::Event::AgentStopped { reason: StopReason::Error, uptime_seconds: 0 });
+        telemetry.shutdown(telemetry::FLUSH_TIMEOUT);
+    })?;
+    if !loaded {
         log::info("Shutting down...");
         log::info("Shutdown complete.");
         return Ok(None);
@@ -113,16 +125,17 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
 }
 
 impl Running {
-    /// Stops serving (in-flight requests get [`SHUTDOWN_GRACE`]), flushes telemetry, and
-    /// returns how the lifecycle ends.
+    /// Stops serving, flushes telemetry, each within `budget`, and returns how the lifecycle
+    /// ends. `before_servers` stops what must stop first (the poller) by the requests' deadline.
     pub fn stop(
         self,
         reason: StopReason,
         outcome: Result<(), Fatal>,
+        budget: ShutdownBudget,
         before_servers: impl FnOnce(Instant),
     ) -> Result<(), Fatal> {
         log::info("Shutting down...");
-        let deadline = Instant::now() + SHUTDOWN_GRACE;
+        let deadline = Instant::now() + budget.requests;
         before_servers(deadline);
         for server in self.servers {
             server.stop(deadline.saturating_duration_since(Instant::now()));
@@ -132,7 +145,7 @@ impl Running {
         }
         let uptime_seconds = self.started_at.elapsed().as_secs();
         self.telemetry.emit(telemetry::Event::AgentStopped { reason, uptime_seconds });
-        self.telemetry.shutdown();
+        self.telemetry.shutdown(budget.telemetry);
         log::info("Shutdown complete.");
         outcome
     }

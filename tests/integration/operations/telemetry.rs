@@ -149,3 +149,21 @@ fn a_collector_that_is_down_never_affects_serving() {
     let status = agent.wait_exit(Duration::from_secs(4)).expect("shutdown waited on the collector");
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn a_failed_start_up_still_reports_why() {
+    let collector = collector();
+    let deployment = Deployment::new(
+        "telemetry-failed-start",
+        &build_artifact(PLAINTEXT, "rev-telemetry-1", &ArtifactOptions::default()),
+    );
+    let url = format!("http://127.0.0.1:{}/v1/logs", collector.port);
+    let wrong_key = crate::support::fixture("keys/other.agekey").display().to_string();
+    let agent = deployment.spawn(&[("CLEF_AGENT_TELEMETRY_URL", &url), ("CLEF_AGENT_AGE_KEY_FILE", &wrong_key)]);
+    assert_eq!(agent.wait_exit(Duration::from_secs(5)).and_then(|status| status.code()), Some(1));
+    let records = records(&collector.requests());
+    let invalid = record_of(&records, "artifact.invalid");
+    assert_eq!(attribute(&invalid["attributes"], "clef.reason"), &json!({"stringValue": "decrypt"}));
+    let stopped = record_of(&records, "agent.stopped");
+    assert_eq!(attribute(&stopped["attributes"], "clef.reason"), &json!({"stringValue": "error"}));
+}
