@@ -258,20 +258,7 @@ impl Cell {
 mod tests {
     use super::*;
 
-    fn artifact() -> Artifact {
-        Artifact {
-            version: 1,
-            identity: "api".into(),
-            environment: "prod".into(),
-            packed_at: "2026-11-24T12:00:00.000Z".into(),
-            revision: "r1".into(),
-            ciphertext_hash: String::new(),
-            ciphertext: String::new(),
-            envelope: None,
-            expires_at: None,
-            signature: None,
-        }
-    }
+    use crate::artifact::sample as artifact;
 
     fn snapshot(json: &str) -> Snapshot {
         Snapshot::build(&artifact(), Plaintext::parse(json.as_bytes()).unwrap())

@@ -292,6 +292,23 @@ pub fn check_integrity(artifact: &Artifact) -> Result<(), Rejection> {
     }
 }
 
+/// A small valid artifact for unit tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) fn sample() -> Artifact {
+    Artifact {
+        version: 1,
+        identity: "api".into(),
+        environment: "prod".into(),
+        packed_at: "2026-11-24T12:00:00.000Z".into(),
+        revision: "r1".into(),
+        ciphertext_hash: "abc".into(),
+        ciphertext: "YWdl".into(),
+        envelope: None,
+        expires_at: None,
+        signature: None,
+    }
+}
+
 /// `expiresAt` has passed at `now_ms`.
 pub fn is_expired(artifact: &Artifact, now_ms: u64) -> bool {
     artifact.expires_at.as_ref().is_some_and(|expiry| expiry.epoch_ms <= now_ms as i64)

@@ -146,20 +146,7 @@ mod tests {
     use super::*;
     use ring::signature::KeyPair;
 
-    fn artifact() -> Artifact {
-        Artifact {
-            version: 1,
-            identity: "api".into(),
-            environment: "prod".into(),
-            packed_at: "2026-11-24T12:00:00.000Z".into(),
-            revision: "r1".into(),
-            ciphertext_hash: "abc".into(),
-            ciphertext: "YWdl".into(),
-            envelope: None,
-            expires_at: None,
-            signature: None,
-        }
-    }
+    use crate::artifact::sample as artifact;
 
     fn spki_ed25519(public: &[u8]) -> String {
         let mut der = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
