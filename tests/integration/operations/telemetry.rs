@@ -114,9 +114,12 @@ fn headers_come_from_clef_telemetry_headers() {
 }
 
 #[test]
-fn reports_rejected_and_revoked_artifacts() {
+fn reports_failed_fetches_and_rejected_and_revoked_artifacts() {
     let collector = collector();
     let (deployment, agent) = start("telemetry-events", PLAINTEXT, &collector);
+    std::fs::remove_file(&deployment.artifact).unwrap();
+    agent.signal(libc::SIGHUP);
+    agent.wait_for_stderr("poll error: ", Duration::from_secs(5));
     deployment.publish("{ not json");
     agent.signal(libc::SIGHUP);
     agent.wait_for_stderr("poll error: artifact rejected (json_parse)", Duration::from_secs(5));
@@ -126,6 +129,12 @@ fn reports_rejected_and_revoked_artifacts() {
     agent.wait_for_stderr("poll error: Artifact revoked", Duration::from_secs(5));
     stop(&agent);
     let records = records(&collector.requests());
+    let failed = record_of(&records, "fetch.failed");
+    assert_eq!((failed["severityNumber"].as_u64(), failed["severityText"].as_str()), (Some(13), Some("WARN")));
+    assert!(attribute(&failed["attributes"], "clef.error")["stringValue"]
+        .as_str()
+        .is_some_and(|error| error.ends_with("was not found")));
+    assert_eq!(attribute(&failed["attributes"], "clef.diskCacheAvailable"), &json!({"boolValue": false}));
     let invalid = record_of(&records, "artifact.invalid");
     assert_eq!((invalid["severityNumber"].as_u64(), invalid["severityText"].as_str()), (Some(17), Some("ERROR")));
     assert_eq!(attribute(&invalid["attributes"], "clef.reason"), &json!({"stringValue": "json_parse"}));
