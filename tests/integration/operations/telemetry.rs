@@ -123,6 +123,10 @@ fn reports_failed_fetches_and_rejected_and_revoked_artifacts() {
     deployment.publish("{ not json");
     agent.signal(libc::SIGHUP);
     agent.wait_for_stderr("poll error: artifact rejected (json_parse)", Duration::from_secs(5));
+    let expired = ArtifactOptions { expires_at: Some("2020-01-01T00:00:00.000Z".into()), ..ArtifactOptions::default() };
+    deployment.publish(&build_artifact(PLAINTEXT, "rev-telemetry-2", &expired));
+    agent.signal(libc::SIGHUP);
+    agent.wait_for_stderr("poll error: Artifact expired at 2020-01-01T00:00:00.000Z", Duration::from_secs(5));
     deployment
         .publish(r#"{"identity":"api-gateway","environment":"production","revokedAt":"2026-11-20T10:00:00.000Z"}"#);
     agent.signal(libc::SIGHUP);
@@ -138,6 +142,12 @@ fn reports_failed_fetches_and_rejected_and_revoked_artifacts() {
     let invalid = record_of(&records, "artifact.invalid");
     assert_eq!((invalid["severityNumber"].as_u64(), invalid["severityText"].as_str()), (Some(17), Some("ERROR")));
     assert_eq!(attribute(&invalid["attributes"], "clef.reason"), &json!({"stringValue": "json_parse"}));
+    let expired = record_of(&records, "artifact.expired");
+    assert_eq!((expired["severityNumber"].as_u64(), expired["severityText"].as_str()), (Some(13), Some("WARN")));
+    assert_eq!(
+        attribute(&expired["attributes"], "clef.expiresAt"),
+        &json!({"stringValue": "2020-01-01T00:00:00.000Z"})
+    );
     let revoked = record_of(&records, "artifact.revoked");
     assert_eq!((revoked["severityNumber"].as_u64(), revoked["severityText"].as_str()), (Some(13), Some("WARN")));
     assert_eq!(
