@@ -7,5 +7,6 @@ mod fixtures;
 mod lifecycle;
 mod operations;
 mod refresh;
+mod resilience;
 mod secrecy;
 mod support;

@@ -58,7 +58,7 @@ impl TaskPool {
         };
 
         for _ in 0..MIN_THREADS {
-            pool.add_thread(None)
+            let _ = pool.add_thread(None);
         }
 
         pool
@@ -74,17 +74,30 @@ impl TaskPool {
         // connections (a stalled client then blocks the next one). Spawn unless more threads
         // wait than tasks are already queued for them.
         if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
-            self.add_thread(Some(code));
+            // clef-agent patch: when no thread can be created, queue the task for a running one
+            // instead of panicking the accept thread.
+            if let Err(code) = self.add_thread(Some(code)) {
+                if let Some(code) = code {
+                    queue.push_back(code);
+                    self.sharing.condvar.notify_one();
+                }
+            }
         } else {
             queue.push_back(code);
             self.sharing.condvar.notify_one();
         }
     }
 
-    fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) {
+    fn add_thread(
+        &self,
+        initial_fn: Option<Box<dyn FnMut() + Send>>,
+    ) -> Result<(), Option<Box<dyn FnMut() + Send>>> {
         let sharing = self.sharing.clone();
+        let initial = std::sync::Arc::new(std::sync::Mutex::new(initial_fn));
+        let handed_over = std::sync::Arc::clone(&initial);
 
-        thread::spawn(move || {
+        let spawned = thread::Builder::new().spawn(move || {
+            let initial_fn = handed_over.lock().ok().and_then(|mut initial| initial.take());
             let sharing = sharing;
             let _active_guard = Registration::new(&sharing.active_tasks);
 
@@ -128,6 +141,10 @@ impl TaskPool {
                 task();
             }
         });
+        match spawned {
+            Ok(_) => Ok(()),
+            Err(_) => Err(initial.lock().ok().and_then(|mut initial| initial.take())),
+        }
     }
 }
 
