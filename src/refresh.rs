@@ -234,7 +234,6 @@ struct PipelineState {
 /// Serialises refreshes and applies their outcome to the [`Cell`].
 pub struct Refresher {
     pub cell: Arc<Cell>,
-    pub keys: Arc<Keys>,
     telemetry: Telemetry,
     state: Mutex<PipelineState>,
     completed: AtomicU64,
@@ -242,10 +241,8 @@ pub struct Refresher {
 
 impl Refresher {
     pub fn new(cell: Arc<Cell>, pipeline: Pipeline, telemetry: Telemetry) -> Refresher {
-        let keys = Arc::clone(&pipeline.keys);
         Refresher {
             cell,
-            keys,
             telemetry,
             state: Mutex::new(PipelineState { pipeline, last_result: Ok(Change::Unchanged) }),
             completed: AtomicU64::new(0),
