@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 
+use crate::operations::loopback::{Answer, Server};
 use crate::support::{
     build_artifact, epoch_ms_to_iso8601, get, now_ms, read_fixture, sha256_hex, wait_until, Agent, ArtifactOptions,
     Deployment, PLAINTEXT, PLAINTEXT_ROTATED,
@@ -254,7 +255,9 @@ fn jit_mode_serves_a_rotated_artifact_after_sighup() {
 #[test]
 fn serves_stale_secrets_until_the_ttl_then_refuses_and_recovers_on_the_next_request() {
     let deployment = Deployment::new("cache-ttl", &build_artifact(PLAINTEXT, "rev-1", &unsigned()));
-    let agent = deployment.start(&[("CLEF_AGENT_CACHE_TTL", "30")]);
+    let collector = Server::start(|_| Answer::json(200, "{}"));
+    let telemetry = format!("http://127.0.0.1:{}/v1/logs", collector.port);
+    let agent = deployment.start(&[("CLEF_AGENT_CACHE_TTL", "30"), ("CLEF_AGENT_TELEMETRY_URL", &telemetry)]);
     let loaded_at = std::time::Instant::now();
     std::fs::remove_file(&deployment.artifact).unwrap();
 
@@ -281,4 +284,16 @@ fn serves_stale_secrets_until_the_ttl_then_refuses_and_recovers_on_the_next_requ
     agent.get("/v1/secrets").assert(200, PLAINTEXT);
     get(agent.port(), "/v1/ready", &[]).assert(200, r#"{"ready":true}"#);
     assert_eq!(get(agent.port(), "/v1/health", &[]).json()["expired"], false);
+
+    // The wipe was reported to telemetry (flushed at shutdown).
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(Duration::from_secs(6)).and_then(|status| status.code()), Some(0));
+    let bodies: Vec<String> =
+        collector.requests().iter().map(|request| String::from_utf8_lossy(&request.body).into_owned()).collect();
+    let cache_expired = bodies.iter().any(|body| {
+        body.contains(r#""body":{"stringValue":"cache.expired"}"#)
+            && body.contains(r#"{"key":"clef.cacheTtlSeconds","value":{"intValue":"30"}}"#)
+            && body.contains(r#""severityNumber":17,"severityText":"ERROR""#)
+    });
+    assert!(cache_expired, "no cache.expired event: {bodies:?}");
 }

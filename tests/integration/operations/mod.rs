@@ -3,6 +3,6 @@
 
 mod commands;
 mod lambda;
-mod loopback;
+pub mod loopback;
 mod systemd;
 mod telemetry;
