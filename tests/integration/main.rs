@@ -6,6 +6,7 @@ mod api;
 mod fixtures;
 mod lifecycle;
 mod operations;
+mod ops;
 mod refresh;
 mod resilience;
 mod secrecy;

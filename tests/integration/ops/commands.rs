@@ -1,0 +1,175 @@
+//! The one-shot commands run as a user or a container runtime runs them: `--version`,
+//! `--help`, `check`, `exec` and `healthcheck`, with their exit statuses, and no secret value
+//! in anything `check` prints.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use super::{artifact, assert_absent, flat_names, secret_values};
+use crate::support::{fixture, free_port, Deployment, PLAINTEXT};
+
+const REVISION: &str = "rev-commands";
+
+/// Runs `clef-agent <arguments>` with only `PATH` and `env` in its environment.
+fn run(env: &[(String, String)], arguments: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_clef-agent"));
+    command.env_clear().args(arguments);
+    if let Some(path) = std::env::var_os("PATH") {
+        command.env("PATH", path);
+    }
+    command.envs(env.iter().map(|(name, value)| (name, value)));
+    command.output().expect("cannot run the clef-agent executable")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn deployment(test: &str) -> Deployment {
+    Deployment::new(test, &artifact(PLAINTEXT, REVISION))
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect()
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let output = run(&[], &["--version"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output), format!("clef-agent {}\n", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn help_mentions_check_exec_and_healthcheck() {
+    let output = run(&[], &["--help"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let help = stdout(&output);
+    for command in ["check", "exec", "healthcheck"] {
+        assert!(help.contains(command), "--help does not mention {command}:\n{help}");
+    }
+}
+
+#[test]
+fn an_unknown_command_exits_2() {
+    let output = run(&[], &["frobnicate"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("unknown command"), "{}", stderr(&output));
+    assert!(stdout(&output).is_empty(), "{}", stdout(&output));
+}
+
+#[test]
+fn check_prints_the_artifact_summary_and_every_key_name_but_no_value() {
+    let deployment = deployment("check-ok");
+    let output = run(&deployment.env(&[]), &["check"]);
+    let printed = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{printed}{}", stderr(&output));
+    let lines: Vec<&str> = printed.lines().map(str::trim).collect();
+    for (label, value) in [
+        ("identity:", "api-gateway"),
+        ("environment:", "production"),
+        ("revision:", REVISION),
+        ("packedAt:", "2026-11-24T12:00:00.000Z"),
+        ("expiresAt:", "never"),
+        ("keys:", "5"),
+    ] {
+        let found = lines.iter().find_map(|line| line.strip_prefix(label)).map(str::trim);
+        assert_eq!(found, Some(value), "{label} in:\n{printed}");
+    }
+    for name in flat_names(PLAINTEXT) {
+        assert!(lines.contains(&name.as_str()), "no line {name:?} in:\n{printed}");
+    }
+    assert_absent(&printed, &secret_values(PLAINTEXT), "check's stdout");
+    assert_absent(&stderr(&output), &secret_values(PLAINTEXT), "check's stderr");
+}
+
+#[test]
+fn check_with_a_wrong_key_exits_1_naming_the_source() {
+    let deployment = deployment("check-wrong-key");
+    let wrong_key = fixture("keys/other.agekey").display().to_string();
+    let output = run(&deployment.env(&[("CLEF_AGENT_AGE_KEY_FILE", &wrong_key)]), &["check"]);
+    assert_eq!(output.status.code(), Some(1));
+    let expected = format!("[clef-agent] fatal: cannot load the artifact from {}", deployment.artifact.display());
+    assert!(stderr(&output).starts_with(&expected), "{}", stderr(&output));
+    assert!(stdout(&output).is_empty(), "{}", stdout(&output));
+}
+
+#[test]
+fn exec_gives_the_command_every_secret_in_its_environment() {
+    let deployment = deployment("exec-env");
+    let output = run(&deployment.env(&[]), &["exec", "--", "sh", "-c", r#"printf %s "$database__DB_PASSWORD""#]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "db-pass-4a1f");
+}
+
+#[test]
+fn exec_overrides_an_inherited_variable_of_the_same_name() {
+    let deployment = deployment("exec-override");
+    let mut env = deployment.env(&[]);
+    env.push(("database__DB_PASSWORD".into(), "inherited-value".into()));
+    env.push(("UNRELATED_VARIABLE".into(), "kept".into()));
+    let script = r#"printf '%s|%s' "$database__DB_PASSWORD" "$UNRELATED_VARIABLE""#;
+    let output = run(&env, &["exec", "--", "sh", "-c", script]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "db-pass-4a1f|kept");
+}
+
+#[test]
+fn exec_exits_with_the_status_of_the_command() {
+    let deployment = deployment("exec-status");
+    for status in [0, 7, 42] {
+        let output = run(&deployment.env(&[]), &["exec", "--", "sh", "-c", &format!("exit {status}")]);
+        assert_eq!(output.status.code(), Some(status), "{}", stderr(&output));
+    }
+}
+
+#[test]
+fn exec_without_a_command_exits_2() {
+    let deployment = deployment("exec-nothing");
+    for arguments in [&["exec"][..], &["exec", "--"][..]] {
+        let output = run(&deployment.env(&[]), arguments);
+        assert_eq!(output.status.code(), Some(2), "{arguments:?}: {}", stderr(&output));
+        assert!(stderr(&output).contains("exec needs a command"), "{}", stderr(&output));
+    }
+}
+
+#[test]
+fn healthcheck_exits_0_against_a_running_agent_on_the_same_port() {
+    let deployment = deployment("health-tcp");
+    let _agent = deployment.start(&[]);
+    let output = run(&env(&[("CLEF_AGENT_PORT", &deployment.port.to_string())]), &["healthcheck"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+}
+
+#[test]
+fn healthcheck_exits_1_when_nothing_listens_on_the_port() {
+    let output = run(&env(&[("CLEF_AGENT_PORT", &free_port().to_string())]), &["healthcheck"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).starts_with("[clef-agent] fatal: "), "{}", stderr(&output));
+}
+
+#[test]
+fn healthcheck_exits_1_when_the_agent_answers_but_is_not_ready() {
+    let deployment = deployment("health-revoked");
+    let agent = deployment.start(&[]);
+    deployment
+        .publish(r#"{"identity":"api-gateway","environment":"production","revokedAt":"2026-11-20T10:00:00.000Z"}"#);
+    agent.signal(libc::SIGHUP);
+    agent.wait_for_stderr("poll error: Artifact revoked", Duration::from_secs(5));
+    assert_eq!(agent.get("/v1/ready").status, 503);
+    let output = run(&env(&[("CLEF_AGENT_PORT", &deployment.port.to_string())]), &["healthcheck"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+}
+
+#[test]
+fn healthcheck_exits_0_against_the_agent_s_unix_socket() {
+    let deployment = deployment("health-sock");
+    let socket = deployment.dir.join("agent.sock").display().to_string();
+    let _agent = deployment.start(&[("CLEF_AGENT_SOCKET", &socket), ("CLEF_AGENT_PORT", "")]);
+    let output = run(&env(&[("CLEF_AGENT_SOCKET", &socket)]), &["healthcheck"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+}
