@@ -5,7 +5,6 @@
 mod api;
 mod fixtures;
 mod lifecycle;
-mod operations;
 mod ops;
 mod refresh;
 mod resilience;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 
-use crate::operations::loopback::{Answer, Server};
+use crate::support::loopback::{Answer, Server};
 use crate::support::{
     build_artifact, epoch_ms_to_iso8601, get, now_ms, read_fixture, sha256_hex, wait_until, Agent, ArtifactOptions,
     Deployment, PLAINTEXT, PLAINTEXT_ROTATED,

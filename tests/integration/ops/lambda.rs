@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::artifact;
-use super::loopback::{collector, ConnectionRecorder, ExtensionsApi, IDENTIFIER, INVOKE, NEXT, REGISTER, SHUTDOWN};
+use crate::support::loopback::{
+    collector, ConnectionRecorder, ExtensionsApi, IDENTIFIER, INVOKE, NEXT, REGISTER, SHUTDOWN,
+};
 use crate::support::{Agent, Deployment, PLAINTEXT, PLAINTEXT_ROTATED};
 
 /// Generous: the agent answers each step in milliseconds.

@@ -6,10 +6,11 @@
 
 mod commands;
 mod lambda;
-mod loopback;
+mod lambda_fatal;
 mod socket_and_token;
 mod systemd;
 mod telemetry;
+mod telemetry_failures;
 
 use crate::support::{build_artifact, ArtifactOptions};
 

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use super::loopback::{collector, Server};
 use super::{artifact, assert_absent, secret_values};
+use crate::support::loopback::{collector, Server};
 use crate::support::{age_key_line, free_port, wait_until, Agent, Deployment, TOKEN};
 
 /// A plaintext whose telemetry token sits in its second namespace.

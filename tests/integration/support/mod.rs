@@ -5,6 +5,7 @@
 mod agent;
 mod artifact;
 mod http;
+pub mod loopback;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};

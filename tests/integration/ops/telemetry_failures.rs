@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::loopback::{Answer, Recorded, Server};
+use crate::support::loopback::{Answer, Recorded, Server};
 use crate::support::{build_artifact, free_port, wait_until, ArtifactOptions, Deployment, TOKEN};
 
 const PLAINTEXT: &str = r#"{"obs":{"CLEF_TELEMETRY_TOKEN":"telemetry-token-77f1"},"app":{"API_KEY":"api-value-5c2e"}}"#;

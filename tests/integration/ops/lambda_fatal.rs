@@ -7,7 +7,7 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::loopback::{Answer, Server};
+use crate::support::loopback::{Answer, Server};
 use crate::support::{build_artifact, wait_until, ArtifactOptions, Deployment, PLAINTEXT, PLAINTEXT_ROTATED};
 
 const IDENTIFIER: &str = "4d3a0c6f-0e2b-4b8e-9d3c-7a1b2c3d4e5f";
