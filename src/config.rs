@@ -146,6 +146,8 @@ pub struct Config {
     pub watchdog_interval: Option<Duration>,
     /// `AWS_LAMBDA_RUNTIME_API` (`host:port`): run as a Lambda extension.
     pub lambda_runtime_api: Option<String>,
+    /// `SSL_CERT_FILE`: PEM CA certificates trusted in addition to the bundled roots.
+    pub ssl_cert_file: Option<PathBuf>,
 }
 
 const VCS_REQUIRED: [&str; 5] = [
@@ -227,6 +229,7 @@ impl Config {
             socket: get("CLEF_AGENT_SOCKET").map(PathBuf::from),
             notify_socket: get("NOTIFY_SOCKET"),
             lambda_runtime_api: get("AWS_LAMBDA_RUNTIME_API"),
+            ssl_cert_file: get("SSL_CERT_FILE").map(PathBuf::from),
             watchdog_interval: crate::lifecycle::systemd::watchdog_interval(get, std::process::id()),
         })
     }

@@ -2,18 +2,23 @@
 //! to none): connect and whole-request timeouts, at most 5 redirects, `User-Agent:
 //! clef-agent/<version>`, proxies from `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` — except that
 //! loopback addresses (the Lambda API, a local collector) are always reached directly — and TLS
-//! with the bundled web PKI roots, so it works in a scratch image.
+//! with the bundled web PKI roots, so it works in a scratch image, plus the certificates of
+//! `SSL_CERT_FILE` when it is set (added to the bundled roots, not replacing them).
 
+use std::path::Path;
 use std::time::Duration;
 
 use ureq::config::Config;
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 use ureq::Agent;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_REDIRECTS: u32 = 5;
 
-/// HTTP agents for the two kinds of destination.
+/// HTTP agents for the two kinds of destination. Cheap to clone (the agents share their
+/// connection pools).
+#[derive(Clone)]
 pub struct HttpClient {
     direct: Agent,
     proxied: Agent,
@@ -23,20 +28,54 @@ pub struct HttpClient {
 }
 
 impl Default for HttpClient {
+    /// The bundled web PKI roots only.
     fn default() -> Self {
-        HttpClient {
-            direct: agent(None, Some(REQUEST_TIMEOUT)),
-            proxied: agent(ureq::Proxy::try_from_env(), Some(REQUEST_TIMEOUT)),
-            long_poll: agent(None, None),
-        }
+        HttpClient::with_roots(RootCerts::WebPki)
     }
 }
 
 impl HttpClient {
-    /// The agent for `host`: direct for loopback names and addresses, else through the
+    /// The client for this process: bundled roots, plus the PEM certificates in
+    /// `ssl_cert_file` (the `SSL_CERT_FILE` variable) when given.
+    pub fn new(ssl_cert_file: Option<&Path>) -> Result<HttpClient, String> {
+        let Some(path) = ssl_cert_file else { return Ok(HttpClient::default()) };
+        let pem = std::fs::read(path)
+            .map_err(|error| format!("SSL_CERT_FILE: cannot read {}: {error}", path.display()))?;
+        let mut roots: Vec<Certificate<'static>> =
+            webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().map(|der| Certificate::from_der(der).to_owned()).collect();
+        let bundled = roots.len();
+        for item in ureq::tls::parse_pem(&pem) {
+            match item {
+                Ok(PemItem::Certificate(certificate)) => roots.push(certificate),
+                Ok(_) => {}
+                Err(error) => {
+                    return Err(format!("SSL_CERT_FILE: {} is not a valid PEM bundle: {error}", path.display()))
+                }
+            }
+        }
+        if roots.len() == bundled {
+            return Err(format!(
+                "SSL_CERT_FILE: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----); unset it to use only the bundled roots",
+                path.display()
+            ));
+        }
+        Ok(HttpClient::with_roots(RootCerts::from(roots)))
+    }
+
+    fn with_roots(roots: RootCerts) -> HttpClient {
+        let tls = TlsConfig::builder().root_certs(roots).build();
+        HttpClient {
+            direct: agent(None, Some(REQUEST_TIMEOUT), tls.clone()),
+            proxied: agent(ureq::Proxy::try_from_env(), Some(REQUEST_TIMEOUT), tls.clone()),
+            long_poll: agent(None, None, tls),
+        }
+    }
+
+    /// The agent for `host`: direct for loopback and link-local addresses (the Lambda API, a
+    /// local collector, the container and instance metadata endpoints), else through the
     /// environment's proxy if one is set.
     pub fn for_host(&self, host: &str) -> &Agent {
-        if is_loopback(host) {
+        if is_loopback(host) || is_link_local(host) {
             &self.direct
         } else {
             &self.proxied
@@ -49,8 +88,9 @@ impl HttpClient {
     }
 }
 
-fn agent(proxy: Option<ureq::Proxy>, request_timeout: Option<Duration>) -> Agent {
+fn agent(proxy: Option<ureq::Proxy>, request_timeout: Option<Duration>, tls: TlsConfig) -> Agent {
     Config::builder()
+        .tls_config(tls)
         .timeout_connect(Some(CONNECT_TIMEOUT))
         .timeout_global(request_timeout)
         .max_redirects(MAX_REDIRECTS)
@@ -68,6 +108,16 @@ pub fn is_loopback(host: &str) -> bool {
         || host.parse::<std::net::IpAddr>().is_ok_and(|address| address.is_loopback())
 }
 
+/// 169.254.0.0/16 and fe80::/10, where cloud metadata endpoints live; a proxy cannot reach
+/// them on the agent's behalf.
+pub fn is_link_local(host: &str) -> bool {
+    match host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(address)) => address.is_link_local(),
+        Ok(std::net::IpAddr::V6(address)) => (address.segments()[0] & 0xffc0) == 0xfe80,
+        Err(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +130,7 @@ mod tests {
         for host in ["example.com", "10.0.0.1", "169.254.170.2", "localhost.example.com"] {
             assert!(!is_loopback(host), "{host}");
         }
+        assert!(is_link_local("169.254.170.2") && is_link_local("[fe80::1]"));
+        assert!(!is_link_local("10.0.0.1") && !is_link_local("example.com"));
     }
 }

@@ -5,6 +5,7 @@
 //! the snapshot, `config` the only reader of the environment.
 
 pub mod artifact;
+pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod decrypt;

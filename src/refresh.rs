@@ -47,10 +47,7 @@ pub enum RefreshError {
 impl RefreshError {
     /// Start-up gives up at once on these instead of retrying.
     pub fn is_configuration_problem(&self) -> bool {
-        matches!(
-            self,
-            RefreshError::Rejected { configuration: true, .. } | RefreshError::Fetch(FetchError::NotSupported { .. })
-        )
+        matches!(self, RefreshError::Rejected { configuration: true, .. })
     }
 
     /// What to do about it, for the start-up failure message.
@@ -62,8 +59,8 @@ impl RefreshError {
             RefreshError::Fetch(FetchError::Forbidden { .. }) => {
                 "Check that the agent has read access to the artifact (IAM policy, bucket policy, token scope or file permissions)."
             }
-            RefreshError::Fetch(FetchError::NotSupported { .. }) => {
-                "Use a file path in CLEF_AGENT_SOURCE with this build."
+            RefreshError::Fetch(FetchError::Credentials { .. }) => {
+                "Give the agent AWS credentials: environment keys, a web identity (IRSA), container credentials or an instance role."
             }
             RefreshError::Fetch(FetchError::TooLarge { .. }) => "Check that CLEF_AGENT_SOURCE points to a packed artifact.",
             RefreshError::Fetch(_) => "Check the source URL or path and network connectivity.",

@@ -234,11 +234,11 @@ pub struct Telemetry {
 
 impl Telemetry {
     /// Starts the sender thread for `url`.
-    pub fn start(url: &HttpUrl, resource: Resource) -> Telemetry {
+    pub fn start(url: &HttpUrl, resource: Resource, http: HttpClient) -> Telemetry {
         let inner = Arc::new(Inner {
             url: url.full.clone(),
             host: url.host.clone(),
-            http: HttpClient::default(),
+            http,
             shared: Mutex::new(Shared { buffer: Vec::new(), resource, headers: Vec::new(), stopping: false }),
             wake: Condvar::new(),
         });

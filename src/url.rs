@@ -119,7 +119,7 @@ impl S3Location {
             let (bucket, key) = path.split_once('/')?;
             return (!bucket.is_empty() && !key.is_empty()).then(|| S3Location {
                 bucket: bucket.into(),
-                key: key.into(),
+                key: percent_decode(key).unwrap_or_else(|_| key.into()),
                 region_in_host: region,
             });
         }
@@ -127,10 +127,31 @@ impl S3Location {
         let region = region_of(&format!("s3{service}"))?;
         (!bucket.is_empty() && !path.is_empty()).then(|| S3Location {
             bucket: bucket.into(),
-            key: path.into(),
+            key: percent_decode(path).unwrap_or_else(|_| path.into()),
             region_in_host: region,
         })
     }
+}
+
+/// Decodes `%XX` escapes; the result must be UTF-8.
+pub fn percent_decode(segment: &str) -> Result<String, String> {
+    let bytes = segment.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%' {
+            let hex = bytes.get(index + 1..index + 3).and_then(|pair| std::str::from_utf8(pair).ok());
+            let byte = hex
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or("the path has an invalid percent-escape")?;
+            decoded.push(byte);
+            index += 3;
+        } else {
+            decoded.push(bytes[index]);
+            index += 1;
+        }
+    }
+    String::from_utf8(decoded).map_err(|_| "the path is not UTF-8 after percent-decoding".to_string())
 }
 
 #[cfg(test)]

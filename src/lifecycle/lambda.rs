@@ -27,7 +27,7 @@ const LAMBDA_SHUTDOWN: ShutdownBudget =
 pub fn run(config: Config, runtime_api: &str) -> Result<(), Fatal> {
     let Some(running) = super::start(config, "lambda-extension")? else { return Ok(()) };
     let base = format!("http://{runtime_api}/2020-01-01/extension");
-    let http = HttpClient::default();
+    let http = running.http.clone();
     let identifier = match register(&http, &base) {
         Ok(identifier) => identifier,
         Err(message) => return running.stop(StopReason::Error, Err(Fatal::Other(message)), LAMBDA_SHUTDOWN, |_| {}),

@@ -14,8 +14,10 @@ use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
+use crate::aws::AwsEnv;
 use crate::config::{Config, ConfigError, SourceConfig};
 use crate::decrypt::Keys;
+use crate::http::HttpClient;
 use crate::log;
 use crate::refresh::{Pipeline, RefreshError, Refresher};
 use crate::secret::{hex, random_bytes};
@@ -73,6 +75,8 @@ pub struct Running {
     pub refresher: Arc<Refresher>,
     pub servers: Vec<Server>,
     pub telemetry: Telemetry,
+    /// The process's HTTP client (bundled roots plus `SSL_CERT_FILE`).
+    pub http: HttpClient,
     pub events: Sender<Event>,
     pub inbox: Receiver<Event>,
     started_at: Instant,
@@ -84,15 +88,16 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
     let started_at = Instant::now();
     harden_process();
     let keys = Arc::new(Keys { age: config.load_age_identity()? });
+    let http = HttpClient::new(config.ssl_cert_file.as_deref()).map_err(ConfigError)?;
+    let source = crate::source::from_config(&config.source, &http, &AwsEnv::from_process()).map_err(ConfigError)?;
     let (token, token_line) = token::resolve(&config.token)?;
     warn_about_unsupported_options(&config);
     let listeners = bind_listeners(&config)?;
     let (events, inbox) = mpsc::channel();
     watch_signals(events.clone())?;
-    let telemetry = start_telemetry(&config)?;
+    let telemetry = start_telemetry(&config, &http)?;
 
     let cell = Arc::new(Cell::new(config.mode));
-    let source = crate::source::from_config(&config.source);
     let pipeline = Pipeline::new(source, Arc::clone(&keys), config.verify_key.clone());
     let refresher = Arc::new(Refresher::new(Arc::clone(&cell), pipeline, telemetry.clone()));
     log::info(&format!("source: {}", refresher.describe_source()));
@@ -121,7 +126,7 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
         servers.push(server);
         log::info(&format!("Agent server listening at {address}"));
     }
-    Ok(Some(Running { config, refresher, servers, telemetry, events, inbox, started_at }))
+    Ok(Some(Running { config, refresher, servers, telemetry, http, events, inbox, started_at }))
 }
 
 impl Running {
@@ -234,7 +239,7 @@ fn bind_listeners(config: &Config) -> Result<Vec<(Bound, String)>, Fatal> {
     Ok(listeners)
 }
 
-fn start_telemetry(config: &Config) -> Result<Telemetry, Fatal> {
+fn start_telemetry(config: &Config, http: &HttpClient) -> Result<Telemetry, Fatal> {
     let Some(url) = &config.telemetry_url else { return Ok(Telemetry::default()) };
     let agent_id = match &config.agent_id {
         Some(id) => id.clone(),
@@ -247,7 +252,7 @@ fn start_telemetry(config: &Config) -> Result<Telemetry, Fatal> {
         SourceConfig::Vcs(_) => "vcs",
     };
     let resource = telemetry::Resource { agent_id, source_type, identity: None, environment: None };
-    Ok(Telemetry::start(url, resource))
+    Ok(Telemetry::start(url, resource, http.clone()))
 }
 
 /// A random (version 4) UUID, the default `CLEF_AGENT_ID`.

@@ -8,6 +8,7 @@ use crate::decrypt::{Keys, Plaintext};
 use crate::refresh::Refresher;
 use crate::secret::{constant_time_eq, Secret, SecretBytes};
 use crate::snapshot::{Cell, Part, Served, Snapshot, Wipe};
+use crate::url::percent_decode;
 
 /// The parts of an HTTP request the API looks at.
 #[derive(Debug, Clone, Default)]
@@ -280,27 +281,6 @@ fn parse_route(path: &str) -> Result<Option<Route>, String> {
         }
         _ => None,
     })
-}
-
-/// Decodes `%XX` escapes; the result must be UTF-8.
-fn percent_decode(segment: &str) -> Result<String, String> {
-    let bytes = segment.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        if bytes[index] == b'%' {
-            let hex = bytes.get(index + 1..index + 3).and_then(|pair| std::str::from_utf8(pair).ok());
-            let byte = hex
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-                .ok_or("the path has an invalid percent-escape")?;
-            decoded.push(byte);
-            index += 3;
-        } else {
-            decoded.push(bytes[index]);
-            index += 1;
-        }
-    }
-    String::from_utf8(decoded).map_err(|_| "the path is not UTF-8 after percent-decoding".to_string())
 }
 
 #[cfg(test)]

@@ -2,10 +2,17 @@
 //! artifact, answer new bytes with their hash, or "unchanged".
 
 pub mod file;
+pub mod http;
+pub mod s3;
+pub mod vcs;
 
 use std::fmt;
+use std::sync::Arc;
 
+use crate::aws::credentials::CredentialChain;
+use crate::aws::AwsEnv;
 use crate::config::SourceConfig;
+use crate::http::HttpClient;
 
 /// Artifacts larger than this are refused without reading further (SPEC §4).
 pub const MAX_ARTIFACT_BYTES: u64 = 32 * 1024 * 1024;
@@ -36,10 +43,10 @@ pub enum FetchError {
     Network { source: String, detail: String },
     /// A local read failed for another reason.
     Io { source: String, detail: String },
+    /// No usable cloud credentials (the message says which provider failed and why).
+    Credentials { source: String, detail: String },
     /// The artifact is larger than [`MAX_ARTIFACT_BYTES`].
     TooLarge { source: String },
-    /// This kind of source is configured but this build cannot fetch from it yet.
-    NotSupported { what: String },
 }
 
 impl fmt::Display for FetchError {
@@ -50,10 +57,10 @@ impl fmt::Display for FetchError {
             FetchError::Status { source, status } => write!(f, "{source} answered HTTP {status}"),
             FetchError::Network { source, detail } => write!(f, "cannot reach {source}: {detail}"),
             FetchError::Io { source, detail } => write!(f, "cannot read {source}: {detail}"),
+            FetchError::Credentials { source, detail } => write!(f, "cannot sign the request for {source}: {detail}"),
             FetchError::TooLarge { source } => {
                 write!(f, "{source} is larger than the {} MiB artifact limit", MAX_ARTIFACT_BYTES / (1024 * 1024))
             }
-            FetchError::NotSupported { what } => write!(f, "{what} is not supported by this build of clef-agent yet"),
         }
     }
 }
@@ -69,29 +76,16 @@ pub trait Source: Send {
     fn fetch(&mut self, last_content_hash: Option<&str>) -> Result<Fetched, FetchError>;
 }
 
-/// Builds the configured source. Kinds this build cannot fetch yet become a source whose every
-/// fetch says so, which start-up reports as a configuration problem.
-pub fn from_config(config: &SourceConfig) -> Box<dyn Source> {
-    let what = match config {
-        SourceConfig::File(path) => return Box::new(file::FileSource::new(path.clone())),
-        SourceConfig::Http(_) => "an HTTP(S) source (CLEF_AGENT_SOURCE)",
-        SourceConfig::S3 { .. } => "an S3 source (CLEF_AGENT_SOURCE)",
-        SourceConfig::Vcs(_) => "a VCS source (CLEF_AGENT_VCS_*)",
-    };
-    Box::new(Unsupported { description: config.describe(), what })
-}
-
-struct Unsupported {
-    description: String,
-    what: &'static str,
-}
-
-impl Source for Unsupported {
-    fn describe(&self) -> String {
-        self.description.clone()
-    }
-
-    fn fetch(&mut self, _: Option<&str>) -> Result<Fetched, FetchError> {
-        Err(FetchError::NotSupported { what: self.what.to_string() })
-    }
+/// Builds the configured source. `http` is the process's HTTP client; `aws` the environment
+/// the AWS credential chain reads.
+pub fn from_config(config: &SourceConfig, http: &HttpClient, aws: &AwsEnv) -> Result<Box<dyn Source>, String> {
+    Ok(match config {
+        SourceConfig::File(path) => Box::new(file::FileSource::new(path.clone())),
+        SourceConfig::Http(url) => Box::new(http::HttpSource::new(http.clone(), url.clone())),
+        SourceConfig::S3 { location, region } => {
+            let credentials = Arc::new(CredentialChain::new(aws.clone(), http.clone()));
+            Box::new(s3::S3Source::new(http.clone(), credentials, aws, location, region.clone())?)
+        }
+        SourceConfig::Vcs(vcs) => Box::new(vcs::VcsSource::new(http.clone(), vcs)),
+    })
 }

@@ -1,0 +1,304 @@
+//! The AWS credential chain of SPEC §5, first that applies: environment keys, web identity
+//! (STS `AssumeRoleWithWebIdentity`), container credentials, EC2 instance metadata (IMDSv2).
+//! Temporary credentials are cached until five minutes before they expire. Error messages
+//! name the provider and what to fix, never a key, token or secret.
+
+use std::fmt;
+use std::io::Read;
+use std::sync::Mutex;
+
+use super::{xml_text, AwsEnv};
+use crate::http::HttpClient;
+use crate::secret::Secret;
+
+/// Temporary credentials are renewed this long before they expire.
+const RENEW_BEFORE_MS: u64 = 5 * 60 * 1000;
+/// The container credentials host of `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`.
+const CONTAINER_HOST: &str = "http://169.254.170.2";
+const IMDS_DEFAULT: &str = "http://169.254.169.254";
+/// Answers of credential endpoints are small; more than this is not one.
+const ANSWER_LIMIT: u64 = 64 * 1024;
+
+#[derive(Clone)]
+pub struct Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    pub session_token: Option<Secret>,
+    /// When temporary credentials expire (epoch ms); `None` for long-term keys.
+    pub expires_at_ms: Option<u64>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Credentials([redacted])")
+    }
+}
+
+/// Finds credentials on demand and keeps temporary ones until shortly before they expire.
+pub struct CredentialChain {
+    env: AwsEnv,
+    http: HttpClient,
+    cached: Mutex<Option<Credentials>>,
+}
+
+impl CredentialChain {
+    pub fn new(env: AwsEnv, http: HttpClient) -> CredentialChain {
+        CredentialChain { env, http, cached: Mutex::new(None) }
+    }
+
+    /// Credentials valid at `now_ms`, from the cache or the first provider that applies.
+    pub fn credentials(&self, now_ms: u64) -> Result<Credentials, String> {
+        let mut cached = self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(credentials) = cached.as_ref() {
+            let fresh = credentials.expires_at_ms.is_none_or(|expiry| now_ms + RENEW_BEFORE_MS < expiry);
+            if fresh {
+                return Ok(credentials.clone());
+            }
+        }
+        let credentials = self.resolve(now_ms)?;
+        *cached = Some(credentials.clone());
+        Ok(credentials)
+    }
+
+    /// Forgets cached credentials (after the service refused them).
+    pub fn forget(&self) {
+        *self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+    }
+
+    fn resolve(&self, now_ms: u64) -> Result<Credentials, String> {
+        let env = &self.env;
+        match (env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")) {
+            (Some(access_key_id), Some(secret)) => {
+                return Ok(Credentials {
+                    access_key_id,
+                    secret_access_key: Secret::new(secret),
+                    session_token: env.get("AWS_SESSION_TOKEN").map(Secret::new),
+                    expires_at_ms: None,
+                })
+            }
+            (Some(_), None) => return Err("AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not: set both".into()),
+            (None, Some(_)) => return Err("AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not: set both".into()),
+            (None, None) => {}
+        }
+        if let Some(token_file) = env.get("AWS_WEB_IDENTITY_TOKEN_FILE") {
+            let Some(role_arn) = env.get("AWS_ROLE_ARN") else {
+                return Err("AWS_WEB_IDENTITY_TOKEN_FILE is set but AWS_ROLE_ARN is not: set the role to assume".into());
+            };
+            return self.web_identity(&token_file, &role_arn, now_ms);
+        }
+        let container_url = match (
+            env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"),
+            env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
+        ) {
+            (Some(relative), _) => Some(format!("{CONTAINER_HOST}{relative}")),
+            (None, Some(full)) => Some(full),
+            (None, None) => None,
+        };
+        if let Some(url) = container_url {
+            return self.container(&url);
+        }
+        if env.get("AWS_EC2_METADATA_DISABLED").is_some_and(|value| value.eq_ignore_ascii_case("true")) {
+            return Err(NO_CREDENTIALS.to_string() + " (instance metadata is off: AWS_EC2_METADATA_DISABLED=true)");
+        }
+        let endpoint = env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT").unwrap_or_else(|| IMDS_DEFAULT.into());
+        self.instance_metadata(endpoint.trim_end_matches('/'))
+            .map_err(|why| format!("{NO_CREDENTIALS} (instance metadata at {endpoint}: {why})"))
+    }
+
+    /// STS `AssumeRoleWithWebIdentity` with the token in the file (EKS IRSA).
+    fn web_identity(&self, token_file: &str, role_arn: &str, now_ms: u64) -> Result<Credentials, String> {
+        let token = std::fs::read_to_string(token_file)
+            .map_err(|error| format!("AWS_WEB_IDENTITY_TOKEN_FILE: cannot read {token_file}: {error}"))?;
+        let token = Secret::new(token.trim().to_string());
+        let session = self.env.get("AWS_ROLE_SESSION_NAME").unwrap_or_else(|| format!("clef-agent-{}", now_ms / 1000));
+        let endpoint = self.env.endpoint("STS").unwrap_or_else(|| match self.env.region() {
+            Some(region) => format!("https://sts.{region}.amazonaws.com"),
+            None => "https://sts.amazonaws.com".into(),
+        });
+        let form = [
+            ("Action", "AssumeRoleWithWebIdentity"),
+            ("Version", "2011-06-15"),
+            ("RoleArn", role_arn),
+            ("RoleSessionName", session.as_str()),
+            ("WebIdentityToken", token.expose()),
+        ];
+        let body = zeroize::Zeroizing::new(
+            form.iter()
+                .map(|(name, value)| format!("{name}={}", super::sigv4::encode(value, true)))
+                .collect::<Vec<_>>()
+                .join("&"),
+        );
+        let url = format!("{}/", endpoint.trim_end_matches('/'));
+        let context = |why: String| format!("STS AssumeRoleWithWebIdentity at {endpoint} for {role_arn} failed: {why}");
+        let response = self
+            .agent_for(&url)
+            .post(&url)
+            .header("Content-Type", "application/x-www-form-urlencoded")
+            .send(body.as_bytes())
+            .map_err(|error| context(error.to_string()))?;
+        let (status, answer) = read_answer(response).map_err(context)?;
+        let text = String::from_utf8_lossy(&answer);
+        if status != 200 {
+            let code = xml_text(&text, "Code").unwrap_or_default();
+            let message = xml_text(&text, "Message").unwrap_or_default();
+            return Err(context(format!("HTTP {status} {code}: {message}")));
+        }
+        let field = |name: &str| xml_text(&text, name).ok_or_else(|| context(format!("the answer has no {name}")));
+        Ok(Credentials {
+            access_key_id: field("AccessKeyId")?,
+            secret_access_key: Secret::new(field("SecretAccessKey")?),
+            session_token: Some(Secret::new(field("SessionToken")?)),
+            expires_at_ms: expiry(&field("Expiration")?),
+        })
+    }
+
+    /// ECS / Fargate / EKS Pod Identity credentials endpoint.
+    fn container(&self, url: &str) -> Result<Credentials, String> {
+        let described = crate::url::HttpUrl::parse(url).map(|url| url.redacted()).unwrap_or_else(|| url.to_string());
+        let context = |why: String| format!("container credentials at {described}: {why}");
+        let authorization = match (
+            self.env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
+            self.env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
+        ) {
+            (Some(path), _) => Some(Secret::new(
+                std::fs::read_to_string(&path)
+                    .map_err(|error| format!("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE: cannot read {path}: {error}"))?
+                    .trim()
+                    .to_string(),
+            )),
+            (None, token) => token.map(Secret::new),
+        };
+        let mut request = self.agent_for(url).get(url);
+        if let Some(token) = &authorization {
+            request = request.header("Authorization", token.expose());
+        }
+        let response = request.call().map_err(|error| context(error.to_string()))?;
+        let (status, answer) = read_answer(response).map_err(context)?;
+        if status != 200 {
+            return Err(context(format!("HTTP {status}")));
+        }
+        credentials_from_json(&answer).map_err(context)
+    }
+
+    /// IMDSv2: a session token by PUT, then the role's credentials.
+    fn instance_metadata(&self, endpoint: &str) -> Result<Credentials, String> {
+        let token_url = format!("{endpoint}/latest/api/token");
+        let response = self
+            .agent_for(&token_url)
+            .put(&token_url)
+            .header("X-aws-ec2-metadata-token-ttl-seconds", "21600")
+            .send_empty()
+            .map_err(|error| error.to_string())?;
+        let (status, token) = read_answer(response)?;
+        if status != 200 {
+            return Err(format!("the token request answered HTTP {status}"));
+        }
+        let token = Secret::new(String::from_utf8_lossy(&token).trim().to_string());
+        let get = |url: &str| -> Result<Vec<u8>, String> {
+            let response = self
+                .agent_for(url)
+                .get(url)
+                .header("X-aws-ec2-metadata-token", token.expose())
+                .call()
+                .map_err(|error| error.to_string())?;
+            match read_answer(response)? {
+                (200, body) => Ok(body),
+                (404, _) => Err("no IAM role is attached to this instance".into()),
+                (status, _) => Err(format!("HTTP {status}")),
+            }
+        };
+        let roles_url = format!("{endpoint}/latest/meta-data/iam/security-credentials/");
+        let roles = get(&roles_url)?;
+        let role = String::from_utf8_lossy(&roles).lines().next().unwrap_or_default().trim().to_string();
+        if role.is_empty() {
+            return Err("no IAM role is attached to this instance".into());
+        }
+        credentials_from_json(&get(&format!("{roles_url}{role}"))?)
+    }
+
+    fn agent_for(&self, url: &str) -> &ureq::Agent {
+        let host = crate::url::HttpUrl::parse(url).map(|url| url.host).unwrap_or_default();
+        self.http.for_host(&host)
+    }
+}
+
+const NO_CREDENTIALS: &str = "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+     or AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN, or run where container credentials \
+     (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI / _FULL_URI) or an EC2 instance role are available";
+
+/// Status and (bounded) body of a response.
+fn read_answer(response: ureq::http::Response<ureq::Body>) -> Result<(u16, Vec<u8>), String> {
+    let status = response.status().as_u16();
+    let mut body = Vec::new();
+    response
+        .into_body()
+        .into_reader()
+        .take(ANSWER_LIMIT)
+        .read_to_end(&mut body)
+        .map_err(|error| format!("reading the answer failed: {error}"))?;
+    Ok((status, body))
+}
+
+/// The JSON shape container endpoints and IMDS share.
+fn credentials_from_json(body: &[u8]) -> Result<Credentials, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| "the answer is not the expected JSON".to_string())?;
+    let field = |name: &str| {
+        value.get(name).and_then(|field| field.as_str()).map(str::to_string).ok_or(format!("the answer has no {name}"))
+    };
+    Ok(Credentials {
+        access_key_id: field("AccessKeyId")?,
+        secret_access_key: Secret::new(field("SecretAccessKey")?),
+        session_token: field("Token").ok().map(Secret::new),
+        expires_at_ms: match field("Expiration") {
+            Ok(text) => expiry(&text),
+            Err(_) => None,
+        },
+    })
+}
+
+fn expiry(text: &str) -> Option<u64> {
+    crate::time::parse_iso8601_ms(text).map(|ms| ms.max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(vars: &[(&str, &str)]) -> CredentialChain {
+        CredentialChain::new(AwsEnv::from_pairs(vars), HttpClient::default())
+    }
+
+    #[test]
+    fn environment_keys_come_first() {
+        let credentials = chain(&[
+            ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+            ("AWS_SECRET_ACCESS_KEY", "secret"),
+            ("AWS_SESSION_TOKEN", "session"),
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", "/nonexistent"),
+        ])
+        .credentials(0)
+        .unwrap();
+        assert_eq!(credentials.access_key_id, "AKIDEXAMPLE");
+        assert_eq!(credentials.session_token.map(|token| token.expose().to_string()).as_deref(), Some("session"));
+        assert_eq!(format!("{:?}", chain(&[]).cached), "Mutex { data: None, poisoned: false, .. }");
+    }
+
+    #[test]
+    fn half_configured_providers_say_what_is_missing() {
+        let error = chain(&[("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")]).credentials(0).unwrap_err();
+        assert!(error.contains("AWS_SECRET_ACCESS_KEY"), "{error}");
+        let error = chain(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/x")]).credentials(0).unwrap_err();
+        assert!(error.contains("AWS_ROLE_ARN"), "{error}");
+        let error = chain(&[("AWS_EC2_METADATA_DISABLED", "true")]).credentials(0).unwrap_err();
+        assert!(error.starts_with("no AWS credentials found"), "{error}");
+    }
+
+    #[test]
+    fn reads_the_container_json_shape() {
+        let body = br#"{"AccessKeyId":"ASIA1","SecretAccessKey":"s","Token":"t","Expiration":"2026-11-30T12:00:00Z"}"#;
+        let credentials = credentials_from_json(body).unwrap();
+        assert_eq!(credentials.expires_at_ms, crate::time::parse_iso8601_ms("2026-11-30T12:00:00Z").map(|ms| ms as u64));
+        assert!(!format!("{credentials:?}").contains("ASIA1"));
+    }
+}

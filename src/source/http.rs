@@ -1,0 +1,141 @@
+//! HTTP(S) sources, and the one GET every remote source (S3, VCS) makes: status mapping, ETag,
+//! and the artifact size limit enforced while the body streams in, so an endless response
+//! costs at most [`MAX_ARTIFACT_BYTES`] of memory.
+
+use std::io::Read;
+
+use super::{FetchError, Fetched, Source, MAX_ARTIFACT_BYTES};
+use crate::http::HttpClient;
+use crate::url::HttpUrl;
+
+/// How much of an error answer is read to explain it.
+const ERROR_BODY_BYTES: u64 = 16 * 1024;
+
+/// A response worth reading: status 2xx or 304, body read up to the limit.
+pub struct Answer {
+    pub status: u16,
+    pub etag: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// What a GET is about, for its request and its error messages.
+pub struct Get<'a> {
+    pub http: &'a HttpClient,
+    pub url: &'a HttpUrl,
+    /// The source as it may be logged.
+    pub source: &'a str,
+    pub headers: &'a [(&'a str, &'a str)],
+}
+
+impl Get<'_> {
+    /// Sends the GET. Status 401/403 and 404 become [`FetchError::Forbidden`] and
+    /// [`FetchError::NotFound`], any other status of 400 or more [`FetchError::Status`];
+    /// `detail` turns an error body into a short, credential-free explanation (S3's `<Code>`).
+    pub fn send(&self, detail: impl Fn(&[u8]) -> Option<String>) -> Result<Answer, FetchError> {
+        let mut request = self.http.for_host(&self.url.host).get(&self.url.full);
+        for (name, value) in self.headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.call().map_err(|error| self.network(error))?;
+        let status = response.status().as_u16();
+        let etag = response.headers().get("etag").and_then(|value| value.to_str().ok()).map(str::to_string);
+        let mut reader = response.into_body().into_reader();
+        if status >= 400 {
+            // An error body is read only for its explanation, and only its start.
+            let mut body = Vec::new();
+            let _ = (&mut reader).take(ERROR_BODY_BYTES).read_to_end(&mut body);
+            let detail = detail(&body).map_or_else(|| format!("HTTP {status}"), |why| format!("HTTP {status}, {why}"));
+            let source = self.source.to_string();
+            return Err(match status {
+                401 | 403 => FetchError::Forbidden { source, detail },
+                404 => FetchError::NotFound { source },
+                _ => FetchError::Status { source, status },
+            });
+        }
+        let mut body = Vec::new();
+        let read = reader.take(MAX_ARTIFACT_BYTES + 1).read_to_end(&mut body);
+        read.map_err(|error| FetchError::Network { source: self.source.into(), detail: error.to_string() })?;
+        if body.len() as u64 > MAX_ARTIFACT_BYTES {
+            return Err(FetchError::TooLarge { source: self.source.into() });
+        }
+        if !(200..300).contains(&status) && status != 304 {
+            return Err(FetchError::Status { source: self.source.into(), status });
+        }
+        Ok(Answer { status, etag, body })
+    }
+
+    fn network(&self, error: ureq::Error) -> FetchError {
+        let detail = match error {
+            ureq::Error::Timeout(_) => "timed out".to_string(),
+            ureq::Error::TooManyRedirects => format!("more than {} redirects", crate::http::MAX_REDIRECTS),
+            // ureq's messages name hosts and reasons, never the URL's credentials.
+            other => other.to_string(),
+        };
+        FetchError::Network { source: self.source.into(), detail }
+    }
+}
+
+/// Content hashes of HTTP sources: the ETag when the server sends one (so the next poll can
+/// ask `If-None-Match`), else the SHA-256 of the body. ETags are quoted, so the two never mix.
+pub fn content_hash(etag: Option<String>, body: &[u8]) -> String {
+    etag.unwrap_or_else(|| {
+        format!("sha256:{}", crate::secret::hex(ring::digest::digest(&ring::digest::SHA256, body).as_ref()))
+    })
+}
+
+/// The `If-None-Match` to send: only a real ETag.
+pub fn if_none_match(last_content_hash: Option<&str>) -> Option<&str> {
+    last_content_hash.filter(|hash| !hash.starts_with("sha256:"))
+}
+
+/// A plain HTTP(S) URL.
+pub struct HttpSource {
+    http: HttpClient,
+    url: HttpUrl,
+    description: String,
+}
+
+impl HttpSource {
+    pub fn new(http: HttpClient, url: HttpUrl) -> HttpSource {
+        let description = url.redacted();
+        HttpSource { http, url, description }
+    }
+}
+
+impl Source for HttpSource {
+    fn describe(&self) -> String {
+        self.description.clone()
+    }
+
+    fn fetch(&mut self, last_content_hash: Option<&str>) -> Result<Fetched, FetchError> {
+        let mut headers = Vec::new();
+        if let Some(etag) = if_none_match(last_content_hash) {
+            headers.push(("If-None-Match", etag));
+        }
+        let get = Get { http: &self.http, url: &self.url, source: &self.description, headers: &headers };
+        let answer = get.send(|_| None)?;
+        if answer.status == 304 {
+            return Ok(Fetched::Unchanged);
+        }
+        let content_hash = content_hash(answer.etag, &answer.body);
+        if last_content_hash == Some(content_hash.as_str()) {
+            return Ok(Fetched::Unchanged);
+        }
+        Ok(Fetched::Content { bytes: answer.body, content_hash: Some(content_hash) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_real_etags_are_sent_back() {
+        assert_eq!(content_hash(Some("\"abc\"".into()), b"x"), "\"abc\"");
+        let hashed = content_hash(None, b"x");
+        assert!(hashed.starts_with("sha256:2d711642"), "{hashed}");
+        assert_eq!(if_none_match(Some(&hashed)), None);
+        assert_eq!(if_none_match(Some("W/\"abc\"")), Some("W/\"abc\""));
+        assert_eq!(if_none_match(None), None);
+    }
+}
