@@ -39,8 +39,8 @@ impl HttpClient {
     /// `ssl_cert_file` (the `SSL_CERT_FILE` variable) when given.
     pub fn new(ssl_cert_file: Option<&Path>) -> Result<HttpClient, String> {
         let Some(path) = ssl_cert_file else { return Ok(HttpClient::default()) };
-        let pem = std::fs::read(path)
-            .map_err(|error| format!("SSL_CERT_FILE: cannot read {}: {error}", path.display()))?;
+        let pem =
+            std::fs::read(path).map_err(|error| format!("SSL_CERT_FILE: cannot read {}: {error}", path.display()))?;
         let mut roots: Vec<Certificate<'static>> =
             webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().map(|der| Certificate::from_der(der).to_owned()).collect();
         let bundled = roots.len();

@@ -6,6 +6,7 @@
 
 pub mod artifact;
 pub mod aws;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod decrypt;

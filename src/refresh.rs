@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::artifact::signature::VerifyKey;
 use crate::artifact::{self, Artifact, Parsed, Rejection, Revocation};
+use crate::cache::DiskCache;
 use crate::config::Mode;
 use crate::decrypt::{DecryptError, Keys, Plaintext};
 use crate::log;
@@ -42,6 +43,8 @@ pub enum RefreshError {
     Expired {
         expires_at: String,
     },
+    /// The source failed and the disk cache's entry was older than the TTL, so it was purged.
+    DiskCacheExpired(FetchError),
 }
 
 impl RefreshError {
@@ -63,7 +66,9 @@ impl RefreshError {
                 "Give the agent AWS credentials: environment keys, a web identity (IRSA), container credentials or an instance role."
             }
             RefreshError::Fetch(FetchError::TooLarge { .. }) => "Check that CLEF_AGENT_SOURCE points to a packed artifact.",
-            RefreshError::Fetch(_) => "Check the source URL or path and network connectivity.",
+            RefreshError::Fetch(_) | RefreshError::DiskCacheExpired(_) => {
+                "Check the source URL or path and network connectivity."
+            }
             RefreshError::Rejected { rejection, configuration } => match rejection {
                 Rejection::SignatureMissing | Rejection::SignatureInvalid | Rejection::SignatureError(_) => {
                     "Check that CLEF_AGENT_VERIFY_KEY is the public key of the key that signs this artifact."
@@ -86,6 +91,9 @@ impl fmt::Display for RefreshError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RefreshError::Fetch(error) => write!(f, "{error}"),
+            RefreshError::DiskCacheExpired(error) => {
+                write!(f, "Secrets cache expired: no successful refresh within TTL ({error})")
+            }
             RefreshError::Rejected { rejection, .. } => {
                 write!(f, "artifact rejected ({}): {rejection}", rejection.reason())
             }
@@ -137,22 +145,42 @@ struct Accepted {
     revision: String,
 }
 
-/// Source, keys and memory of the last accepted artifact.
+/// Source, keys, disk cache and memory of the last accepted artifact.
 pub struct Pipeline {
     source: Box<dyn Source>,
     keys: Arc<Keys>,
     verify_key: Option<VerifyKey>,
+    cache: Option<DiskCache>,
     last: Option<Accepted>,
 }
 
+// One value per refresh, moved once and never stored: its size does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Outcome {
     Unchanged,
-    Accepted { served: Served, loaded: Loaded },
+    /// `fresh_at_ms`: when the source last gave this artifact (now, or the disk cache's time);
+    /// `fell_back`: the fetch error that sent the pipeline to the disk cache.
+    Accepted {
+        served: Served,
+        loaded: Loaded,
+        fresh_at_ms: u64,
+        fell_back: Option<FetchError>,
+    },
 }
 
 impl Pipeline {
-    pub fn new(source: Box<dyn Source>, keys: Arc<Keys>, verify_key: Option<VerifyKey>) -> Pipeline {
-        Pipeline { source, keys, verify_key, last: None }
+    pub fn new(
+        source: Box<dyn Source>,
+        keys: Arc<Keys>,
+        verify_key: Option<VerifyKey>,
+        cache: Option<DiskCache>,
+    ) -> Pipeline {
+        Pipeline { source, keys, verify_key, cache, last: None }
+    }
+
+    /// The disk cache holds an entry to fall back on.
+    fn disk_cache_available(&self) -> bool {
+        self.cache.as_ref().is_some_and(DiskCache::exists)
     }
 
     pub fn describe_source(&self) -> String {
@@ -162,14 +190,79 @@ impl Pipeline {
     /// SPEC §2 steps 1–9 for one fetch.
     fn run(&mut self, mode: Mode, now_ms: u64) -> Result<Outcome, RefreshError> {
         let last_hash = self.last.as_ref().and_then(|last| last.content_hash.as_deref());
-        let (bytes, content_hash) = match self.source.fetch(last_hash)? {
-            Fetched::Unchanged => return Ok(Outcome::Unchanged),
-            Fetched::Content { bytes, content_hash } => (bytes, content_hash),
+        let (bytes, content_hash) = match self.source.fetch(last_hash) {
+            Ok(Fetched::Unchanged) => return Ok(self.unchanged(now_ms)),
+            Ok(Fetched::Content { bytes, content_hash }) => (bytes, content_hash),
+            Err(error) => return self.fall_back_to_disk_cache(error, mode, now_ms),
         };
         if content_hash.is_some() && content_hash.as_deref() == last_hash {
-            return Ok(Outcome::Unchanged);
+            return Ok(self.unchanged(now_ms));
         }
-        let artifact = screen(&bytes, now_ms)?;
+        let outcome = self.accept(&bytes, content_hash.clone(), mode, now_ms)?;
+        match (&outcome, &self.cache) {
+            (Outcome::Accepted { .. }, Some(cache)) => {
+                if let Err(error) = cache.store(&bytes, content_hash.as_deref(), now_ms) {
+                    log::error(&format!(
+                        "warning: cannot write the disk cache {}: {error}",
+                        cache.artifact_path().display()
+                    ));
+                }
+                Ok(outcome)
+            }
+            // The same revision in new bytes (SPEC §2 step 6): not decrypted, so not cached.
+            (Outcome::Unchanged, _) => Ok(self.unchanged(now_ms)),
+            (Outcome::Accepted { .. }, None) => Ok(outcome),
+        }
+    }
+
+    /// The source gave the artifact already accepted: the disk cache records the time.
+    fn unchanged(&self, now_ms: u64) -> Outcome {
+        if let Some(cache) = &self.cache {
+            let hash = self.last.as_ref().and_then(|last| last.content_hash.as_deref());
+            if let Err(error) = cache.touch(hash, now_ms) {
+                log::error(&format!(
+                    "warning: cannot write the disk cache {}: {error}",
+                    cache.artifact_path().display()
+                ));
+            }
+        }
+        Outcome::Unchanged
+    }
+
+    /// The source failed: load the disk cache's entry when nothing is served yet (start-up
+    /// during an outage, or after a restart); purge it when it is older than the TTL.
+    fn fall_back_to_disk_cache(&mut self, error: FetchError, mode: Mode, now_ms: u64) -> Result<Outcome, RefreshError> {
+        let Some(cache) = &self.cache else { return Err(error.into()) };
+        if self.last.is_some() {
+            // Serving already: stale-on-error keeps the same artifact the cache holds.
+            return Err(error.into());
+        }
+        let Some(entry) = cache.load() else { return Err(error.into()) };
+        if let Mode::Cached { ttl } = mode {
+            if u128::from(now_ms.saturating_sub(entry.fetched_at_ms)) > ttl.as_millis() {
+                cache.purge();
+                return Err(RefreshError::DiskCacheExpired(error));
+            }
+        }
+        log::error(&format!("{error}; serving the artifact from the disk cache ({})", cache.artifact_path().display()));
+        let outcome = self.accept(&entry.bytes, entry.content_hash, mode, now_ms)?;
+        Ok(match outcome {
+            Outcome::Accepted { served, loaded, .. } => {
+                Outcome::Accepted { served, loaded, fresh_at_ms: entry.fetched_at_ms, fell_back: Some(error) }
+            }
+            Outcome::Unchanged => Outcome::Unchanged,
+        })
+    }
+
+    /// SPEC §2 steps 3–9 for fetched bytes.
+    fn accept(
+        &mut self,
+        bytes: &[u8],
+        content_hash: Option<String>,
+        mode: Mode,
+        now_ms: u64,
+    ) -> Result<Outcome, RefreshError> {
+        let artifact = screen(bytes, now_ms)?;
         if let Some(last) = self.last.as_mut().filter(|last| last.revision == artifact.revision) {
             last.content_hash = content_hash;
             return Ok(Outcome::Unchanged);
@@ -190,13 +283,17 @@ impl Pipeline {
             Mode::Jit => Served::Jit(SealedArtifact { artifact: artifact.clone() }),
         };
         self.last = Some(Accepted { content_hash, revision: artifact.revision.clone() });
-        Ok(Outcome::Accepted { served, loaded })
+        Ok(Outcome::Accepted { served, loaded, fresh_at_ms: now_ms, fell_back: None })
     }
 
     /// Every wipe forgets what was accepted, so the next good fetch loads again even when it
-    /// is byte for byte the artifact served before.
+    /// is byte for byte the artifact served before, and purges the disk cache, so that a
+    /// revoked or expired artifact cannot come back from it.
     fn forget(&mut self) {
         self.last = None;
+        if let Some(cache) = &self.cache {
+            cache.purge();
+        }
     }
 }
 
@@ -279,9 +376,12 @@ impl Refresher {
                 self.cell.mark_fresh(now_ms);
                 Ok(Change::Unchanged)
             }
-            Ok(Outcome::Accepted { served, loaded }) => {
+            Ok(Outcome::Accepted { served, loaded, fresh_at_ms, fell_back }) => {
+                if let Some(error) = fell_back {
+                    self.telemetry.emit(Event::FetchFailed { error: error.to_string(), disk_cache_available: true });
+                }
                 self.cell.swap(served);
-                self.cell.mark_fresh(now_ms);
+                self.cell.mark_fresh(fresh_at_ms);
                 self.telemetry.artifact_loaded(&loaded.identity, &loaded.environment, loaded.telemetry_headers);
                 self.telemetry.emit(Event::ArtifactRefreshed {
                     revision: loaded.revision.clone(),
@@ -291,7 +391,13 @@ impl Refresher {
                 Ok(Change::Loaded { revision: loaded.revision, key_count: loaded.key_count })
             }
             Err(error) => {
-                self.telemetry.emit(failure_event(&error));
+                if let RefreshError::DiskCacheExpired(_) = &error {
+                    if let Mode::Cached { ttl } = self.cell.mode {
+                        self.telemetry
+                            .emit(Event::CacheExpired { cache_ttl_seconds: ttl.as_secs(), disk_cache_purged: true });
+                    }
+                }
+                self.telemetry.emit(failure_event(&error, state.pipeline.disk_cache_available()));
                 self.after_failure(state, &error, now_ms);
                 Err(error)
             }
@@ -337,9 +443,12 @@ impl Refresher {
 }
 
 /// The telemetry event of a failed refresh.
-fn failure_event(error: &RefreshError) -> Event {
+fn failure_event(error: &RefreshError, disk_cache_available: bool) -> Event {
     match error {
-        RefreshError::Fetch(error) => Event::FetchFailed { error: error.to_string(), disk_cache_available: false },
+        RefreshError::Fetch(error) => Event::FetchFailed { error: error.to_string(), disk_cache_available },
+        RefreshError::DiskCacheExpired(error) => {
+            Event::FetchFailed { error: error.to_string(), disk_cache_available: false }
+        }
         RefreshError::Rejected { rejection, .. } => {
             Event::ArtifactInvalid { reason: rejection.reason(), error: rejection.to_string() }
         }

@@ -86,14 +86,12 @@ impl CredentialChain {
             };
             return self.web_identity(&token_file, &role_arn, now_ms);
         }
-        let container_url = match (
-            env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"),
-            env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI"),
-        ) {
-            (Some(relative), _) => Some(format!("{CONTAINER_HOST}{relative}")),
-            (None, Some(full)) => Some(full),
-            (None, None) => None,
-        };
+        let container_url =
+            match (env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"), env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI")) {
+                (Some(relative), _) => Some(format!("{CONTAINER_HOST}{relative}")),
+                (None, Some(full)) => Some(full),
+                (None, None) => None,
+            };
         if let Some(url) = container_url {
             return self.container(&url);
         }
@@ -298,7 +296,10 @@ mod tests {
     fn reads_the_container_json_shape() {
         let body = br#"{"AccessKeyId":"ASIA1","SecretAccessKey":"s","Token":"t","Expiration":"2026-11-30T12:00:00Z"}"#;
         let credentials = credentials_from_json(body).unwrap();
-        assert_eq!(credentials.expires_at_ms, crate::time::parse_iso8601_ms("2026-11-30T12:00:00Z").map(|ms| ms as u64));
+        assert_eq!(
+            credentials.expires_at_ms,
+            crate::time::parse_iso8601_ms("2026-11-30T12:00:00Z").map(|ms| ms as u64)
+        );
         assert!(!format!("{credentials:?}").contains("ASIA1"));
     }
 }

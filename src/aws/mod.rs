@@ -23,7 +23,8 @@ impl AwsEnv {
 
     /// Fixed variables, for tests.
     pub fn from_pairs(pairs: &[(&str, &str)]) -> AwsEnv {
-        let pairs: Vec<(String, String)> = pairs.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect();
+        let pairs: Vec<(String, String)> =
+            pairs.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect();
         AwsEnv {
             lookup: Arc::new(move |name: &str| {
                 pairs.iter().find(|(found, _)| found == name).map(|(_, value)| value.clone())
@@ -74,7 +75,8 @@ mod tests {
         assert_eq!(xml_text(xml, "Code").as_deref(), Some("AccessDenied"));
         assert_eq!(xml_text(xml, "Message").as_deref(), Some("a & b"));
         assert_eq!(xml_text(xml, "RequestId"), None);
-        let env = AwsEnv::from_pairs(&[("AWS_ENDPOINT_URL", "http://localhost:5000/"), ("AWS_DEFAULT_REGION", "eu-west-1")]);
+        let env =
+            AwsEnv::from_pairs(&[("AWS_ENDPOINT_URL", "http://localhost:5000/"), ("AWS_DEFAULT_REGION", "eu-west-1")]);
         assert_eq!(env.endpoint("S3").as_deref(), Some("http://localhost:5000"));
         assert_eq!(env.region().as_deref(), Some("eu-west-1"));
     }

@@ -74,8 +74,7 @@ pub fn parse(arguments: Vec<OsString>) -> Result<Command, String> {
 pub fn load_once(config: &Config) -> Result<(Box<Artifact>, Plaintext), Fatal> {
     let keys = Keys { age: config.load_age_identity()? };
     let http = HttpClient::new(config.ssl_cert_file.as_deref()).map_err(ConfigError)?;
-    let mut source =
-        crate::source::from_config(&config.source, &http, &AwsEnv::from_process()).map_err(ConfigError)?;
+    let mut source = crate::source::from_config(&config.source, &http, &AwsEnv::from_process()).map_err(ConfigError)?;
     let failed = |error: RefreshError| {
         Fatal::Other(format!("cannot load the artifact from {}: {error}. {}", config.source.describe(), error.hint()))
     };

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::aws::AwsEnv;
+use crate::cache::DiskCache;
 use crate::config::{Config, ConfigError, SourceConfig};
 use crate::decrypt::Keys;
 use crate::http::HttpClient;
@@ -98,7 +99,8 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
     let telemetry = start_telemetry(&config, &http)?;
 
     let cell = Arc::new(Cell::new(config.mode));
-    let pipeline = Pipeline::new(source, Arc::clone(&keys), config.verify_key.clone());
+    let cache = config.cache_path.as_deref().map(|root| DiskCache::new(root, &config.source));
+    let pipeline = Pipeline::new(source, Arc::clone(&keys), config.verify_key.clone(), cache);
     let refresher = Arc::new(Refresher::new(Arc::clone(&cell), pipeline, telemetry.clone()));
     log::info(&format!("source: {}", refresher.describe_source()));
     log::info("fetching initial artifact...");
@@ -269,9 +271,6 @@ fn uuid_v4() -> Result<String, String> {
 fn warn_about_unsupported_options(config: &Config) {
     if (config.socket.is_none() || config.port_explicit) && std::fs::read_dir("/proc/self/fd").is_err() {
         log::error("warning: /proc is not mounted, so connections idle for 10 s cannot be found and closed");
-    }
-    if config.cache_path.is_some() {
-        log::error("warning: CLEF_AGENT_CACHE_PATH is set, but this build has no disk cache yet; nothing will be cached on disk");
     }
 }
 

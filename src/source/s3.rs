@@ -76,14 +76,12 @@ impl Source for S3Source {
         let mut all: Vec<(&str, &str)> = headers.clone();
         all.extend(signed.headers.iter().map(|(name, value)| (*name, value.as_str())));
         let get = Get { http: &self.http, url: &self.url, source: &self.description, headers: &all };
-        let answer = get
-            .send(|body| xml_text(&String::from_utf8_lossy(body), "Code"))
-            .inspect_err(|error| {
-                // Credentials the service refuses are looked up again on the next poll.
-                if matches!(error, FetchError::Forbidden { .. }) {
-                    self.credentials.forget();
-                }
-            })?;
+        let answer = get.send(|body| xml_text(&String::from_utf8_lossy(body), "Code")).inspect_err(|error| {
+            // Credentials the service refuses are looked up again on the next poll.
+            if matches!(error, FetchError::Forbidden { .. }) {
+                self.credentials.forget();
+            }
+        })?;
         if answer.status == 304 {
             return Ok(Fetched::Unchanged);
         }

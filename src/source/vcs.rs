@@ -124,7 +124,13 @@ impl VcsSource {
         let bearer = format!("Bearer {}", self.token.expose());
         let headers = [("Authorization", bearer.as_str())];
         let src = |at: &str| {
-            format!("{}/2.0/repositories/{}/src/{}/{}", self.api, self.repo, encode(at, true), encode(&self.path, false))
+            format!(
+                "{}/2.0/repositories/{}/src/{}/{}",
+                self.api,
+                self.repo,
+                encode(at, true),
+                encode(&self.path, false)
+            )
         };
         let meta = self.get(&format!("{}?format=meta", src(reference)), &headers)?;
         let hash = self.field(&self.json(&meta.body)?, &["commit", "hash"])?;

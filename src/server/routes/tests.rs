@@ -64,7 +64,7 @@ fn fixture(mode: Mode) -> Fixture {
     let cell = Arc::new(Cell::new(mode));
     let refresher = Arc::new(Refresher::new(
         Arc::clone(&cell),
-        Pipeline::new(Box::new(source.clone()), Arc::clone(&keys), None),
+        Pipeline::new(Box::new(source.clone()), Arc::clone(&keys), None, None),
         Default::default(),
     ));
     let api = Api { cell, refresher, keys, token: Secret::new(TOKEN.into()) };
