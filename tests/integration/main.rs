@@ -9,4 +9,5 @@ mod ops;
 mod refresh;
 mod resilience;
 mod secrecy;
+mod sources;
 mod support;
