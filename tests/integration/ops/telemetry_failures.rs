@@ -1,47 +1,16 @@
-//! Telemetry against a loopback OTLP/HTTP collector: the JSON shape, severities, attributes and
-//! headers of the events, the flush at shutdown, and a collector that is down.
+//! Telemetry of failures, against a loopback OTLP/HTTP collector: failed fetches (with and
+//! without a disk cache to fall back on), rejected, expired and revoked artifacts, and a
+//! start-up that fails.
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::support::loopback::{Answer, Recorded, Server};
-use crate::support::{build_artifact, free_port, wait_until, ArtifactOptions, Deployment, TOKEN};
+use super::telemetry::{attribute, log_records, record_of};
+use crate::support::loopback::{collector, Answer, Server};
+use crate::support::{build_artifact, ArtifactOptions, Deployment};
 
 const PLAINTEXT: &str = r#"{"obs":{"CLEF_TELEMETRY_TOKEN":"telemetry-token-77f1"},"app":{"API_KEY":"api-value-5c2e"}}"#;
-
-fn collector() -> Server {
-    Server::start(|_| Answer::json(200, "{}"))
-}
-
-/// Every log record the collector received, with the resource attributes of its batch.
-fn records(requests: &[Recorded]) -> Vec<(Value, Value)> {
-    let mut all = Vec::new();
-    for request in requests {
-        let body: Value = serde_json::from_slice(&request.body).expect("the body is JSON");
-        let resource_logs = &body["resourceLogs"][0];
-        let scope = &resource_logs["scopeLogs"][0];
-        assert_eq!(scope["scope"]["name"], "clef.runtime");
-        assert_eq!(scope["scope"]["version"], env!("CARGO_PKG_VERSION"));
-        for record in scope["logRecords"].as_array().expect("logRecords") {
-            all.push((resource_logs["resource"]["attributes"].clone(), record.clone()));
-        }
-    }
-    all
-}
-
-fn record_of<'a>(records: &'a [(Value, Value)], kind: &str) -> &'a Value {
-    &records
-        .iter()
-        .find(|(_, record)| record["body"]["stringValue"] == kind)
-        .unwrap_or_else(|| panic!("no {kind} record"))
-        .1
-}
-
-fn attribute<'a>(attributes: &'a Value, key: &str) -> &'a Value {
-    let found = attributes.as_array().and_then(|list| list.iter().find(|attribute| attribute["key"] == key));
-    &found.unwrap_or_else(|| panic!("no attribute {key} in {attributes}"))["value"]
-}
 
 fn start(test: &str, plaintext: &str, collector: &Server) -> (Deployment, crate::support::Agent) {
     let deployment = Deployment::new(test, &build_artifact(plaintext, "rev-telemetry-1", &ArtifactOptions::default()));
@@ -53,64 +22,6 @@ fn start(test: &str, plaintext: &str, collector: &Server) -> (Deployment, crate:
 fn stop(agent: &crate::support::Agent) {
     agent.signal(libc::SIGTERM);
     assert_eq!(agent.wait_exit(Duration::from_secs(6)).and_then(|status| status.code()), Some(0));
-}
-
-#[test]
-fn sends_lifecycle_events_as_otlp_json_and_flushes_them_at_shutdown() {
-    let collector = collector();
-    let (_deployment, agent) = start("telemetry-shape", PLAINTEXT, &collector);
-    stop(&agent);
-    let requests = collector.requests();
-    assert!(!requests.is_empty(), "nothing was flushed at shutdown");
-    for request in &requests {
-        assert_eq!((request.method.as_str(), request.path.as_str()), ("POST", "/v1/logs"));
-        assert_eq!(request.header("Content-Type"), Some("application/json"));
-        assert_eq!(request.header("Authorization"), Some("Bearer telemetry-token-77f1"));
-    }
-    let records = records(&requests);
-    let (resource, _) = &records[0];
-    assert_eq!(attribute(resource, "service.name"), &json!({"stringValue": "clef-agent"}));
-    assert_eq!(attribute(resource, "service.version"), &json!({"stringValue": env!("CARGO_PKG_VERSION")}));
-    assert_eq!(attribute(resource, "clef.agent.id"), &json!({"stringValue": "agent-test-1"}));
-    assert_eq!(attribute(resource, "clef.identity"), &json!({"stringValue": "api-gateway"}));
-    assert_eq!(attribute(resource, "clef.environment"), &json!({"stringValue": "production"}));
-    assert_eq!(attribute(resource, "clef.source.type"), &json!({"stringValue": "file"}));
-
-    let refreshed = record_of(&records, "artifact.refreshed");
-    assert!(refreshed["timeUnixNano"]
-        .as_str()
-        .is_some_and(|time| time.len() > 15 && time.bytes().all(|b| b.is_ascii_digit())));
-    assert_eq!((refreshed["severityNumber"].as_u64(), refreshed["severityText"].as_str()), (Some(9), Some("INFO")));
-    let attributes = &refreshed["attributes"];
-    assert_eq!(attribute(attributes, "event.name"), &json!({"stringValue": "clef.artifact.refreshed"}));
-    assert_eq!(attribute(attributes, "clef.revision"), &json!({"stringValue": "rev-telemetry-1"}));
-    assert_eq!(attribute(attributes, "clef.keyCount"), &json!({"intValue": "2"}));
-    assert_eq!(attribute(attributes, "clef.kmsEnvelope"), &json!({"boolValue": false}));
-
-    let started = record_of(&records, "agent.started");
-    assert_eq!(attribute(&started["attributes"], "clef.version"), &json!({"stringValue": env!("CARGO_PKG_VERSION")}));
-    let stopped = record_of(&records, "agent.stopped");
-    assert_eq!(stopped["severityText"], "INFO");
-    assert_eq!(attribute(&stopped["attributes"], "clef.reason"), &json!({"stringValue": "signal"}));
-    assert!(attribute(&stopped["attributes"], "clef.uptimeSeconds")["intValue"].is_string());
-
-    for request in &requests {
-        let body = String::from_utf8_lossy(&request.body);
-        for secret in ["api-value-5c2e", "telemetry-token-77f1", TOKEN, "AGE-SECRET-KEY"] {
-            assert!(!body.contains(secret), "telemetry carried a secret: {secret}");
-        }
-    }
-}
-
-#[test]
-fn headers_come_from_clef_telemetry_headers() {
-    let collector = collector();
-    let plaintext = r#"{"obs":{"CLEF_TELEMETRY_HEADERS":"x-api-key=k1,x-team=platform"}}"#;
-    let (_deployment, agent) = start("telemetry-headers", plaintext, &collector);
-    stop(&agent);
-    let request = &collector.requests()[0];
-    assert_eq!((request.header("x-api-key"), request.header("x-team")), (Some("k1"), Some("platform")));
-    assert_eq!(request.header("Authorization"), None);
 }
 
 #[test]
@@ -132,7 +43,7 @@ fn reports_failed_fetches_and_rejected_and_revoked_artifacts() {
     agent.signal(libc::SIGHUP);
     agent.wait_for_stderr("poll error: Artifact revoked", Duration::from_secs(5));
     stop(&agent);
-    let records = records(&collector.requests());
+    let records = log_records(&collector);
     let failed = record_of(&records, "fetch.failed");
     assert_eq!((failed["severityNumber"].as_u64(), failed["severityText"].as_str()), (Some(13), Some("WARN")));
     assert!(attribute(&failed["attributes"], "clef.error")["stringValue"]
@@ -157,19 +68,6 @@ fn reports_failed_fetches_and_rejected_and_revoked_artifacts() {
 }
 
 #[test]
-fn a_collector_that_is_down_never_affects_serving() {
-    let deployment =
-        Deployment::new("telemetry-down", &build_artifact(PLAINTEXT, "rev-telemetry-1", &ArtifactOptions::default()));
-    let url = format!("http://127.0.0.1:{}/v1/logs", free_port());
-    let agent = deployment.start(&[("CLEF_AGENT_TELEMETRY_URL", &url)]);
-    assert!(wait_until(Duration::from_secs(2), || agent.get("/v1/secrets").status == 200));
-    agent.get("/v1/secrets").assert(200, PLAINTEXT);
-    agent.signal(libc::SIGTERM);
-    let status = agent.wait_exit(Duration::from_secs(4)).expect("shutdown waited on the collector");
-    assert_eq!(status.code(), Some(0));
-}
-
-#[test]
 fn a_failed_start_up_still_reports_why() {
     let collector = collector();
     let deployment = Deployment::new(
@@ -180,9 +78,41 @@ fn a_failed_start_up_still_reports_why() {
     let wrong_key = crate::support::fixture("keys/other.agekey").display().to_string();
     let agent = deployment.spawn(&[("CLEF_AGENT_TELEMETRY_URL", &url), ("CLEF_AGENT_AGE_KEY_FILE", &wrong_key)]);
     assert_eq!(agent.wait_exit(Duration::from_secs(5)).and_then(|status| status.code()), Some(1));
-    let records = records(&collector.requests());
+    let records = log_records(&collector);
     let invalid = record_of(&records, "artifact.invalid");
     assert_eq!(attribute(&invalid["attributes"], "clef.reason"), &json!({"stringValue": "decrypt"}));
     let stopped = record_of(&records, "agent.stopped");
     assert_eq!(attribute(&stopped["attributes"], "clef.reason"), &json!({"stringValue": "error"}));
+}
+
+#[test]
+fn serving_from_the_disk_cache_reports_the_failed_fetch_with_the_cache_available() {
+    let artifact = build_artifact(PLAINTEXT, "rev-telemetry-1", &ArtifactOptions::default());
+    let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let serving = std::sync::Arc::clone(&up);
+    let source = Server::start(move |_| {
+        if serving.load(std::sync::atomic::Ordering::SeqCst) {
+            Answer::json(200, &artifact)
+        } else {
+            Answer::json(503, "{}")
+        }
+    });
+    let deployment = Deployment::new("telemetry-disk-cache", "{}");
+    let cache = deployment.dir.join("cache").display().to_string();
+    let url = source.url("/a.json");
+    let env = [("CLEF_AGENT_SOURCE", url.as_str()), ("CLEF_AGENT_CACHE_PATH", cache.as_str())];
+    stop(&deployment.start(&env));
+
+    up.store(false, std::sync::atomic::Ordering::SeqCst);
+    let collector = collector();
+    let telemetry = format!("http://127.0.0.1:{}/v1/logs", collector.port);
+    let agent = deployment.start(&[env[0], env[1], ("CLEF_AGENT_TELEMETRY_URL", &telemetry)]);
+    stop(&agent);
+    let records = log_records(&collector);
+    let failed = record_of(&records, "fetch.failed");
+    assert_eq!(attribute(&failed["attributes"], "clef.diskCacheAvailable"), &json!({"boolValue": true}));
+    assert!(attribute(&failed["attributes"], "clef.error")["stringValue"]
+        .as_str()
+        .is_some_and(|error| error.ends_with("answered HTTP 503")));
+    record_of(&records, "artifact.refreshed");
 }
