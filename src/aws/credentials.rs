@@ -292,6 +292,96 @@ mod tests {
         assert!(error.starts_with("no AWS credentials found"), "{error}");
     }
 
+    /// A loopback HTTP server: each request (request line and lowercased headers, recorded) is
+    /// answered 200 with what `answer` returns, and the connection closed.
+    fn scripted_server(
+        answer: impl Fn(&str, usize) -> String + Send + 'static,
+    ) -> (String, std::sync::Arc<Mutex<Vec<(String, Vec<String>)>>>) {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let seen: std::sync::Arc<Mutex<Vec<(String, Vec<String>)>>> = std::sync::Arc::default();
+        let recorded = std::sync::Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for (index, stream) in listener.incoming().enumerate() {
+                let mut stream = stream.unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                reader.read_line(&mut request_line).unwrap();
+                let mut headers = Vec::new();
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if line.trim().is_empty() {
+                        break;
+                    }
+                    headers.push(line.trim().to_ascii_lowercase());
+                }
+                let request_line = request_line.trim().to_string();
+                let body = answer(&request_line, index);
+                recorded.lock().unwrap().push((request_line, headers));
+                let reply =
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                stream.write_all(reply.as_bytes()).unwrap();
+            }
+        });
+        (base, seen)
+    }
+
+    fn credentials_json(expiration: &str) -> String {
+        format!(
+            r#"{{"Code":"Success","AccessKeyId":"ASIAEXAMPLE","SecretAccessKey":"s","Token":"t","Expiration":"{expiration}"}}"#
+        )
+    }
+
+    #[test]
+    fn temporary_credentials_are_reused_until_five_minutes_before_they_expire() {
+        let now = crate::time::parse_iso8601_ms("2026-11-30T12:00:00Z").unwrap() as u64;
+        let expirations = ["2026-11-30T12:10:00Z", "2026-11-30T13:00:00Z"];
+        let (base, seen) = scripted_server(move |_, index| credentials_json(expirations[index.min(1)]));
+        let url = format!("{base}/v2/credentials/abc");
+        let chain =
+            chain(&[("AWS_CONTAINER_CREDENTIALS_FULL_URI", &url), ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "tok-1")]);
+        let first = chain.credentials(now).unwrap();
+        assert_eq!(first.expires_at_ms, crate::time::parse_iso8601_ms("2026-11-30T12:10:00Z").map(|ms| ms as u64));
+        chain.credentials(now + 4 * 60 * 1000).unwrap();
+        assert_eq!(seen.lock().unwrap().len(), 1, "reused while more than 5 minutes are left");
+        let renewed = chain.credentials(now + 5 * 60 * 1000 + 1).unwrap();
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 2, "renewed inside the last 5 minutes");
+        for (request_line, headers) in &seen {
+            assert_eq!(request_line, "GET /v2/credentials/abc HTTP/1.1");
+            assert!(headers.contains(&"authorization: tok-1".to_string()), "{headers:?}");
+        }
+        assert_eq!(renewed.expires_at_ms, crate::time::parse_iso8601_ms("2026-11-30T13:00:00Z").map(|ms| ms as u64));
+    }
+
+    #[test]
+    fn instance_metadata_is_imdsv2_a_token_then_the_role() {
+        let (base, seen) = scripted_server(|request_line, _| match request_line {
+            "PUT /latest/api/token HTTP/1.1" => "imds-session-token".into(),
+            "GET /latest/meta-data/iam/security-credentials/ HTTP/1.1" => "app-role\n".into(),
+            _ => credentials_json("2026-11-30T13:00:00Z"),
+        });
+        let chain = chain(&[("AWS_EC2_METADATA_SERVICE_ENDPOINT", &base)]);
+        let credentials = chain.credentials(0).unwrap();
+        assert_eq!(credentials.access_key_id, "ASIAEXAMPLE");
+        let seen = seen.lock().unwrap().clone();
+        let lines: Vec<&str> = seen.iter().map(|(line, _)| line.as_str()).collect();
+        assert_eq!(
+            lines,
+            [
+                "PUT /latest/api/token HTTP/1.1",
+                "GET /latest/meta-data/iam/security-credentials/ HTTP/1.1",
+                "GET /latest/meta-data/iam/security-credentials/app-role HTTP/1.1"
+            ]
+        );
+        assert!(seen[0].1.contains(&"x-aws-ec2-metadata-token-ttl-seconds: 21600".to_string()), "{:?}", seen[0].1);
+        for (_, headers) in &seen[1..] {
+            assert!(headers.contains(&"x-aws-ec2-metadata-token: imds-session-token".to_string()), "{headers:?}");
+        }
+    }
+
     #[test]
     fn reads_the_container_json_shape() {
         let body = br#"{"AccessKeyId":"ASIA1","SecretAccessKey":"s","Token":"t","Expiration":"2026-11-30T12:00:00Z"}"#;
