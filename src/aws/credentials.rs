@@ -292,15 +292,16 @@ mod tests {
         assert!(error.starts_with("no AWS credentials found"), "{error}");
     }
 
+    /// Request lines and lowercased headers, as a test server received them.
+    type Seen = std::sync::Arc<Mutex<Vec<(String, Vec<String>)>>>;
+
     /// A loopback HTTP server: each request (request line and lowercased headers, recorded) is
     /// answered 200 with what `answer` returns, and the connection closed.
-    fn scripted_server(
-        answer: impl Fn(&str, usize) -> String + Send + 'static,
-    ) -> (String, std::sync::Arc<Mutex<Vec<(String, Vec<String>)>>>) {
+    fn scripted_server(answer: impl Fn(&str, usize) -> String + Send + 'static) -> (String, Seen) {
         use std::io::{BufRead, BufReader, Write};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        let seen: std::sync::Arc<Mutex<Vec<(String, Vec<String>)>>> = std::sync::Arc::default();
+        let seen: Seen = std::sync::Arc::default();
         let recorded = std::sync::Arc::clone(&seen);
         std::thread::spawn(move || {
             for (index, stream) in listener.incoming().enumerate() {
