@@ -79,6 +79,26 @@ fn spawn(vcs: &[(&str, &str)]) -> Agent {
     Agent::start(&env)
 }
 
+/// Starts an agent against the VCS API `server`, which must make it give up after its three
+/// start-up attempts; returns the agent and its `fatal:` line.
+fn failed_start(server: &Server, provider: &str, token: &str) -> (Agent, String) {
+    let api_url = server.url("");
+    let agent = spawn(&[
+        ("CLEF_AGENT_VCS_PROVIDER", provider),
+        ("CLEF_AGENT_VCS_TOKEN", token),
+        ("CLEF_AGENT_VCS_API_URL", &api_url),
+    ]);
+    let status = agent.wait_exit(FAILED_START_LIMIT);
+    assert_eq!(status.and_then(|status| status.code()), Some(1), "stderr: {}", agent.stderr());
+    let stderr = agent.stderr();
+    let fatal = stderr.lines().find(|line| line.starts_with("[clef-agent] fatal: ")).unwrap_or_default().to_string();
+    let expected = format!(
+        "[clef-agent] fatal: Failed to fetch artifact from {provider} {REPO}:{ARTIFACT_PATH}@default branch after 3 attempts"
+    );
+    assert!(fatal.starts_with(&expected), "{stderr}");
+    (agent, fatal)
+}
+
 /// The provider token is in neither of the agent's outputs.
 fn assert_token_absent(agent: &Agent, token: &str) {
     let (stdout, stderr) = (agent.stdout(), agent.stderr());
@@ -423,23 +443,8 @@ fn github_bad_credentials_fail_start_up_naming_the_refusal_but_not_the_token() {
             r#"{"message":"Bad credentials","documentation_url":"https://docs.github.com/rest","status":"401"}"#,
         )
     });
-    let api_url = server.url("");
-    let agent = spawn(&[
-        ("CLEF_AGENT_VCS_PROVIDER", "github"),
-        ("CLEF_AGENT_VCS_TOKEN", GITHUB_TOKEN),
-        ("CLEF_AGENT_VCS_API_URL", &api_url),
-    ]);
-
-    let status = agent.wait_exit(FAILED_START_LIMIT);
-    assert_eq!(status.and_then(|status| status.code()), Some(1), "stderr: {}", agent.stderr());
+    let (agent, fatal) = failed_start(&server, "github", GITHUB_TOKEN);
     let stderr = agent.stderr();
-    let fatal = stderr.lines().find(|line| line.starts_with("[clef-agent] fatal: ")).unwrap_or_default();
-    assert!(
-        fatal.starts_with(&format!(
-            "[clef-agent] fatal: Failed to fetch artifact from github {REPO}:{ARTIFACT_PATH}@default branch after 3 attempts"
-        )),
-        "{stderr}"
-    );
     assert!(fatal.contains("HTTP 401") && fatal.contains("Bad credentials"), "{stderr}");
     assert!(!agent.stdout().contains(crate::support::READY_LINE), "{}", agent.stdout());
     let requests = server.requests();
@@ -589,23 +594,8 @@ fn gitlab_with_a_ref_and_a_path_prefix_rotates_on_a_new_blob_id_and_skips_an_unc
 #[test]
 fn gitlab_file_not_found_fails_start_up_saying_so() {
     let server = Server::start(|_| Answer::json(404, r#"{"message":"404 File Not Found"}"#));
-    let api_url = server.url("");
-    let agent = spawn(&[
-        ("CLEF_AGENT_VCS_PROVIDER", "gitlab"),
-        ("CLEF_AGENT_VCS_TOKEN", GITLAB_TOKEN),
-        ("CLEF_AGENT_VCS_API_URL", &api_url),
-    ]);
-
-    let status = agent.wait_exit(FAILED_START_LIMIT);
-    assert_eq!(status.and_then(|status| status.code()), Some(1), "stderr: {}", agent.stderr());
+    let (agent, fatal) = failed_start(&server, "gitlab", GITLAB_TOKEN);
     let stderr = agent.stderr();
-    let fatal = stderr.lines().find(|line| line.starts_with("[clef-agent] fatal: ")).unwrap_or_default();
-    assert!(
-        fatal.starts_with(&format!(
-            "[clef-agent] fatal: Failed to fetch artifact from gitlab {REPO}:{ARTIFACT_PATH}@default branch after 3 attempts"
-        )),
-        "{stderr}"
-    );
     assert!(fatal.contains("not found"), "{stderr}");
     let requests = server.requests();
     assert_eq!(requests.len(), 3, "three start-up attempts: {requests:#?}");
