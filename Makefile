@@ -8,6 +8,9 @@ STATIC_TARGET := x86_64-unknown-linux-musl
 STATIC_BIN := target/static/clef-agent
 DEMO_PORT ?= 7779
 DEMO_TOKEN ?= demo-token-not-secret
+# The Python environment of the AWS tests (moto_server, boto3, botocore), git-ignored.
+VENV := .venv
+AWS_REQUIREMENTS := tests/aws/requirements.txt
 
 .PHONY: help build run test deps lint fmt bench fixtures clean static static-deps test-packaging lambda-layer
 
@@ -25,7 +28,7 @@ run: build ## Serve the bundled DEMO artifact (demo key, demo secrets) on 127.0.
 	CLEF_AGENT_SOURCE=demo/demo.age.json CLEF_AGENT_AGE_KEY_FILE=demo/demo.agekey \
 	CLEF_AGENT_TOKEN=$(DEMO_TOKEN) CLEF_AGENT_PORT=$(DEMO_PORT) ./$(BIN)
 
-deps: ## Install what the tests need (the age CLI) and check the toolchain
+deps: ## Install what the tests need (the age CLI, moto_server and boto3 in .venv) and check the toolchain
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo is required (https://rustup.rs)"; exit 1; }
 	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
@@ -35,6 +38,24 @@ deps: ## Install what the tests need (the age CLI) and check the toolchain
 	  else echo "error: the age CLI is required by the tests: install the 'age' package (apt-get install age)"; exit 1; fi; \
 	fi
 	@command -v age >/dev/null || { echo "error: installing the age CLI failed"; exit 1; }
+	@if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null; \
+	  else echo "error: python3 with venv is required by the AWS tests: install python3 and python3-venv"; exit 1; fi; \
+	fi
+	@if [ ! -x $(VENV)/bin/pip ]; then \
+	  rm -rf $(VENV) && python3 -m venv $(VENV) \
+	    || { echo "error: python3 -m venv $(VENV) failed"; exit 1; }; \
+	fi
+	@if [ ! -x $(VENV)/bin/moto_server ] || ! $(VENV)/bin/python -c 'import boto3, botocore' 2>/dev/null \
+	    || ! cmp -s $(AWS_REQUIREMENTS) $(VENV)/requirements.installed; then \
+	  echo "Installing $(AWS_REQUIREMENTS) into $(VENV)"; \
+	  $(VENV)/bin/pip install -q --disable-pip-version-check -r $(AWS_REQUIREMENTS) \
+	    || { echo "error: pip install -r $(AWS_REQUIREMENTS) into $(VENV) failed"; exit 1; }; \
+	  cp $(AWS_REQUIREMENTS) $(VENV)/requirements.installed; \
+	fi
+	@$(VENV)/bin/python -c 'import boto3, botocore, moto' && test -x $(VENV)/bin/moto_server \
+	  || { echo "error: $(VENV) lacks moto_server or boto3 after the install"; exit 1; }
 
 lint: ## rustfmt and clippy, warnings as errors
 	$(CARGO) fmt --check

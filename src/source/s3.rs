@@ -54,7 +54,9 @@ impl Source for S3Source {
             .credentials
             .credentials(crate::time::now_ms())
             .map_err(|detail| FetchError::Credentials { source: self.description.clone(), detail })?;
-        let host = match self.url.port {
+        // As the Host header carries it: a scheme's default port is left out (ureq does).
+        let default_port = if self.url.scheme == "https" { 443 } else { 80 };
+        let host = match self.url.port.filter(|&port| port != default_port) {
             Some(port) => format!("{}:{port}", self.url.host),
             None => self.url.host.clone(),
         };
