@@ -101,6 +101,30 @@ fn agent(proxy: Option<ureq::Proxy>, request_timeout: Option<Duration>, tls: Tls
         .into()
 }
 
+/// Answers of credential, token and KMS endpoints are small; more than this is not one.
+pub const SMALL_ANSWER_LIMIT: u64 = 64 * 1024;
+
+/// The status and the body (at most [`SMALL_ANSWER_LIMIT`] bytes, in a buffer that is zeroed
+/// when dropped, because such answers carry tokens and keys) of a call; transport errors as text.
+pub fn small_reply(
+    result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+) -> Result<(u16, zeroize::Zeroizing<Vec<u8>>), String> {
+    use std::io::Read;
+    let response = result.map_err(|error| match error {
+        ureq::Error::Timeout(_) => "timed out".to_string(),
+        other => other.to_string(),
+    })?;
+    let status = response.status().as_u16();
+    let mut body = zeroize::Zeroizing::new(Vec::new());
+    response
+        .into_body()
+        .into_reader()
+        .take(SMALL_ANSWER_LIMIT)
+        .read_to_end(&mut body)
+        .map_err(|error| format!("reading the answer failed: {error}"))?;
+    Ok((status, body))
+}
+
 /// `localhost`, 127.0.0.0/8 and `::1` (IPv6 literals with or without brackets).
 pub fn is_loopback(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');

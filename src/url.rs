@@ -51,6 +51,16 @@ impl HttpUrl {
         })
     }
 
+    /// The `Host` header of a request to this URL: the port only when it is not the scheme's
+    /// default (as ureq sends it, and as SigV4 must sign it).
+    pub fn host_header(&self) -> String {
+        let default_port = if self.scheme == "https" { 443 } else { 80 };
+        match self.port.filter(|&port| port != default_port) {
+            Some(port) => format!("{}:{port}", self.host),
+            None => self.host.clone(),
+        }
+    }
+
     /// The URL as it may appear in a log line: user-info and query replaced by `[redacted]`.
     pub fn redacted(&self) -> String {
         let userinfo = if self.has_userinfo { "[redacted]@" } else { "" };
@@ -173,6 +183,15 @@ mod tests {
         assert_eq!(HttpUrl::parse("https:///x"), None);
         assert_eq!(HttpUrl::parse("https://host:notaport/x"), None);
         assert_eq!(HttpUrl::parse("/etc/artifact.json"), None);
+    }
+
+    #[test]
+    fn host_headers_leave_out_default_ports() {
+        let host = |text: &str| HttpUrl::parse(text).unwrap().host_header();
+        assert_eq!(host("https://s3.example.com:443/b"), "s3.example.com");
+        assert_eq!(host("http://127.0.0.1:80/b"), "127.0.0.1");
+        assert_eq!(host("http://127.0.0.1:443/b"), "127.0.0.1:443");
+        assert_eq!(host("https://[::1]:9000/b"), "[::1]:9000");
     }
 
     #[test]

@@ -4,11 +4,10 @@
 //! name the provider and what to fix, never a key, token or secret.
 
 use std::fmt;
-use std::io::Read;
 use std::sync::Mutex;
 
-use super::{xml_text, AwsEnv};
-use crate::http::HttpClient;
+use super::{xml_text, Env};
+use crate::http::{small_reply, HttpClient};
 use crate::secret::Secret;
 
 /// Temporary credentials are renewed this long before they expire.
@@ -16,8 +15,6 @@ const RENEW_BEFORE_MS: u64 = 5 * 60 * 1000;
 /// The container credentials host of `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`.
 const CONTAINER_HOST: &str = "http://169.254.170.2";
 const IMDS_DEFAULT: &str = "http://169.254.169.254";
-/// Answers of credential endpoints are small; more than this is not one.
-const ANSWER_LIMIT: u64 = 64 * 1024;
 
 #[derive(Clone)]
 pub struct Credentials {
@@ -36,13 +33,13 @@ impl fmt::Debug for Credentials {
 
 /// Finds credentials on demand and keeps temporary ones until shortly before they expire.
 pub struct CredentialChain {
-    env: AwsEnv,
+    env: Env,
     http: HttpClient,
     cached: Mutex<Option<Credentials>>,
 }
 
 impl CredentialChain {
-    pub fn new(env: AwsEnv, http: HttpClient) -> CredentialChain {
+    pub fn new(env: Env, http: HttpClient) -> CredentialChain {
         CredentialChain { env, http, cached: Mutex::new(None) }
     }
 
@@ -109,7 +106,7 @@ impl CredentialChain {
             .map_err(|error| format!("AWS_WEB_IDENTITY_TOKEN_FILE: cannot read {token_file}: {error}"))?;
         let token = Secret::new(token.trim().to_string());
         let session = self.env.get("AWS_ROLE_SESSION_NAME").unwrap_or_else(|| format!("clef-agent-{}", now_ms / 1000));
-        let endpoint = self.env.endpoint("STS").unwrap_or_else(|| match self.env.region() {
+        let endpoint = self.env.aws_endpoint("STS").unwrap_or_else(|| match self.env.aws_region() {
             Some(region) => format!("https://sts.{region}.amazonaws.com"),
             None => "https://sts.amazonaws.com".into(),
         });
@@ -132,9 +129,8 @@ impl CredentialChain {
             .agent_for(&url)
             .post(&url)
             .header("Content-Type", "application/x-www-form-urlencoded")
-            .send(body.as_bytes())
-            .map_err(|error| context(error.to_string()))?;
-        let (status, answer) = read_answer(response).map_err(context)?;
+            .send(body.as_bytes());
+        let (status, answer) = small_reply(response).map_err(context)?;
         let text = String::from_utf8_lossy(&answer);
         if status != 200 {
             let code = xml_text(&text, "Code").unwrap_or_default();
@@ -170,8 +166,7 @@ impl CredentialChain {
         if let Some(token) = &authorization {
             request = request.header("Authorization", token.expose());
         }
-        let response = request.call().map_err(|error| context(error.to_string()))?;
-        let (status, answer) = read_answer(response).map_err(context)?;
+        let (status, answer) = small_reply(request.call()).map_err(context)?;
         if status != 200 {
             return Err(context(format!("HTTP {status}")));
         }
@@ -185,21 +180,15 @@ impl CredentialChain {
             .agent_for(&token_url)
             .put(&token_url)
             .header("X-aws-ec2-metadata-token-ttl-seconds", "21600")
-            .send_empty()
-            .map_err(|error| error.to_string())?;
-        let (status, token) = read_answer(response)?;
+            .send_empty();
+        let (status, token) = small_reply(response)?;
         if status != 200 {
             return Err(format!("the token request answered HTTP {status}"));
         }
         let token = Secret::new(String::from_utf8_lossy(&token).trim().to_string());
-        let get = |url: &str| -> Result<Vec<u8>, String> {
-            let response = self
-                .agent_for(url)
-                .get(url)
-                .header("X-aws-ec2-metadata-token", token.expose())
-                .call()
-                .map_err(|error| error.to_string())?;
-            match read_answer(response)? {
+        let get = |url: &str| -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+            let response = self.agent_for(url).get(url).header("X-aws-ec2-metadata-token", token.expose()).call();
+            match small_reply(response)? {
                 (200, body) => Ok(body),
                 (404, _) => Err("no IAM role is attached to this instance".into()),
                 (status, _) => Err(format!("HTTP {status}")),
@@ -223,19 +212,6 @@ impl CredentialChain {
 const NO_CREDENTIALS: &str = "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
      or AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN, or run where container credentials \
      (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI / _FULL_URI) or an EC2 instance role are available";
-
-/// Status and (bounded) body of a response.
-fn read_answer(response: ureq::http::Response<ureq::Body>) -> Result<(u16, Vec<u8>), String> {
-    let status = response.status().as_u16();
-    let mut body = Vec::new();
-    response
-        .into_body()
-        .into_reader()
-        .take(ANSWER_LIMIT)
-        .read_to_end(&mut body)
-        .map_err(|error| format!("reading the answer failed: {error}"))?;
-    Ok((status, body))
-}
 
 /// The JSON shape container endpoints and IMDS share.
 fn credentials_from_json(body: &[u8]) -> Result<Credentials, String> {
@@ -264,7 +240,7 @@ mod tests {
     use super::*;
 
     fn chain(vars: &[(&str, &str)]) -> CredentialChain {
-        CredentialChain::new(AwsEnv::from_pairs(vars), HttpClient::default())
+        CredentialChain::new(Env::from_pairs(vars), HttpClient::default())
     }
 
     #[test]

@@ -4,51 +4,7 @@
 pub mod credentials;
 pub mod sigv4;
 
-use std::sync::Arc;
-
-type Lookup = dyn Fn(&str) -> Option<String> + Send + Sync;
-
-/// The AWS variables, read when they are used (credentials may be rotated into the environment
-/// of a long-lived process only by a restart, so reading them late changes nothing else).
-#[derive(Clone)]
-pub struct AwsEnv {
-    lookup: Arc<Lookup>,
-}
-
-impl AwsEnv {
-    /// The process environment.
-    pub fn from_process() -> AwsEnv {
-        AwsEnv { lookup: Arc::new(|name: &str| std::env::var(name).ok()) }
-    }
-
-    /// Fixed variables, for tests.
-    pub fn from_pairs(pairs: &[(&str, &str)]) -> AwsEnv {
-        let pairs: Vec<(String, String)> =
-            pairs.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect();
-        AwsEnv {
-            lookup: Arc::new(move |name: &str| {
-                pairs.iter().find(|(found, _)| found == name).map(|(_, value)| value.clone())
-            }),
-        }
-    }
-
-    /// A variable; empty counts as unset.
-    pub fn get(&self, name: &str) -> Option<String> {
-        (self.lookup)(name).filter(|value| !value.is_empty())
-    }
-
-    /// `AWS_REGION`, then `AWS_DEFAULT_REGION`.
-    pub fn region(&self) -> Option<String> {
-        self.get("AWS_REGION").or_else(|| self.get("AWS_DEFAULT_REGION"))
-    }
-
-    /// `AWS_ENDPOINT_URL_<SERVICE>`, then `AWS_ENDPOINT_URL`, without a trailing `/`.
-    pub fn endpoint(&self, service: &str) -> Option<String> {
-        self.get(&format!("AWS_ENDPOINT_URL_{service}"))
-            .or_else(|| self.get("AWS_ENDPOINT_URL"))
-            .map(|url| url.trim_end_matches('/').to_string())
-    }
-}
+pub use crate::env::Env;
 
 /// The text of the first `<tag>…</tag>` in an AWS XML answer, entities decoded. AWS answers
 /// are flat enough that this is all the XML the agent needs.
@@ -76,8 +32,8 @@ mod tests {
         assert_eq!(xml_text(xml, "Message").as_deref(), Some("a & b"));
         assert_eq!(xml_text(xml, "RequestId"), None);
         let env =
-            AwsEnv::from_pairs(&[("AWS_ENDPOINT_URL", "http://localhost:5000/"), ("AWS_DEFAULT_REGION", "eu-west-1")]);
-        assert_eq!(env.endpoint("S3").as_deref(), Some("http://localhost:5000"));
-        assert_eq!(env.region().as_deref(), Some("eu-west-1"));
+            Env::from_pairs(&[("AWS_ENDPOINT_URL", "http://localhost:5000/"), ("AWS_DEFAULT_REGION", "eu-west-1")]);
+        assert_eq!(env.aws_endpoint("S3").as_deref(), Some("http://localhost:5000"));
+        assert_eq!(env.aws_region().as_deref(), Some("eu-west-1"));
     }
 }

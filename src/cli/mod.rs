@@ -8,10 +8,11 @@ pub mod healthcheck;
 use std::ffi::OsString;
 
 use crate::artifact::Artifact;
-use crate::aws::AwsEnv;
+use crate::aws::Env;
 use crate::config::{Config, ConfigError};
 use crate::decrypt::{Keys, Plaintext};
 use crate::http::HttpClient;
+use crate::kms::Kms;
 use crate::lifecycle::Fatal;
 use crate::refresh::{self, RefreshError};
 use crate::source::Fetched;
@@ -72,9 +73,10 @@ pub fn parse(arguments: Vec<OsString>) -> Result<Command, String> {
 
 /// One fetch and the full pipeline, for the one-shot commands: the artifact and its plaintext.
 pub fn load_once(config: &Config) -> Result<(Box<Artifact>, Plaintext), Fatal> {
-    let keys = Keys { age: config.load_age_identity()? };
     let http = HttpClient::new(config.ssl_cert_file.as_deref()).map_err(ConfigError)?;
-    let mut source = crate::source::from_config(&config.source, &http, &AwsEnv::from_process()).map_err(ConfigError)?;
+    let env = Env::from_process();
+    let keys = Keys { age: config.load_age_identity()?, kms: Some(Kms::new(http.clone(), env.clone())) };
+    let mut source = crate::source::from_config(&config.source, &http, &env).map_err(ConfigError)?;
     let failed = |error: RefreshError| {
         Fatal::Other(format!("cannot load the artifact from {}: {error}. {}", config.source.describe(), error.hint()))
     };

@@ -3,6 +3,7 @@
 //! Plaintext lives only in buffers that zero themselves on drop.
 
 pub mod age;
+pub mod envelope;
 pub mod payload;
 
 use std::fmt;
@@ -10,6 +11,7 @@ use std::fmt;
 use base64::Engine as _;
 
 use crate::artifact::{Artifact, Rejection};
+use crate::kms::Kms;
 use crate::secret::SecretBytes;
 
 pub use self::age::AgeIdentity;
@@ -29,14 +31,18 @@ pub enum DecryptError {
     Age(String),
     /// `envelope.provider` is not one the agent knows.
     UnknownProvider(String),
-    /// The provider is known but this build cannot reach it yet.
-    KmsUnavailable(String),
+    /// The KMS refused or failed to unwrap the data key (its explanation).
+    Kms(String),
+    /// An envelope field decodes to the wrong thing (`iv` not 12 bytes, say).
+    Envelope(String),
+    /// AES-256-GCM did not authenticate: wrong data key, tag or IV, or modified ciphertext.
+    Aead,
 }
 
 impl DecryptError {
     /// Failures that retrying cannot fix: the start-up sequence gives up at once on these.
     pub fn is_configuration_problem(&self) -> bool {
-        matches!(self, DecryptError::NoAgeKey | DecryptError::NoMatchingKey | DecryptError::KmsUnavailable(_))
+        matches!(self, DecryptError::NoAgeKey | DecryptError::NoMatchingKey)
     }
 }
 
@@ -54,9 +60,10 @@ impl fmt::Display for DecryptError {
             DecryptError::UnknownProvider(provider) => {
                 write!(f, "unknown envelope provider '{provider}' (expected aws, gcp or azure)")
             }
-            DecryptError::KmsUnavailable(provider) => write!(
-                f,
-                "KMS envelope artifacts (provider '{provider}') are not supported by this build of clef-agent yet"
+            DecryptError::Kms(detail) => write!(f, "{detail}"),
+            DecryptError::Envelope(detail) => write!(f, "{detail}"),
+            DecryptError::Aead => f.write_str(
+                "AES-256-GCM authentication failed: the data key, IV or tag does not match, or the ciphertext was modified",
             ),
         }
     }
@@ -65,9 +72,7 @@ impl fmt::Display for DecryptError {
 impl From<DecryptError> for Rejection {
     fn from(error: DecryptError) -> Rejection {
         match error {
-            DecryptError::UnknownProvider(_) | DecryptError::KmsUnavailable(_) => {
-                Rejection::KmsUnwrap(error.to_string())
-            }
+            DecryptError::UnknownProvider(_) | DecryptError::Kms(_) => Rejection::KmsUnwrap(error.to_string()),
             DecryptError::NotBase64 => Rejection::InvalidShape {
                 field: "ciphertext",
                 expected: "standard base64",
@@ -78,10 +83,18 @@ impl From<DecryptError> for Rejection {
     }
 }
 
-/// The keys the agent decrypts with.
-#[derive(Debug, Default)]
+/// The keys the agent decrypts with: its age identity, and the KMS clients that unwrap the
+/// data keys of envelope artifacts.
+#[derive(Default)]
 pub struct Keys {
     pub age: Option<AgeIdentity>,
+    pub kms: Option<Kms>,
+}
+
+impl fmt::Debug for Keys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keys").field("age", &self.age).field("kms", &self.kms.is_some()).finish()
+    }
 }
 
 impl Keys {
@@ -91,10 +104,7 @@ impl Keys {
             .decode(&artifact.ciphertext)
             .map_err(|_| DecryptError::NotBase64)?;
         if let Some(envelope) = &artifact.envelope {
-            return match envelope.provider.as_str() {
-                "aws" | "gcp" | "azure" => Err(DecryptError::KmsUnavailable(envelope.provider.clone())),
-                other => Err(DecryptError::UnknownProvider(other.to_string())),
-            };
+            return envelope::open(envelope, ciphertext, self.kms.as_ref());
         }
         self.age.as_ref().ok_or(DecryptError::NoAgeKey)?.decrypt(&ciphertext)
     }

@@ -14,11 +14,12 @@ use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use crate::aws::AwsEnv;
+use crate::aws::Env;
 use crate::cache::DiskCache;
 use crate::config::{Config, ConfigError, SourceConfig};
 use crate::decrypt::Keys;
 use crate::http::HttpClient;
+use crate::kms::Kms;
 use crate::log;
 use crate::refresh::{Pipeline, RefreshError, Refresher};
 use crate::secret::{hex, random_bytes};
@@ -88,9 +89,10 @@ pub struct Running {
 pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> {
     let started_at = Instant::now();
     harden_process();
-    let keys = Arc::new(Keys { age: config.load_age_identity()? });
     let http = HttpClient::new(config.ssl_cert_file.as_deref()).map_err(ConfigError)?;
-    let source = crate::source::from_config(&config.source, &http, &AwsEnv::from_process()).map_err(ConfigError)?;
+    let env = Env::from_process();
+    let keys = Arc::new(Keys { age: config.load_age_identity()?, kms: Some(Kms::new(http.clone(), env.clone())) });
+    let source = crate::source::from_config(&config.source, &http, &env).map_err(ConfigError)?;
     let (token, token_line) = token::resolve(&config.token)?;
     warn_about_unsupported_options(&config);
     let listeners = bind_listeners(&config)?;

@@ -10,7 +10,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::aws::credentials::CredentialChain;
-use crate::aws::AwsEnv;
+use crate::aws::Env;
 use crate::config::SourceConfig;
 use crate::http::HttpClient;
 
@@ -78,7 +78,7 @@ pub trait Source: Send {
 
 /// Builds the configured source. `http` is the process's HTTP client; `aws` the environment
 /// the AWS credential chain reads.
-pub fn from_config(config: &SourceConfig, http: &HttpClient, aws: &AwsEnv) -> Result<Box<dyn Source>, String> {
+pub fn from_config(config: &SourceConfig, http: &HttpClient, aws: &Env) -> Result<Box<dyn Source>, String> {
     Ok(match config {
         SourceConfig::File(path) => Box::new(file::FileSource::new(path.clone())),
         SourceConfig::Http(url) => Box::new(http::HttpSource::new(http.clone(), url.clone())),

@@ -9,7 +9,7 @@ use super::http::{if_none_match, Get};
 use super::{FetchError, Fetched, Source};
 use crate::aws::credentials::CredentialChain;
 use crate::aws::sigv4::{self, UNSIGNED_PAYLOAD};
-use crate::aws::{xml_text, AwsEnv};
+use crate::aws::{xml_text, Env};
 use crate::http::HttpClient;
 use crate::url::{HttpUrl, S3Location};
 
@@ -25,13 +25,13 @@ impl S3Source {
     pub fn new(
         http: HttpClient,
         credentials: Arc<CredentialChain>,
-        env: &AwsEnv,
+        env: &Env,
         location: &S3Location,
         region: String,
     ) -> Result<S3Source, String> {
         let key = sigv4::encode_path(&location.key);
         let bucket = &location.bucket;
-        let url = match env.endpoint("S3") {
+        let url = match env.aws_endpoint("S3") {
             Some(endpoint) => format!("{endpoint}/{bucket}/{key}"),
             None if bucket.contains('.') => format!("https://s3.{region}.amazonaws.com/{bucket}/{key}"),
             None => format!("https://{bucket}.s3.{region}.amazonaws.com/{key}"),
@@ -54,12 +54,7 @@ impl Source for S3Source {
             .credentials
             .credentials(crate::time::now_ms())
             .map_err(|detail| FetchError::Credentials { source: self.description.clone(), detail })?;
-        // As the Host header carries it: a scheme's default port is left out (ureq does).
-        let default_port = if self.url.scheme == "https" { 443 } else { 80 };
-        let host = match self.url.port.filter(|&port| port != default_port) {
-            Some(port) => format!("{}:{port}", self.url.host),
-            None => self.url.host.clone(),
-        };
+        let host = self.url.host_header();
         let mut headers = vec![("x-amz-content-sha256", UNSIGNED_PAYLOAD)];
         if let Some(etag) = if_none_match(last_content_hash) {
             headers.push(("If-None-Match", etag));
@@ -100,7 +95,7 @@ mod tests {
     use super::*;
 
     fn url_for(env: &[(&str, &str)], bucket: &str, key: &str) -> String {
-        let env = AwsEnv::from_pairs(env);
+        let env = Env::from_pairs(env);
         let chain = Arc::new(CredentialChain::new(env.clone(), HttpClient::default()));
         let location = S3Location { bucket: bucket.into(), key: key.into(), region_in_host: None };
         S3Source::new(HttpClient::default(), chain, &env, &location, "eu-west-1".into()).unwrap().url.full

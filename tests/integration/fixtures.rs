@@ -104,7 +104,10 @@ const INVALID: &[(&str, &str)] = &[
 ];
 
 fn keys() -> Keys {
-    Keys { age: Some(AgeIdentity::from_file_contents(&read_fixture("keys/demo.agekey")).expect("demo.agekey")) }
+    Keys {
+        age: Some(AgeIdentity::from_file_contents(&read_fixture("keys/demo.agekey")).expect("demo.agekey")),
+        kms: None,
+    }
 }
 
 fn verify_key(spki_fixture: &str) -> VerifyKey {

@@ -4,6 +4,7 @@
 
 mod api;
 mod fixtures;
+mod kms;
 mod lifecycle;
 mod ops;
 mod refresh;

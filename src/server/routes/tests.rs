@@ -59,7 +59,8 @@ struct Fixture {
 fn fixture(mode: Mode) -> Fixture {
     let identity = age::x25519::Identity::generate();
     let recipient = identity.to_public();
-    let keys = Arc::new(Keys { age: Some(AgeIdentity::parse(identity.to_string().expose_secret()).unwrap()) });
+    let keys =
+        Arc::new(Keys { age: Some(AgeIdentity::parse(identity.to_string().expose_secret()).unwrap()), kms: None });
     let source = MemorySource(Arc::new(Mutex::new(Ok(artifact(PLAINTEXT, "r1", None, &recipient)))));
     let cell = Arc::new(Cell::new(mode));
     let refresher = Arc::new(Refresher::new(

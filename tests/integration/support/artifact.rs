@@ -61,6 +61,51 @@ pub fn build_artifact(plaintext: &str, revision: &str, options: &ArtifactOptions
     serde_json::to_string_pretty(&artifact).expect("an artifact always serialises")
 }
 
+/// The KMS side of an envelope artifact: who wraps the data key, and the wrapped key.
+#[derive(Debug, Clone)]
+pub struct EnvelopeKms {
+    /// `aws`, `gcp` or `azure` (anything else, to test the refusal).
+    pub provider: String,
+    pub key_id: String,
+    /// Base64 of the data key as the KMS wrapped it.
+    pub wrapped_key: String,
+    pub algorithm: String,
+}
+
+/// A version 1 KMS envelope artifact for `api-gateway`/`production`: `plaintext` sealed with
+/// AES-256-GCM under `data_key` (random 12-byte IV, the 16-byte tag apart, no AAD), as
+/// `clef pack` does.
+pub fn build_envelope_artifact(plaintext: &str, revision: &str, data_key: &[u8; 32], kms: &EnvelopeKms) -> String {
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+    let mut iv = [0u8; 12];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut iv).expect("randomness");
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, data_key).expect("a 32-byte key"));
+    let mut sealed = plaintext.as_bytes().to_vec();
+    let tag = key
+        .seal_in_place_separate_tag(Nonce::assume_unique_for_key(iv), Aad::empty(), &mut sealed)
+        .expect("AES-GCM seals");
+    let base64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let ciphertext = base64(&sealed);
+    let artifact = serde_json::json!({
+        "version": 1,
+        "identity": "api-gateway",
+        "environment": "production",
+        "packedAt": "2026-11-24T12:00:00.000Z",
+        "revision": revision,
+        "ciphertextHash": sha256_hex(ciphertext.as_bytes()),
+        "ciphertext": ciphertext,
+        "envelope": {
+            "provider": kms.provider,
+            "keyId": kms.key_id,
+            "wrappedKey": kms.wrapped_key,
+            "algorithm": kms.algorithm,
+            "iv": base64(&iv),
+            "authTag": base64(tag.as_ref()),
+        },
+    });
+    serde_json::to_string_pretty(&artifact).expect("an artifact always serialises")
+}
+
 /// `age -r <demo recipient>`, binary output.
 fn age_encrypt(plaintext: &[u8]) -> Vec<u8> {
     let recipient = read_fixture("keys/demo.agekey.pub");

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 pub use self::agent::{Agent, READY_LINE};
-pub use self::artifact::{build_artifact, epoch_ms_to_iso8601, now_ms, sha256_hex, ArtifactOptions};
+pub use self::artifact::{
+    build_artifact, build_envelope_artifact, epoch_ms_to_iso8601, now_ms, sha256_hex, ArtifactOptions, EnvelopeKms,
+};
 pub use self::http::{get, get_unix, raw, request, request_without_host};
 
 /// The bearer token the tests configure. Distinctive, so a log line that leaked it would show.

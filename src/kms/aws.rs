@@ -1,0 +1,126 @@
+//! AWS KMS `Decrypt` (JSON 1.1 protocol, `TrentService.Decrypt`) signed with SigV4. The region
+//! comes from the key ARN (`arn:aws:kms:<region>:…`), else `AWS_REGION`/`AWS_DEFAULT_REGION`;
+//! the endpoint from `AWS_ENDPOINT_URL_KMS`/`AWS_ENDPOINT_URL`, else the regional one.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use zeroize::Zeroizing;
+
+use crate::aws::credentials::CredentialChain;
+use crate::aws::sigv4::{self, sha256_hex};
+use crate::env::Env;
+use crate::http::{small_reply, HttpClient};
+use crate::url::HttpUrl;
+
+/// The `EncryptionAlgorithm` values KMS accepts; an envelope naming another algorithm (the
+/// data encryption's, say) is sent with the symmetric default.
+const KMS_ALGORITHMS: [&str; 4] = ["SYMMETRIC_DEFAULT", "RSAES_OAEP_SHA_1", "RSAES_OAEP_SHA_256", "SM2PKE"];
+
+pub struct AwsKms {
+    http: HttpClient,
+    env: Env,
+    credentials: Arc<CredentialChain>,
+}
+
+impl AwsKms {
+    pub fn new(http: HttpClient, env: Env, credentials: Arc<CredentialChain>) -> AwsKms {
+        AwsKms { http, env, credentials }
+    }
+
+    pub fn decrypt(&self, key_id: &str, algorithm: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
+        let region = region_of(key_id).map(str::to_string).or_else(|| self.env.aws_region()).ok_or_else(|| {
+            format!("the key id '{key_id}' is not an ARN with a region: set AWS_REGION or AWS_DEFAULT_REGION")
+        })?;
+        let endpoint = self.env.aws_endpoint("KMS").unwrap_or_else(|| format!("https://kms.{region}.amazonaws.com"));
+        let url = HttpUrl::parse(&format!("{endpoint}/"))
+            .ok_or_else(|| format!("AWS_ENDPOINT_URL_KMS / AWS_ENDPOINT_URL: '{endpoint}' is not an http(s) URL"))?;
+        let algorithm = if KMS_ALGORITHMS.contains(&algorithm) { algorithm } else { "SYMMETRIC_DEFAULT" };
+        let body = serde_json::json!({
+            "CiphertextBlob": base64::engine::general_purpose::STANDARD.encode(wrapped),
+            "KeyId": key_id,
+            "EncryptionAlgorithm": algorithm,
+        })
+        .to_string();
+        let credentials = self.credentials.credentials(crate::time::now_ms())?;
+        let host = url.host_header();
+        let headers = [("Content-Type", "application/x-amz-json-1.1"), ("X-Amz-Target", "TrentService.Decrypt")];
+        let payload_hash = sha256_hex(body.as_bytes());
+        let request = sigv4::Request {
+            method: "POST",
+            host: &host,
+            path: &url.path,
+            query: &[],
+            headers: &headers,
+            payload_hash: &payload_hash,
+            service: "kms",
+            region: &region,
+        };
+        let signed = sigv4::sign(&request, &credentials, &crate::time::amz_date(crate::time::now_ms() / 1000));
+        let mut call = self.http.for_host(&url.host).post(&url.full);
+        for (name, value) in headers {
+            call = call.header(name, value);
+        }
+        for (name, value) in &signed.headers {
+            call = call.header(*name, value.as_str());
+        }
+        let (status, answer) =
+            small_reply(call.send(body.as_bytes())).map_err(|why| format!("AWS KMS at {endpoint}: {why}"))?;
+        if status != 200 {
+            let (kind, message) = error_of(&answer);
+            if matches!(
+                kind.as_str(),
+                "ExpiredTokenException" | "UnrecognizedClientException" | "InvalidSignatureException"
+            ) {
+                self.credentials.forget();
+            }
+            return Err(format!("AWS KMS Decrypt answered HTTP {status} {kind}: {message}"));
+        }
+        let plaintext =
+            super::take_secret_field(&answer, "Plaintext").ok_or("AWS KMS Decrypt answered without a Plaintext")?;
+        base64::engine::general_purpose::STANDARD
+            .decode(plaintext.as_bytes())
+            .map(Zeroizing::new)
+            .map_err(|_| "AWS KMS Decrypt answered a Plaintext that is not base64".to_string())
+    }
+}
+
+/// `eu-west-1` of `arn:aws:kms:eu-west-1:111122223333:key/…` (also alias ARNs).
+fn region_of(key_id: &str) -> Option<&str> {
+    let mut parts = key_id.split(':');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("arn"), Some(_partition), Some("kms"), Some(region)) if !region.is_empty() => Some(region),
+        _ => None,
+    }
+}
+
+/// The short error type (`AccessDeniedException` of `com.amazon…#AccessDeniedException`) and
+/// message of a KMS error answer.
+fn error_of(answer: &[u8]) -> (String, String) {
+    let value: serde_json::Value = serde_json::from_slice(answer).unwrap_or_default();
+    let text = |name: &str| value.get(name).and_then(|field| field.as_str()).unwrap_or_default().to_string();
+    let kind = text("__type");
+    let kind = kind.rsplit('#').next().unwrap_or_default().to_string();
+    let message = if text("message").is_empty() { text("Message") } else { text("message") };
+    (kind, message.chars().take(300).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_region_in_key_arns() {
+        assert_eq!(region_of("arn:aws:kms:eu-west-2:111122223333:key/1234abcd"), Some("eu-west-2"));
+        assert_eq!(region_of("arn:aws-cn:kms:cn-north-1:111122223333:alias/app"), Some("cn-north-1"));
+        assert_eq!(region_of("1234abcd-12ab-34cd-56ef-1234567890ab"), None);
+        assert_eq!(region_of("arn:aws:s3:::bucket"), None);
+    }
+
+    #[test]
+    fn reads_kms_error_answers() {
+        let answer = br#"{"__type":"com.amazonaws.kms#AccessDeniedException","message":"not allowed"}"#;
+        assert_eq!(error_of(answer), ("AccessDeniedException".into(), "not allowed".into()));
+        assert_eq!(error_of(b"<html>"), (String::new(), String::new()));
+    }
+}

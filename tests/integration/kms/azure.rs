@@ -1,0 +1,1 @@
+// placeholder: a helper writes these tests
