@@ -77,7 +77,7 @@ impl RefreshError {
                     "Check the age key (CLEF_AGENT_AGE_KEY / CLEF_AGENT_AGE_KEY_FILE): it must be the identity the artifact was packed for."
                 }
                 Rejection::KmsUnwrap(_) => {
-                    "Check the envelope's KMS key and this agent's permission to decrypt with it (e.g. kms:Decrypt)."
+                    "Check the envelope's KMS key and this agent's permission to use it (AWS kms:Decrypt, GCP cloudkms.cryptoKeyVersions.useToDecrypt, Azure Key Vault unwrapKey)."
                 }
                 _ => "The artifact is malformed or was modified: pack it again with clef pack and redeploy it.",
             },

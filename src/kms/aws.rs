@@ -74,7 +74,13 @@ impl AwsKms {
             ) {
                 self.credentials.forget();
             }
-            return Err(format!("AWS KMS Decrypt answered HTTP {status} {kind}: {message}"));
+            let explanation = [kind.as_str(), message.as_str()]
+                .iter()
+                .filter(|part| !part.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(": ");
+            return Err(format!("AWS KMS Decrypt answered HTTP {status} {explanation}").trim_end().to_string());
         }
         let plaintext =
             super::take_secret_field(&answer, "Plaintext").ok_or("AWS KMS Decrypt answered without a Plaintext")?;
@@ -95,9 +101,14 @@ fn region_of(key_id: &str) -> Option<&str> {
 }
 
 /// The short error type (`AccessDeniedException` of `com.amazon…#AccessDeniedException`) and
-/// message of a KMS error answer.
+/// message of a KMS error answer: JSON from KMS itself, XML (`<Code>`, `<Message>`) from what
+/// may stand in front of it (an IAM layer, a proxy, an emulator).
 fn error_of(answer: &[u8]) -> (String, String) {
-    let value: serde_json::Value = serde_json::from_slice(answer).unwrap_or_default();
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(answer) else {
+        let text = String::from_utf8_lossy(answer);
+        let field = |tag: &str| crate::aws::xml_text(&text, tag).unwrap_or_default().chars().take(300).collect();
+        return (field("Code"), field("Message"));
+    };
     let text = |name: &str| value.get(name).and_then(|field| field.as_str()).unwrap_or_default().to_string();
     let kind = text("__type");
     let kind = kind.rsplit('#').next().unwrap_or_default().to_string();
@@ -122,5 +133,7 @@ mod tests {
         let answer = br#"{"__type":"com.amazonaws.kms#AccessDeniedException","message":"not allowed"}"#;
         assert_eq!(error_of(answer), ("AccessDeniedException".into(), "not allowed".into()));
         assert_eq!(error_of(b"<html>"), (String::new(), String::new()));
+        let xml = b"<ErrorResponse><Error><Code>AccessDenied</Code><Message>no</Message></Error></ErrorResponse>";
+        assert_eq!(error_of(xml), ("AccessDenied".into(), "no".into()));
     }
 }

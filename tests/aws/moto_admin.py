@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Sets up moto_server for the S3/STS integration tests through its AWS APIs, with boto3.
+"""Sets up moto_server for the S3/STS/KMS integration tests through its AWS APIs, with boto3.
 
     moto_admin.py --endpoint http://127.0.0.1:PORT COMMAND ARGS [+ COMMAND ARGS ...]
 
 Several commands may be chained with a lone `+`, so that one Python start does a whole setup;
-each prints one line (or nothing). Region us-east-1. The credentials are AWS_ACCESS_KEY_ID and
-AWS_SECRET_ACCESS_KEY when set (the admin user, once IAM checks are on), else dummy ones.
+each prints one line (or nothing; envelope-artifact two). Region us-east-1 unless a KMS command
+says otherwise. The credentials are AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY when set (the
+admin user, once IAM checks are on), else dummy ones.
 
 Commands:
   create-bucket BUCKET
@@ -19,28 +20,42 @@ Commands:
                                       (AssumeRoleWithWebIdentity) assume it
   assume-role ROLE_ARN SESSION_NAME   prints {"AccessKeyId", "SecretAccessKey", "Token",
                                       "Expiration"}, the container credentials shape
+  put-user-policy NAME POLICY_JSON    replaces the inline policy create-user attached
   enforce-auth [FREE_ACTIONS]         from now on moto checks every request's SigV4 signature
                                       and IAM policies, after FREE_ACTIONS unchecked ones
                                       (default 0): POST /moto-api/reset-auth
+  create-kms-key [REGION]             a symmetric KMS key (SYMMETRIC_DEFAULT) in REGION (default
+                                      us-east-1); prints its ARN
+  envelope-artifact KEY_ARN PLAINTEXT_FILE REVISION [WRAPPING_KEY_ARN]
+                                      packs PLAINTEXT_FILE as `clef pack` does with a KMS
+                                      envelope: a random 32-byte data key wrapped by KMS Encrypt
+                                      (under WRAPPING_KEY_ARN when given, else KEY_ARN; in the
+                                      region of the ARN), AES-256-GCM with a random 12-byte IV,
+                                      the 16-byte tag apart, no AAD. Prints two lines: the
+                                      artifact JSON (envelope.keyId = KEY_ARN) and the data key
+                                      in base64, for the test to check that it never leaks
 """
 
 import argparse
+import base64
+import hashlib
 import json
 import os
 import sys
 import urllib.request
 
 import boto3
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 REGION = "us-east-1"
 ACCOUNT = "123456789012"
 
 
-def client(endpoint, service):
+def client(endpoint, service, region=REGION):
     return boto3.client(
         service,
         endpoint_url=endpoint,
-        region_name=REGION,
+        region_name=region,
         aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID") or "testing",
         aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY") or "testing",
     )
@@ -71,6 +86,10 @@ def create_user(endpoint, name, policy=None):
         iam.put_user_policy(UserName=name, PolicyName=f"{name}-policy", PolicyDocument=policy)
     key = iam.create_access_key(UserName=name)["AccessKey"]
     print(json.dumps({"AccessKeyId": key["AccessKeyId"], "SecretAccessKey": key["SecretAccessKey"]}))
+
+
+def put_user_policy(endpoint, name, policy):
+    client(endpoint, "iam").put_user_policy(UserName=name, PolicyName=f"{name}-policy", PolicyDocument=policy)
 
 
 def create_role(endpoint, name, policy):
@@ -118,6 +137,48 @@ def enforce_auth(endpoint, free_actions="0"):
             raise SystemExit(f"reset-auth answered HTTP {answer.status}")
 
 
+def create_kms_key(endpoint, region=REGION):
+    key = client(endpoint, "kms", region).create_key(KeySpec="SYMMETRIC_DEFAULT", KeyUsage="ENCRYPT_DECRYPT")
+    print(key["KeyMetadata"]["Arn"])
+
+
+def envelope_artifact(endpoint, key_arn, plaintext_file, revision, wrapping_key_arn=None):
+    wrapping_key_arn = wrapping_key_arn or key_arn
+    # arn:aws:kms:<region>:<account>:key/<id>
+    region = wrapping_key_arn.split(":")[3]
+    data_key = os.urandom(32)
+    wrapped = client(endpoint, "kms", region).encrypt(KeyId=wrapping_key_arn, Plaintext=data_key)["CiphertextBlob"]
+    with open(plaintext_file, "rb") as source:
+        plaintext = source.read()
+    iv = os.urandom(12)
+    sealed = AESGCM(data_key).encrypt(iv, plaintext, None)
+    ciphertext, tag = sealed[:-16], sealed[-16:]
+
+    def b64(data):
+        return base64.b64encode(data).decode("ascii")
+
+    ciphertext_text = b64(ciphertext)
+    artifact = {
+        "version": 1,
+        "identity": "api-gateway",
+        "environment": "production",
+        "packedAt": "2026-11-24T12:00:00.000Z",
+        "revision": revision,
+        "ciphertextHash": hashlib.sha256(ciphertext_text.encode("ascii")).hexdigest(),
+        "ciphertext": ciphertext_text,
+        "envelope": {
+            "provider": "aws",
+            "keyId": key_arn,
+            "wrappedKey": b64(wrapped),
+            "algorithm": "SYMMETRIC_DEFAULT",
+            "iv": b64(iv),
+            "authTag": b64(tag),
+        },
+    }
+    print(json.dumps(artifact))
+    print(b64(data_key))
+
+
 COMMANDS = {
     "create-bucket": (create_bucket, 1, 1),
     "put-object": (put_object, 3, 3),
@@ -126,7 +187,10 @@ COMMANDS = {
     "create-user": (create_user, 1, 2),
     "create-role": (create_role, 2, 2),
     "assume-role": (assume_role, 2, 2),
+    "put-user-policy": (put_user_policy, 2, 2),
     "enforce-auth": (enforce_auth, 0, 1),
+    "create-kms-key": (create_kms_key, 0, 1),
+    "envelope-artifact": (envelope_artifact, 3, 4),
 }
 
 

@@ -5,3 +5,4 @@
 mod aws;
 mod azure;
 mod gcp;
+mod loopback_kms;

@@ -4,6 +4,6 @@
 
 mod cache;
 mod http;
-mod s3;
+pub(crate) mod s3;
 mod sigv4;
 mod vcs;

@@ -66,9 +66,9 @@ pub fn aws_script(name: &str) -> PathBuf {
 
 /// An access key pair as IAM (`create-access-key`) hands it out.
 #[derive(Clone)]
-struct AccessKey {
-    id: String,
-    secret: String,
+pub(crate) struct AccessKey {
+    pub(crate) id: String,
+    pub(crate) secret: String,
 }
 
 impl AccessKey {
@@ -82,19 +82,19 @@ impl AccessKey {
 
 /// One request in moto's log: what was asked and what moto answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Logged {
-    method: String,
+pub(crate) struct Logged {
+    pub(crate) method: String,
     /// Percent-decoded.
-    path: String,
-    status: u16,
+    pub(crate) path: String,
+    pub(crate) status: u16,
 }
 
 type Buffer = Arc<Mutex<Vec<u8>>>;
 
 /// A `moto_server` child process on a free loopback port, killed on drop, with an IAM admin
 /// user (every action allowed) that `moto_admin.py` acts as, before and after IAM checks are on.
-struct Moto {
-    port: u16,
+pub(crate) struct Moto {
+    pub(crate) port: u16,
     child: Child,
     stdout: Buffer,
     stderr: Buffer,
@@ -106,7 +106,7 @@ struct Moto {
 impl Moto {
     /// Starts moto_server and waits until it answers HTTP. A port taken between
     /// [`free_port`] and moto's bind costs another try.
-    fn start() -> Moto {
+    pub(crate) fn start() -> Moto {
         let (moto_server, _) = (venv_tool("moto_server"), venv_tool("python"));
         for attempt in 1..=3 {
             let port = free_port();
@@ -140,7 +140,7 @@ impl Moto {
     }
 
     /// `http://127.0.0.1:<port>`.
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
@@ -161,7 +161,7 @@ impl Moto {
     }
 
     /// Both outputs, for failure messages.
-    fn output(&self) -> String {
+    pub(crate) fn output(&self) -> String {
         wait_until(Duration::from_secs(1), || self.readers.iter().all(JoinHandle::is_finished));
         format!(
             "--- moto stdout ---\n{}--- moto stderr ---\n{}",
@@ -172,7 +172,7 @@ impl Moto {
 
     /// Runs `moto_admin.py` with `commands` chained, as the admin user once there is one;
     /// returns its output lines. Panics with its output when it fails.
-    fn admin(&self, commands: &[&[&str]]) -> Vec<String> {
+    pub(crate) fn admin(&self, commands: &[&[&str]]) -> Vec<String> {
         let mut command = Command::new(venv_tool("python"));
         command.arg(aws_script("moto_admin.py")).args(["--endpoint", &self.endpoint()]);
         for (index, words) in commands.iter().enumerate() {
@@ -215,13 +215,13 @@ impl Moto {
     }
 
     /// An IAM user whose only inline policy is `policy`, with an access key.
-    fn create_user(&self, name: &str, policy: &str) -> AccessKey {
+    pub(crate) fn create_user(&self, name: &str, policy: &str) -> AccessKey {
         AccessKey::from_json(&self.admin(&[&["create-user", name, policy]])[0])
     }
 
     /// From now on every request needs a valid signature of a known principal whose policies
     /// allow it, after `free_actions` unchecked ones.
-    fn enforce_auth(&self, free_actions: u32) {
+    pub(crate) fn enforce_auth(&self, free_actions: u32) {
         self.admin(&[&["enforce-auth", &free_actions.to_string()]]);
     }
 
@@ -232,7 +232,7 @@ impl Moto {
     }
 
     /// The requests after the last [`Moto::enforce_auth`], in order.
-    fn requests_since_enforced(&self) -> Vec<Logged> {
+    pub(crate) fn requests_since_enforced(&self) -> Vec<Logged> {
         let requests = self.requests();
         let last = requests.iter().rposition(|request| request.path == "/moto-api/reset-auth");
         requests[last.map_or(0, |index| index + 1)..].to_vec()
@@ -341,7 +341,7 @@ fn form_fields(body: &str) -> Vec<(String, String)> {
 }
 
 /// An IAM policy allowing `actions` on `resource`.
-fn allow(actions: &[&str], resource: &str) -> String {
+pub(crate) fn allow(actions: &[&str], resource: &str) -> String {
     serde_json::json!({
         "Version": "2012-10-17",
         "Statement": [{"Effect": "Allow", "Action": actions, "Resource": resource}],
@@ -381,11 +381,11 @@ fn s3_env(moto: &Moto, source: &str, extra: &[(&str, &str)]) -> Vec<(String, Str
     env
 }
 
-fn pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+pub(crate) fn pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect()
 }
 
-fn keys_env(key: &AccessKey) -> [(&str, &str); 2] {
+pub(crate) fn keys_env(key: &AccessKey) -> [(&str, &str); 2] {
     [("AWS_ACCESS_KEY_ID", key.id.as_str()), ("AWS_SECRET_ACCESS_KEY", key.secret.as_str())]
 }
 
@@ -406,7 +406,7 @@ fn spawn_agent(test: &str, moto: &Moto, source: &str, extra: &[(&str, &str)]) ->
 }
 
 /// Neither output carries any of `secrets`.
-fn assert_never_logged(agent: &Agent, secrets: &[&str]) {
+pub(crate) fn assert_never_logged(agent: &Agent, secrets: &[&str]) {
     let (stdout, stderr) = (agent.stdout(), agent.stderr());
     for secret in secrets {
         assert!(!secret.is_empty());
@@ -436,16 +436,16 @@ fn sighup_and_wait_for_refresh(agent: &Agent) {
     );
 }
 
-fn revision(agent: &Agent) -> String {
+pub(crate) fn revision(agent: &Agent) -> String {
     get(agent.port(), "/v1/health", &[]).json()["revision"].as_str().unwrap_or_default().to_string()
 }
 
-fn logged(method: &str, path: &str, status: u16) -> Logged {
+pub(crate) fn logged(method: &str, path: &str, status: u16) -> Logged {
     Logged { method: method.into(), path: path.into(), status }
 }
 
 /// Waits for the agent to exit and returns its `[clef-agent] fatal: ` line; asserts exit code 1.
-fn fatal_line(agent: &Agent) -> String {
+pub(crate) fn fatal_line(agent: &Agent) -> String {
     let status = agent.wait_exit(FAILED_START_LIMIT);
     assert_eq!(status.and_then(|status| status.code()), Some(1), "stderr: {}", agent.stderr());
     let stderr = agent.stderr();
@@ -454,7 +454,7 @@ fn fatal_line(agent: &Agent) -> String {
 
 /// Sends `request` on to 127.0.0.1:`port` as it came (Host and all) and returns the answer,
 /// or a 502 saying why it could not.
-fn forward(port: u16, request: &Recorded) -> Answer {
+pub(crate) fn forward(port: u16, request: &Recorded) -> Answer {
     let exchange = || -> Result<Answer, String> {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).map_err(|error| error.to_string())?;
         stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|error| error.to_string())?;
