@@ -20,9 +20,9 @@ pub fn open(envelope: &Envelope, ciphertext: Vec<u8>, kms: Option<&Kms>) -> Resu
     if !crate::kms::PROVIDERS.contains(&envelope.provider.as_str()) {
         return Err(DecryptError::UnknownProvider(envelope.provider.clone()));
     }
-    let iv = decode_field("iv", &envelope.iv, Some(IV_BYTES))?;
-    let tag = decode_field("authTag", &envelope.auth_tag, Some(TAG_BYTES))?;
-    let wrapped = decode_field("wrappedKey", &envelope.wrapped_key, None)?;
+    let iv = decode_field("envelope.iv", &envelope.iv)?;
+    let tag = decode_field("envelope.authTag", &envelope.auth_tag)?;
+    let wrapped = decode_field("envelope.wrappedKey", &envelope.wrapped_key)?;
     let kms = kms.ok_or_else(|| DecryptError::Kms("no KMS client is configured in this process".into()))?;
     let data_key =
         kms.unwrap(&envelope.provider, &envelope.key_id, &envelope.algorithm, &wrapped).map_err(DecryptError::Kms)?;
@@ -42,16 +42,24 @@ pub fn open(envelope: &Envelope, ciphertext: Vec<u8>, kms: Option<&Kms>) -> Resu
     Ok(sealed)
 }
 
-/// Standard base64 of `expected` bytes (any length when `None`).
-fn decode_field(name: &str, text: &str, expected: Option<usize>) -> Result<Vec<u8>, DecryptError> {
+/// Standard base64 of the length the field must have (any length for `wrappedKey`).
+fn decode_field(field: &'static str, text: &str) -> Result<Vec<u8>, DecryptError> {
+    let expected = match field {
+        "envelope.iv" => "standard base64 of 12 bytes",
+        "envelope.authTag" => "standard base64 of 16 bytes",
+        _ => "standard base64",
+    };
+    let invalid = |found: String| DecryptError::Envelope { field, expected, found };
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text)
-        .map_err(|_| DecryptError::Envelope(format!("'envelope.{name}' is not valid standard base64")))?;
-    match expected {
-        Some(length) if bytes.len() != length => Err(DecryptError::Envelope(format!(
-            "'envelope.{name}' must be base64 of {length} bytes, found {}",
-            bytes.len()
-        ))),
+        .map_err(|_| invalid("text that is not base64".into()))?;
+    let length = match field {
+        "envelope.iv" => Some(IV_BYTES),
+        "envelope.authTag" => Some(TAG_BYTES),
+        _ => None,
+    };
+    match length {
+        Some(length) if bytes.len() != length => Err(invalid(format!("{} bytes", bytes.len()))),
         _ => Ok(bytes),
     }
 }
@@ -77,11 +85,14 @@ mod tests {
     #[test]
     fn checks_the_envelope_fields_before_any_kms_call() {
         let error = open(&envelope("aws", "AAAA", TAG), vec![], None).unwrap_err();
-        assert_eq!(error.to_string(), "'envelope.iv' must be base64 of 12 bytes, found 3");
+        assert_eq!(error.to_string(), "field 'envelope.iv' must be standard base64 of 12 bytes, found 3 bytes");
         let error = open(&envelope("aws", IV, "AAAA"), vec![], None).unwrap_err();
-        assert_eq!(error.to_string(), "'envelope.authTag' must be base64 of 16 bytes, found 3");
+        assert_eq!(error.to_string(), "field 'envelope.authTag' must be standard base64 of 16 bytes, found 3 bytes");
         let error = open(&envelope("aws", "%%%", TAG), vec![], None).unwrap_err();
-        assert_eq!(error.to_string(), "'envelope.iv' is not valid standard base64");
+        assert_eq!(
+            error.to_string(),
+            "field 'envelope.iv' must be standard base64 of 12 bytes, found text that is not base64"
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ pub enum DecryptError {
     /// The KMS refused or failed to unwrap the data key (its explanation).
     Kms(String),
     /// An envelope field decodes to the wrong thing (`iv` not 12 bytes, say).
-    Envelope(String),
+    Envelope { field: &'static str, expected: &'static str, found: String },
     /// AES-256-GCM did not authenticate: wrong data key, tag or IV, or modified ciphertext.
     Aead,
 }
@@ -61,7 +61,9 @@ impl fmt::Display for DecryptError {
                 write!(f, "unknown envelope provider '{provider}' (expected aws, gcp or azure)")
             }
             DecryptError::Kms(detail) => write!(f, "{detail}"),
-            DecryptError::Envelope(detail) => write!(f, "{detail}"),
+            DecryptError::Envelope { field, expected, found } => {
+                write!(f, "field '{field}' must be {expected}, found {found}")
+            }
             DecryptError::Aead => f.write_str(
                 "AES-256-GCM authentication failed: the data key, IV or tag does not match, or the ciphertext was modified",
             ),
@@ -73,6 +75,7 @@ impl From<DecryptError> for Rejection {
     fn from(error: DecryptError) -> Rejection {
         match error {
             DecryptError::UnknownProvider(_) | DecryptError::Kms(_) => Rejection::KmsUnwrap(error.to_string()),
+            DecryptError::Envelope { field, expected, found } => Rejection::InvalidShape { field, expected, found },
             DecryptError::NotBase64 => Rejection::InvalidShape {
                 field: "ciphertext",
                 expected: "standard base64",

@@ -1,7 +1,8 @@
 //! The checked-in fixture corpus (`tests/fixtures/`), one file per case as rage does it: every
 //! malformed artifact is refused by the library with its exact, designed message; every valid
-//! one — packed by the age CLI, by the npm `age-encryption` package, signed with Ed25519 or
-//! ECDSA P-256 — opens to `plaintext.json`, and the agent serves it byte for byte.
+//! one — packed by the age CLI, by the npm `age-encryption` package, sealed in a KMS envelope by
+//! Node's crypto, signed with Ed25519 or ECDSA P-256 — opens to `plaintext.json`, and the agent
+//! serves it byte for byte.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +10,12 @@ use clef_agent::artifact::signature::VerifyKey;
 use clef_agent::decrypt::{AgeIdentity, Keys, Plaintext};
 use clef_agent::refresh::{open, screen};
 
+use base64::Engine as _;
+use clef_agent::env::Env;
+use clef_agent::http::HttpClient;
+use clef_agent::kms::Kms;
+
+use crate::support::loopback::{Answer, Server};
 use crate::support::{fixture, now_ms, read_fixture, sha256_hex, Deployment};
 
 /// Case (file stem in `artifacts/invalid/`) → the exact error the library gives. Ciphertexts
@@ -93,6 +100,25 @@ const INVALID: &[(&str, &str)] = &[
          the artifact was not signed by CLEF_AGENT_VERIFY_KEY",
     ),
     (
+        "envelope-wrong-tag",
+        "artifact rejected (decrypt): decryption failed: AES-256-GCM authentication failed: \
+         the data key, IV or tag does not match, or the ciphertext was modified",
+    ),
+    (
+        "envelope-truncated",
+        "artifact rejected (decrypt): decryption failed: AES-256-GCM authentication failed: \
+         the data key, IV or tag does not match, or the ciphertext was modified",
+    ),
+    (
+        "envelope-iv-length",
+        "artifact rejected (invalid_shape): field 'envelope.iv' must be standard base64 of 12 bytes, found 16 bytes",
+    ),
+    (
+        "envelope-wrong-wrapped-key",
+        "artifact rejected (kms_unwrap): KMS could not unwrap the data key: Cloud KMS decrypt answered HTTP 400: \
+         INVALID_ARGUMENT Decryption failed: the ciphertext is invalid.",
+    ),
+    (
         "signature-not-base64",
         "artifact rejected (signature_error): signature is unusable: 'signature' is not valid base64",
     ),
@@ -102,6 +128,54 @@ const INVALID: &[(&str, &str)] = &[
          the artifact was not signed by CLEF_AGENT_VERIFY_KEY",
     ),
 ];
+
+/// The envelope fixtures' key at the fixture KMS, and its "wrapped" data key (what
+/// tests/fixtures/gen/build.py writes).
+const ENVELOPE_KEY_PATH: &str =
+    "/v1/projects/clef-fixtures/locations/global/keyRings/fixtures/cryptoKeys/envelope:decrypt";
+const ENVELOPE_WRAPPED_KEY: &str = "Zml4dHVyZS13cmFwcGVkLWRhdGEta2V5LXYx";
+
+/// A Cloud KMS stand-in for the envelope fixtures: the metadata server's token endpoint and a
+/// `decrypt` that unwraps the one fixture data key (`keys/envelope-data-key.txt`) and refuses
+/// anything else as Cloud KMS does. The real protocol tests are in `kms::gcp`.
+fn fixture_kms() -> Server {
+    let data_key_hex: String = read_fixture("keys/envelope-data-key.txt")
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .collect::<String>()
+        .trim()
+        .to_string();
+    let data_key: Vec<u8> = (0..data_key_hex.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(&data_key_hex[at..at + 2], 16).unwrap())
+        .collect();
+    let plaintext = base64::engine::general_purpose::STANDARD.encode(data_key);
+    Server::start(move |request| {
+        if request.path.starts_with("/computeMetadata/") {
+            return Answer::json(200, r#"{"access_token":"fixture-token","expires_in":3600,"token_type":"Bearer"}"#);
+        }
+        let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
+        if request.path == ENVELOPE_KEY_PATH && body["ciphertext"] == ENVELOPE_WRAPPED_KEY {
+            Answer::json(200, &format!(r#"{{"plaintext":"{plaintext}"}}"#))
+        } else {
+            Answer::json(
+                400,
+                r#"{"error":{"code":400,"message":"Decryption failed: the ciphertext is invalid.","status":"INVALID_ARGUMENT"}}"#,
+            )
+        }
+    })
+}
+
+/// The demo age identity, and KMS clients pointed at `kms` (a [`fixture_kms`]).
+fn keys_with(kms: &Server) -> Keys {
+    let host = format!("127.0.0.1:{}", kms.port);
+    let endpoint = kms.url("");
+    let env = Env::from_pairs(&[("GCE_METADATA_HOST", &host), ("CLEF_AGENT_GCP_KMS_ENDPOINT", &endpoint)]);
+    Keys {
+        age: Some(AgeIdentity::from_file_contents(&read_fixture("keys/demo.agekey")).expect("demo.agekey")),
+        kms: Some(Kms::new(HttpClient::default(), env)),
+    }
+}
 
 fn keys() -> Keys {
     Keys {
@@ -168,7 +242,8 @@ fn verdict(bytes: &[u8], verify_key: Option<&VerifyKey>, keys: &Keys) -> Result<
 
 #[test]
 fn every_invalid_fixture_is_refused_with_its_exact_error() {
-    let keys = keys();
+    let kms = fixture_kms();
+    let keys = keys_with(&kms);
     let files = json_files(&fixture("artifacts/invalid"));
     let mut mismatches = Vec::new();
     for path in &files {
@@ -194,7 +269,8 @@ fn every_invalid_fixture_is_refused_with_its_exact_error() {
 
 #[test]
 fn every_valid_fixture_opens_to_the_plaintext() {
-    let keys = keys();
+    let kms = fixture_kms();
+    let keys = keys_with(&kms);
     let expected = Plaintext::parse(read_fixture("plaintext.json").as_bytes()).expect("plaintext.json is a plaintext");
     let files = json_files(&fixture("artifacts"));
     assert!(!files.is_empty(), "no valid fixtures in tests/fixtures/artifacts");
@@ -224,6 +300,17 @@ fn serves_an_artifact_packed_with_the_age_cli_byte_for_byte() {
 #[test]
 fn serves_an_artifact_packed_with_the_npm_age_package_byte_for_byte() {
     assert_served_byte_for_byte("age-npm.json", &[]);
+}
+
+#[test]
+fn serves_a_kms_envelope_sealed_by_node_crypto_byte_for_byte_without_an_age_key() {
+    let kms = fixture_kms();
+    let (host, endpoint) = (format!("127.0.0.1:{}", kms.port), kms.url(""));
+    assert_served_byte_for_byte(
+        "envelope-gcp-node.json",
+        &[("CLEF_AGENT_AGE_KEY_FILE", ""), ("GCE_METADATA_HOST", &host), ("CLEF_AGENT_GCP_KMS_ENDPOINT", &endpoint)],
+    );
+    assert_eq!(kms.requests_to("POST", ENVELOPE_KEY_PATH).len(), 1);
 }
 
 #[test]
