@@ -28,26 +28,36 @@ impl AzureKms {
         AzureKms { http, env, token: TokenCache::default() }
     }
 
+    /// Key Vault `unwrapkey`. A token the vault no longer accepts (401) is dropped and the call
+    /// made once more with a new one.
     pub fn unwrap_key(&self, key_id: &str, algorithm: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
-        let token = self.token.get(crate::time::now_ms(), || self.fetch_token())?;
         let url = format!("{}/unwrapkey?api-version={API_VERSION}", key_id.trim_end_matches('/'));
         let body = serde_json::json!({
             "alg": algorithm,
             "value": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(wrapped),
         });
-        let bearer = Zeroizing::new(format!("Bearer {}", token.expose()));
-        let call = agent_for(&self.http, &url)
-            .post(&url)
-            .header("Authorization", bearer.as_str())
-            .header("Content-Type", "application/json");
-        let (status, answer) =
-            small_reply(call.send(body.to_string().as_bytes())).map_err(|why| format!("Key Vault {key_id}: {why}"))?;
-        if status != 200 {
-            if status == 401 {
-                self.token.forget();
+        let mut attempts_left = 2;
+        let answer = loop {
+            attempts_left -= 1;
+            let token = self.token.get(crate::time::now_ms(), || self.fetch_token())?;
+            let bearer = Zeroizing::new(format!("Bearer {}", token.expose()));
+            let call = agent_for(&self.http, &url)
+                .post(&url)
+                .header("Authorization", bearer.as_str())
+                .header("Content-Type", "application/json");
+            let (status, answer) = small_reply(call.send(body.to_string().as_bytes()))
+                .map_err(|why| format!("Key Vault {key_id}: {why}"))?;
+            match status {
+                200 => break answer,
+                401 if attempts_left > 0 => self.token.forget(),
+                _ => {
+                    if status == 401 {
+                        self.token.forget();
+                    }
+                    return Err(format!("Key Vault unwrapkey answered HTTP {status}: {}", azure_error(&answer)));
+                }
             }
-            return Err(format!("Key Vault unwrapkey answered HTTP {status}: {}", azure_error(&answer)));
-        }
+        };
         let value = super::take_secret_field(&answer, "value").ok_or("Key Vault unwrapkey answered without a value")?;
         // base64url as Key Vault writes it, unpadded; a padded value is accepted as well.
         base64::engine::general_purpose::URL_SAFE_NO_PAD

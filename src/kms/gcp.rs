@@ -30,24 +30,34 @@ impl GcpKms {
         GcpKms { http, env, token: TokenCache::default() }
     }
 
+    /// Cloud KMS `decrypt`. A token the service no longer accepts (401) is dropped and the call
+    /// made once more with a new one, so a revoked or rotated token costs no failed request.
     pub fn decrypt(&self, key_id: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
-        let token = self.token.get(crate::time::now_ms(), || self.fetch_token())?;
         let endpoint = self.env.get("CLEF_AGENT_GCP_KMS_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.into());
         let url = format!("{}/v1/{key_id}:decrypt", endpoint.trim_end_matches('/'));
         let body = serde_json::json!({ "ciphertext": base64::engine::general_purpose::STANDARD.encode(wrapped) });
-        let bearer = Zeroizing::new(format!("Bearer {}", token.expose()));
-        let call = agent_for(&self.http, &url)
-            .post(&url)
-            .header("Authorization", bearer.as_str())
-            .header("Content-Type", "application/json");
-        let (status, answer) = small_reply(call.send(body.to_string().as_bytes()))
-            .map_err(|why| format!("Cloud KMS at {endpoint}: {why}"))?;
-        if status != 200 {
-            if status == 401 {
-                self.token.forget();
+        let mut attempts_left = 2;
+        let answer = loop {
+            attempts_left -= 1;
+            let token = self.token.get(crate::time::now_ms(), || self.fetch_token())?;
+            let bearer = Zeroizing::new(format!("Bearer {}", token.expose()));
+            let call = agent_for(&self.http, &url)
+                .post(&url)
+                .header("Authorization", bearer.as_str())
+                .header("Content-Type", "application/json");
+            let (status, answer) = small_reply(call.send(body.to_string().as_bytes()))
+                .map_err(|why| format!("Cloud KMS at {endpoint}: {why}"))?;
+            match status {
+                200 => break answer,
+                401 if attempts_left > 0 => self.token.forget(),
+                _ => {
+                    if status == 401 {
+                        self.token.forget();
+                    }
+                    return Err(format!("Cloud KMS decrypt answered HTTP {status}: {}", google_error(&answer)));
+                }
             }
-            return Err(format!("Cloud KMS decrypt answered HTTP {status}: {}", google_error(&answer)));
-        }
+        };
         let plaintext =
             super::take_secret_field(&answer, "plaintext").ok_or("Cloud KMS decrypt answered without a plaintext")?;
         base64::engine::general_purpose::STANDARD
