@@ -12,7 +12,7 @@ DEMO_TOKEN ?= demo-token-not-secret
 VENV := .venv
 AWS_REQUIREMENTS := tests/aws/requirements.txt
 
-.PHONY: help build run test deps lint fmt bench fixtures clean static static-deps test-packaging lambda-layer
+.PHONY: help build run test deps lint fmt bench bench-deps fixtures clean static static-deps test-packaging lambda-layer fuzz
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -74,8 +74,19 @@ test: deps lint ## Install what is needed, then run every test
 fmt: ## Format the code
 	$(CARGO) fmt
 
-bench: static deps ## Measure size, idle RSS and spawn-to-ready time of the static executable
+bench: static deps bench-deps ## Size, idle RSS, start-up, throughput vs nginx, and pipeline time (~3 min)
 	python3 bench/run.py $(STATIC_BIN)
+	$(CARGO) bench --locked --bench pipeline
+
+bench-deps:
+	@for tool in wrk nginx taskset; do \
+	  if ! command -v $$tool >/dev/null; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light util-linux >/dev/null; \
+	    else echo "error: the benchmark needs $$tool: apt-get install wrk nginx-light util-linux"; exit 1; fi; \
+	  fi; \
+	  command -v $$tool >/dev/null || { echo "error: installing $$tool failed"; exit 1; }; \
+	done
 
 fixtures: ## Regenerate tests/fixtures (needs age, node/npm, python3 with cryptography)
 	tests/fixtures/generate.sh
@@ -106,3 +117,45 @@ test-packaging: static ## Static binary alone in a chroot, systemd unit verifica
 
 lambda-layer: static ## Build the Lambda layer zip (target/lambda/clef-agent-layer.zip)
 	packaging/lambda/build-layer.sh $(STATIC_BIN) target/lambda/clef-agent-layer.zip
+
+# cargo fuzz (fuzz/README.md): each target runs FUZZ_SECONDS on its committed corpus
+# fuzz/corpus/<target>, which is then minimized (cargo fuzz cmin). Crashes land in
+# fuzz/artifacts/<target>/; logs in fuzz/target/logs/.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= artifact decrypt routing
+# Extra libFuzzer flags, e.g. FUZZ_FLAGS=-fork=2.
+FUZZ_FLAGS ?=
+FUZZ_LOGS := fuzz/target/logs
+
+fuzz: ## Fuzz each target for FUZZ_SECONDS (60) on nightly, minimize the corpus, print executions
+	@command -v rustup >/dev/null || { echo "error: cargo fuzz needs the nightly toolchain: install rustup (https://rustup.rs)"; exit 1; }
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal \
+	  || { echo "error: rustup toolchain install nightly failed"; exit 1; }
+	@$(CARGO) +nightly fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked \
+	  || { echo "error: cargo install cargo-fuzz --locked failed"; exit 1; }
+	@$(CARGO) +nightly fuzz --version >/dev/null 2>&1 || { echo "error: cargo +nightly fuzz does not run after the install"; exit 1; }
+	$(CARGO) +nightly fuzz build --debug-assertions
+	@mkdir -p $(FUZZ_LOGS); failed=""; summary=""; \
+	for target in $(FUZZ_TARGETS); do \
+	  log=$(FUZZ_LOGS)/$$target.log; mkdir -p fuzz/corpus/$$target; \
+	  echo "fuzz: $$target for $(FUZZ_SECONDS) s (log: $$log)"; \
+	  if $(CARGO) +nightly fuzz run --debug-assertions $$target fuzz/corpus/$$target -- \
+	      -max_total_time=$(FUZZ_SECONDS) -timeout=10 -dict=fuzz/dict/$$target.dict -print_final_stats=1 \
+	      $(FUZZ_FLAGS) >$$log 2>&1; then \
+	    result=ok; \
+	    $(CARGO) +nightly fuzz cmin --debug-assertions $$target fuzz/corpus/$$target >>$$log 2>&1 \
+	      || { result="cmin failed"; failed="$$failed $$target"; }; \
+	  else \
+	    result=FAILED; failed="$$failed $$target"; tail -n 40 $$log; \
+	  fi; \
+	  execs=$$(sed -n 's/^stat::number_of_executed_units: *//p' $$log | tail -n 1); \
+	  [ -n "$$execs" ] || execs=$$(grep -oE '^#[0-9]+' $$log | tail -n 1 | tr -d '#'); \
+	  rate=$$(sed -n 's/^stat::average_exec_per_sec: *//p' $$log | tail -n 1); \
+	  files=$$(find fuzz/corpus/$$target -type f | wc -l); size=$$(du -sk fuzz/corpus/$$target | cut -f1); \
+	  summary="$$summary$$(printf '%-10s %12s %10s %8s %8s KiB  %s' $$target "$${execs:-?}" "$${rate:-?}" $$files $$size "$$result")\n"; \
+	done; \
+	printf '\n%-10s %12s %10s %8s %12s  %s\n' target executions 'execs/s' 'corpus' 'size' result; \
+	printf "$$summary"; \
+	if [ -n "$$failed" ]; then \
+	  echo "error: fuzzing failed for:$$failed (crash inputs in fuzz/artifacts/<target>/, logs in $(FUZZ_LOGS)/)"; exit 1; \
+	fi

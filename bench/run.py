@@ -1,14 +1,20 @@
 #!/usr/bin/env python3
-"""Footprint benchmark of the release binary (SPEC §9): executable size, idle RSS with a
-1 000-key artifact, and spawn-to-ready time with a file source (median of 10 runs).
+"""Benchmark of the release binary (SPEC §9): executable size, idle RSS with a 1 000-key
+artifact, spawn-to-ready time with a file source (median of 10 runs), and `/v1/secrets` and
+`/v1/health` throughput, p50/p99 latency and CPU per 1 000 requests at 1, 16 and 64 keep-alive
+connections for a 30-key and a 5 000-key artifact, next to nginx serving the same bytes from a
+static file over keep-alive (the practical loopback limit).
 
-Usage: python3 bench/run.py target/release/clef-agent
-Needs the age CLI (age, age-keygen) to build the artifact.
+Usage: python3 bench/run.py target/static/clef-agent
+Needs the age CLI (age, age-keygen), wrk and nginx (`make bench` installs them). With two or
+more cores the agent (and nginx) run on core 0 and wrk on core 1 (taskset).
 """
 import base64
 import hashlib
 import json
 import os
+import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -19,6 +25,11 @@ import urllib.request
 
 RUNS = 10
 TOKEN = "bench-token"
+LOAD_SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
+CONNECTIONS = (1, 16, 64)
+# The TypeScript agent on this machine (SPEC §9): req/s and CPU ms per 1 000 small requests.
+TS_REQUESTS_PER_SECOND = (4600, 8100)
+TS_CPU_MS_PER_1000 = (110, 220)
 
 
 def free_port():
@@ -49,11 +60,19 @@ def build_artifact(directory, namespaces, keys_per_namespace):
     return path, key_file
 
 
+def pinned(command, core):
+    """`command` pinned to `core` when the machine has more than one."""
+    if (os.cpu_count() or 1) > 1 and shutil.which("taskset"):
+        return ["taskset", "-c", str(core)] + command
+    return command
+
+
 def start(binary, artifact, key_file, port):
     env = {"PATH": os.environ.get("PATH", ""), "CLEF_AGENT_SOURCE": artifact, "CLEF_AGENT_AGE_KEY_FILE": key_file,
            "CLEF_AGENT_TOKEN": TOKEN, "CLEF_AGENT_PORT": str(port)}
     began = time.perf_counter()
-    process = subprocess.Popen([binary], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(pinned([binary], 0), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
     for line in process.stdout:
         if "Agent ready." in line:
             return process, time.perf_counter() - began
@@ -71,6 +90,92 @@ def rss_kib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return -1
+
+
+def cpu_ms(pid):
+    """User + system CPU time of `pid` so far, in milliseconds."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+
+
+def to_ms(text):
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(url, connections, headers=()):
+    """Requests/s, p50 ms, p99 ms, total requests and non-2xx answers of one wrk run."""
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{LOAD_SECONDS}s", "--latency"]
+    for header in headers:
+        command += ["-H", header]
+    output = subprocess.run(pinned(command + [url], 1), check=True, capture_output=True, text=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    p50 = to_ms(re.search(r"50%\s+([\d.]+\w+)", output).group(1))
+    p99 = to_ms(re.search(r"99%\s+([\d.]+\w+)", output).group(1))
+    total = int(re.search(r"(\d+) requests in", output).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return rate, p50, p99, total, int(errors.group(1)) if errors else 0
+
+
+def nginx(directory, body):
+    """nginx on a free port serving `body` as a static file over keep-alive; (process, url)."""
+    root = os.path.join(directory, "nginx")
+    os.makedirs(os.path.join(root, "www"), exist_ok=True)
+    # nginx's worker runs as nobody when started by root: it must be able to read the file.
+    for path in (directory, os.path.dirname(directory), root, os.path.join(root, "www")):
+        os.chmod(path, 0o755)
+    with open(os.path.join(root, "www", "secrets"), "wb") as out:
+        out.write(body)
+    port = free_port()
+    config = os.path.join(root, "nginx.conf")
+    with open(config, "w") as out:
+        out.write(f"""daemon off; worker_processes 1; pid {root}/nginx.pid; error_log {root}/error.log;
+events {{ worker_connections 1024; }}
+http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 65;
+  default_type application/json;
+  server {{ listen 127.0.0.1:{port}; root {root}/www; location / {{ }} }} }}
+""")
+    process = subprocess.Popen(pinned(["nginx", "-c", config, "-p", root], 0), stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/secrets", timeout=2).read()
+            return process, f"http://127.0.0.1:{port}/secrets"
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("nginx did not start")
+
+
+def load_table(binary, directory):
+    """The throughput rows: agent and nginx for each artifact size and connection count."""
+    rows = []
+    for namespaces, per_namespace in ((3, 10), (50, 100)):
+        sub = os.path.join(directory, f"load-{namespaces * per_namespace}")
+        os.makedirs(sub)
+        artifact, key_file = build_artifact(sub, namespaces, per_namespace)
+        port = free_port()
+        process, _ = start(binary, artifact, key_file, port)
+        auth = f"Authorization: Bearer {TOKEN}"
+        secrets_url = f"http://127.0.0.1:{port}/v1/secrets"
+        body = urllib.request.urlopen(urllib.request.Request(secrets_url, headers={"Authorization": f"Bearer {TOKEN}"})).read()
+        keys = namespaces * per_namespace
+        reference, reference_url = nginx(sub, body)
+        try:
+            for connections in CONNECTIONS:
+                before = cpu_ms(process.pid)
+                rate, p50, p99, total, errors = wrk(secrets_url, connections, [auth])
+                cpu_per_1000 = (cpu_ms(process.pid) - before) * 1000 / max(total, 1)
+                ref_rate, ref_p50, ref_p99, _, _ = wrk(reference_url, connections)
+                rows.append((f"/v1/secrets {keys} keys ({len(body) // 1024 or len(body)} {'KiB' if len(body) >= 1024 else 'B'})",
+                             connections, rate, p50, p99, cpu_per_1000, errors, ref_rate, ref_p50, ref_p99))
+                rate, p50, p99, total, errors = wrk(f"http://127.0.0.1:{port}/v1/health", connections)
+                rows.append((f"/v1/health ({keys}-key artifact)", connections, rate, p50, p99, None, errors,
+                             None, None, None))
+        finally:
+            stop(process)
+            reference.terminate()
+            reference.wait(timeout=5)
+    return rows
 
 
 def main():
@@ -91,12 +196,26 @@ def main():
         time.sleep(1)
         rss = rss_kib(process.pid)
         stop(process)
+        rows = load_table(binary, directory)
     size = os.path.getsize(binary)
     print(f"{'measure':<40} {'value':>14}  target")
     print(f"{'executable size':<40} {size / 1048576:>10.2f} MiB  <= 4 MiB")
     print(f"{f'idle RSS, {keys}-key artifact':<40} {rss / 1024:>10.2f} MiB  <= 4 MiB")
     print(f"{f'spawn-to-ready, median of {RUNS}':<40} {statistics.median(ready_times) * 1000:>11.1f} ms  <= 20 ms")
     print(f"{'spawn-to-ready, min / max':<40} {min(ready_times) * 1000:>5.1f} / {max(ready_times) * 1000:.1f} ms")
+    print()
+    print(f"load: wrk, {LOAD_SECONDS} s per row, keep-alive; agent and nginx on core 0, wrk on core 1")
+    print(f"{'endpoint':<34} {'conns':>5} {'req/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'CPU ms/1k':>9} {'errors':>6}"
+          f" {'nginx req/s':>11} {'p50':>6} {'p99':>6} {'agent/nginx':>11}")
+    for name, connections, rate, p50, p99, cpu, errors, ref_rate, ref_p50, ref_p99 in rows:
+        cpu_text = f"{cpu:9.1f}" if cpu is not None else f"{'':>9}"
+        reference = (f" {ref_rate:11.0f} {ref_p50:6.2f} {ref_p99:6.2f} {rate / ref_rate:11.2f}"
+                     if ref_rate else "")
+        print(f"{name:<34} {connections:>5} {rate:9.0f} {p50:7.2f} {p99:7.2f} {cpu_text} {errors:>6}{reference}")
+    print()
+    print(f"targets (SPEC §9): /v1/secrets >= 10x the TypeScript agent ({TS_REQUESTS_PER_SECOND[0]}-"
+          f"{TS_REQUESTS_PER_SECOND[1]} req/s) and >= 0.5x nginx; CPU <= 1/10 of its {TS_CPU_MS_PER_1000[0]}-"
+          f"{TS_CPU_MS_PER_1000[1]} ms per 1 000 requests; p99 < 1 ms at 16 connections")
 
 
 if __name__ == "__main__":
