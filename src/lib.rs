@@ -4,6 +4,7 @@
 //! Data flows source → artifact → decrypt → snapshot → server; `refresh` is the only writer of
 //! the snapshot, `config` the only reader of the environment.
 
+pub mod alloc;
 pub mod artifact;
 pub mod aws;
 pub mod cache;

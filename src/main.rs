@@ -7,6 +7,10 @@ use clef_agent::config::Config;
 use clef_agent::lifecycle::{daemon, lambda, Fatal};
 use clef_agent::{log, VERSION};
 
+/// Every freed block is zeroed, so no plaintext outlives the buffer that held it.
+#[global_allocator]
+static ALLOCATOR: clef_agent::alloc::ZeroingAllocator = clef_agent::alloc::ZeroingAllocator;
+
 fn main() -> ExitCode {
     // A panic message may quote data; print only where it happened.
     std::panic::set_hook(Box::new(|info| {

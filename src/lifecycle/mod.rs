@@ -225,6 +225,25 @@ fn harden_process() {
     unsafe {
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
     }
+    // No core files either: with fs.suid_dumpable=2 the kernel dumps non-dumpable processes
+    // too. Only lowered when it is not 0 already (a sandbox may forbid setrlimit).
+    let mut core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_CORE, &mut core) == 0 && core.rlim_cur != 0 {
+            core.rlim_cur = 0;
+            libc::setrlimit(libc::RLIMIT_CORE, &core);
+        }
+    }
+    // glibc raises its mmap threshold after the first large block is freed; then large
+    // request buffers (a client's 1 MiB header) come from per-thread arenas that keep the
+    // memory for good. A fixed threshold keeps large blocks in mmap, returned when freed.
+    // (The shipped musl build does not have this behaviour.)
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's tuning; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
     listener::raise_file_descriptor_limit();
 }
 

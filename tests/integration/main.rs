@@ -4,9 +4,11 @@
 
 mod api;
 mod fixtures;
+mod hygiene;
 mod kms;
 mod lifecycle;
 mod ops;
+mod pressure;
 mod refresh;
 mod resilience;
 mod secrecy;

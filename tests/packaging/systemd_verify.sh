@@ -26,7 +26,8 @@ if echo "$output" | grep -F "clef-agent.service" >&2; then
   fail "systemd-analyze verify reported problems with the unit"
 fi
 for setting in Type=notify WatchdogSec= DynamicUser=yes ProtectSystem=strict NoNewPrivileges=yes PrivateTmp=yes \
-  MemoryDenyWriteExecute=yes RestrictAddressFamilies= SystemCallFilter=@system-service 'CapabilityBoundingSet=$' LoadCredential=; do
+  MemoryDenyWriteExecute=yes RestrictAddressFamilies= SystemCallFilter=@system-service 'CapabilityBoundingSet=$' LoadCredential= \
+  SystemCallErrorNumber=EPERM LimitNOFILE= CacheDirectory=; do
   grep -Eq "^$setting" "$unit" || fail "the unit lacks $setting"
 done
 echo "systemd_verify: ok ($(systemd-analyze --version | head -1))"
