@@ -119,8 +119,9 @@ lambda-layer: static ## Build the Lambda layer zip (target/lambda/clef-agent-lay
 	packaging/lambda/build-layer.sh $(STATIC_BIN) target/lambda/clef-agent-layer.zip
 
 # cargo fuzz (fuzz/README.md): each target runs FUZZ_SECONDS on its committed corpus
-# fuzz/corpus/<target>, which is then minimized (cargo fuzz cmin). Crashes land in
-# fuzz/artifacts/<target>/; logs in fuzz/target/logs/.
+# fuzz/corpus/<target>, which is then minimized (cargo fuzz cmin) to the inputs that keep its
+# edge coverage (-use_counters=0: hit-count variants are dropped, so the corpus stays small).
+# Crashes land in fuzz/artifacts/<target>/; logs in fuzz/target/logs/.
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS ?= artifact decrypt routing
 # Extra libFuzzer flags, e.g. FUZZ_FLAGS=-fork=2.
@@ -143,7 +144,7 @@ fuzz: ## Fuzz each target for FUZZ_SECONDS (60) on nightly, minimize the corpus,
 	      -max_total_time=$(FUZZ_SECONDS) -timeout=10 -dict=fuzz/dict/$$target.dict -print_final_stats=1 \
 	      $(FUZZ_FLAGS) >$$log 2>&1; then \
 	    result=ok; \
-	    $(CARGO) +nightly fuzz cmin --debug-assertions $$target fuzz/corpus/$$target >>$$log 2>&1 \
+	    $(CARGO) +nightly fuzz cmin --debug-assertions $$target fuzz/corpus/$$target -- -use_counters=0 >>$$log 2>&1 \
 	      || { result="cmin failed"; failed="$$failed $$target"; }; \
 	  else \
 	    result=FAILED; failed="$$failed $$target"; tail -n 40 $$log; \
@@ -151,7 +152,7 @@ fuzz: ## Fuzz each target for FUZZ_SECONDS (60) on nightly, minimize the corpus,
 	  execs=$$(sed -n 's/^stat::number_of_executed_units: *//p' $$log | tail -n 1); \
 	  [ -n "$$execs" ] || execs=$$(grep -oE '^#[0-9]+' $$log | tail -n 1 | tr -d '#'); \
 	  rate=$$(sed -n 's/^stat::average_exec_per_sec: *//p' $$log | tail -n 1); \
-	  files=$$(find fuzz/corpus/$$target -type f | wc -l); size=$$(du -sk fuzz/corpus/$$target | cut -f1); \
+	  files=$$(find fuzz/corpus/$$target -type f | wc -l); size=$$(find fuzz/corpus/$$target -type f -printf '%s\n' | awk '{s += $$1} END {print int(s / 1024)}'); \
 	  summary="$$summary$$(printf '%-10s %12s %10s %8s %8s KiB  %s' $$target "$${execs:-?}" "$${rate:-?}" $$files $$size "$$result")\n"; \
 	done; \
 	printf '\n%-10s %12s %10s %8s %12s  %s\n' target executions 'execs/s' 'corpus' 'size' result; \

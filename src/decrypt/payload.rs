@@ -3,6 +3,7 @@
 //! order survives, values go straight into zeroing buffers, and no error message can quote a
 //! value (serde's default type errors echo the offending input).
 
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -38,16 +39,20 @@ impl Plaintext {
             return Err(format!("the plaintext must be a JSON object of namespaces, found {}", node.kind()));
         };
         let mut namespaces: Vec<Namespace> = Vec::with_capacity(members.len());
+        // Duplicate checks by hash set: a linear scan per name would make an artifact of many
+        // keys cost time quadratic in their number (hours at the 32 MiB limit).
+        let mut namespace_names: HashSet<String> = HashSet::with_capacity(members.len());
         for (name, node) in members {
-            if namespaces.iter().any(|namespace| namespace.name == name) {
+            if !namespace_names.insert(name.clone()) {
                 return Err(format!("namespace '{name}' appears twice"));
             }
             let JsonNode::Object(members) = node else {
                 return Err(format!("namespace '{name}' must be an object of string values, found {}", node.kind()));
             };
             let mut entries: Vec<(String, Zeroizing<String>)> = Vec::with_capacity(members.len());
+            let mut keys: HashSet<String> = HashSet::with_capacity(members.len());
             for (key, value) in members {
-                if entries.iter().any(|(existing, _)| *existing == key) {
+                if !keys.insert(key.clone()) {
                     return Err(format!("key '{name}.{key}' appears twice"));
                 }
                 match value {
@@ -156,6 +161,20 @@ mod tests {
         let keys: Vec<_> = plaintext.namespaces[0].entries.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["b", "a"]);
         assert_eq!(plaintext.key_count(), 3);
+    }
+
+    #[test]
+    fn parses_two_hundred_thousand_keys_and_still_finds_a_duplicate() {
+        // With a linear duplicate scan per key this took minutes (the time is make bench's
+        // business; this test only has to finish).
+        let mut text = String::from("{\"ns\":{");
+        for key in 0..200_000 {
+            text.push_str(&format!("\"K{key}\":\"v\","));
+        }
+        text.pop();
+        assert_eq!(Plaintext::parse(format!("{text}}}}}").as_bytes()).unwrap().key_count(), 200_000);
+        let duplicated = format!("{text},\"K7\":\"again\"}}}}");
+        assert_eq!(Plaintext::parse(duplicated.as_bytes()).err().as_deref(), Some("key 'ns.K7' appears twice"));
     }
 
     #[test]
