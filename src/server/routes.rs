@@ -256,8 +256,12 @@ fn host_is_loopback(hosts: &[&str]) -> bool {
     name == "127.0.0.1" || name == "localhost"
 }
 
+/// `:` and a port of decimal digits (RFC 3986 allows it empty); `u16::from_str` alone would
+/// also take a sign (`:+80`).
 fn port_suffix_is_valid(suffix: &str) -> bool {
-    suffix.strip_prefix(':').is_some_and(|port| port.parse::<u16>().is_ok())
+    suffix.strip_prefix(':').is_some_and(|port| {
+        port.is_empty() || (port.bytes().all(|byte| byte.is_ascii_digit()) && port.parse::<u16>().is_ok())
+    })
 }
 
 /// The path of a request target, without its query string.

@@ -142,15 +142,22 @@ fn before_the_first_load_nothing_is_ready() {
 #[test]
 fn rejects_a_foreign_or_missing_host_before_anything_else() {
     let api = cached().api;
-    for hosts in
-        [vec!["evil.example"], vec![], vec!["127.0.0.1", "127.0.0.1"], vec!["127.0.0.1:99999"], vec!["127.0.0.2"]]
-    {
+    for hosts in [
+        vec!["evil.example"],
+        vec![],
+        vec!["127.0.0.1", "127.0.0.1"],
+        vec!["127.0.0.1:99999"],
+        vec!["127.0.0.2"],
+        vec!["127.0.0.1:+80"],
+        vec!["[::1]:-1"],
+        vec!["localhost:80a"],
+    ] {
         let request = Request { method: "POST", target: "/v1/secrets", hosts, authorization: None, forwarded: true };
         let reply = api.handle(&request, NOW);
         assert_eq!((reply.status, body(&reply)), (403, r#"{"error":"Forbidden: invalid Host header"}"#));
         assert!(reply.no_store);
     }
-    for host in ["127.0.0.1", "localhost:7779", "LOCALHOST", "[::1]", "[::1]:7779"] {
+    for host in ["127.0.0.1", "localhost:7779", "LOCALHOST", "[::1]", "[::1]:7779", "localhost:", "[::1]:"] {
         let request = Request { hosts: vec![host], ..get("/v1/health", None) };
         assert_eq!(api.handle(&request, NOW).status, 200, "{host}");
     }
