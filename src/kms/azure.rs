@@ -6,7 +6,7 @@ use base64::Engine as _;
 use zeroize::Zeroizing;
 
 use super::token::{self, Fetched, TokenCache};
-use super::{agent_for, form};
+use super::{agent_for, form, post_with_token};
 use crate::env::Env;
 use crate::http::{small_reply, HttpClient};
 
@@ -36,28 +36,12 @@ impl AzureKms {
             "alg": algorithm,
             "value": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(wrapped),
         });
-        let mut attempts_left = 2;
-        let answer = loop {
-            attempts_left -= 1;
-            let token = self.token.get(crate::time::now_ms(), || self.fetch_token())?;
-            let bearer = Zeroizing::new(format!("Bearer {}", token.expose()));
-            let call = agent_for(&self.http, &url)
-                .post(&url)
-                .header("Authorization", bearer.as_str())
-                .header("Content-Type", "application/json");
-            let (status, answer) = small_reply(call.send(body.to_string().as_bytes()))
-                .map_err(|why| format!("Key Vault {key_id}: {why}"))?;
-            match status {
-                200 => break answer,
-                401 if attempts_left > 0 => self.token.forget(),
-                _ => {
-                    if status == 401 {
-                        self.token.forget();
-                    }
-                    return Err(format!("Key Vault unwrapkey answered HTTP {status}: {}", azure_error(&answer)));
-                }
-            }
-        };
+        let fetch = || self.fetch_token();
+        let what = format!("Key Vault {key_id}");
+        let (status, answer) = post_with_token(&self.http, &self.token, fetch, &url, &body.to_string(), &what)?;
+        if status != 200 {
+            return Err(format!("Key Vault unwrapkey answered HTTP {status}: {}", azure_error(&answer)));
+        }
         let value = super::take_secret_field(&answer, "value").ok_or("Key Vault unwrapkey answered without a value")?;
         // base64url as Key Vault writes it, unpadded; a padded value is accepted as well.
         base64::engine::general_purpose::URL_SAFE_NO_PAD

@@ -7,7 +7,7 @@ use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 use zeroize::Zeroizing;
 
 use super::token::{self, Fetched, TokenCache};
-use super::{agent_for, form};
+use super::{agent_for, form, post_with_token};
 use crate::env::Env;
 use crate::http::{small_reply, HttpClient};
 
@@ -36,28 +36,12 @@ impl GcpKms {
         let endpoint = self.env.get("CLEF_AGENT_GCP_KMS_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.into());
         let url = format!("{}/v1/{key_id}:decrypt", endpoint.trim_end_matches('/'));
         let body = serde_json::json!({ "ciphertext": base64::engine::general_purpose::STANDARD.encode(wrapped) });
-        let mut attempts_left = 2;
-        let answer = loop {
-            attempts_left -= 1;
-            let token = self.token.get(crate::time::now_ms(), || self.fetch_token())?;
-            let bearer = Zeroizing::new(format!("Bearer {}", token.expose()));
-            let call = agent_for(&self.http, &url)
-                .post(&url)
-                .header("Authorization", bearer.as_str())
-                .header("Content-Type", "application/json");
-            let (status, answer) = small_reply(call.send(body.to_string().as_bytes()))
-                .map_err(|why| format!("Cloud KMS at {endpoint}: {why}"))?;
-            match status {
-                200 => break answer,
-                401 if attempts_left > 0 => self.token.forget(),
-                _ => {
-                    if status == 401 {
-                        self.token.forget();
-                    }
-                    return Err(format!("Cloud KMS decrypt answered HTTP {status}: {}", google_error(&answer)));
-                }
-            }
-        };
+        let fetch = || self.fetch_token();
+        let what = format!("Cloud KMS at {endpoint}");
+        let (status, answer) = post_with_token(&self.http, &self.token, fetch, &url, &body.to_string(), &what)?;
+        if status != 200 {
+            return Err(format!("Cloud KMS decrypt answered HTTP {status}: {}", google_error(&answer)));
+        }
         let plaintext =
             super::take_secret_field(&answer, "plaintext").ok_or("Cloud KMS decrypt answered without a plaintext")?;
         base64::engine::general_purpose::STANDARD

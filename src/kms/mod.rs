@@ -76,6 +76,39 @@ pub(crate) fn form(fields: &[(&str, &str)]) -> Zeroizing<String> {
     )
 }
 
+/// POSTs the JSON `body` to `url` with a bearer token from `tokens` (`fetch` gets a new one
+/// when needed). A 401 means the service no longer accepts the token: it is dropped and the
+/// call made once more with a new one, so a rotated token costs no failed request. Returns
+/// the last answer's status and body; `what` names the service in transport errors.
+pub(crate) fn post_with_token(
+    http: &HttpClient,
+    tokens: &token::TokenCache,
+    fetch: impl Fn() -> Result<token::Fetched, String>,
+    url: &str,
+    body: &str,
+    what: &str,
+) -> Result<(u16, Zeroizing<Vec<u8>>), String> {
+    let mut attempts_left = 2;
+    loop {
+        attempts_left -= 1;
+        let token = tokens.get(crate::time::now_ms(), &fetch)?;
+        let bearer = Zeroizing::new(format!("Bearer {}", token.expose()));
+        let call = agent_for(http, url)
+            .post(url)
+            .header("Authorization", bearer.as_str())
+            .header("Content-Type", "application/json");
+        let (status, answer) =
+            crate::http::small_reply(call.send(body.as_bytes())).map_err(|why| format!("{what}: {why}"))?;
+        if status != 401 {
+            return Ok((status, answer));
+        }
+        tokens.forget();
+        if attempts_left == 0 {
+            return Ok((status, answer));
+        }
+    }
+}
+
 /// The agent for a URL's host (direct for loopback and link-local metadata addresses).
 pub(crate) fn agent_for<'a>(http: &'a HttpClient, url: &str) -> &'a ureq::Agent {
     let host = crate::url::HttpUrl::parse(url).map(|url| url.host).unwrap_or_default();

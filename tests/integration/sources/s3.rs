@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::loopback::{Answer, Recorded, Server};
 use crate::support::{
-    build_artifact, free_port, get, now_ms, wait_until, Agent, ArtifactOptions, Deployment, TempDir, PLAINTEXT,
-    PLAINTEXT_ROTATED,
+    build_artifact, free_port, get, sighup_and_wait_for_refresh, wait_until, Agent, ArtifactOptions, Deployment,
+    TempDir, PLAINTEXT, PLAINTEXT_ROTATED,
 };
 
 const BUCKET: &str = "clef-artifacts";
@@ -415,27 +415,6 @@ pub(crate) fn assert_never_logged(agent: &Agent, secrets: &[&str]) {
     }
 }
 
-/// `lastRefreshAt` of `/v1/health` (epoch ms): it moves on every successful refresh, including
-/// one that found the artifact unchanged.
-fn last_refresh_at(agent: &Agent) -> u64 {
-    let health = get(agent.port(), "/v1/health", &[]).json();
-    health["lastRefreshAt"].as_u64().unwrap_or_else(|| panic!("no lastRefreshAt in {health}"))
-}
-
-/// Sends SIGHUP and waits until the refresh it causes has completed successfully.
-fn sighup_and_wait_for_refresh(agent: &Agent) {
-    let before = last_refresh_at(agent);
-    // lastRefreshAt has millisecond resolution: make sure the next refresh cannot share it.
-    assert!(wait_until(Duration::from_secs(1), || now_ms() > before + 1));
-    agent.signal(libc::SIGHUP);
-    assert!(
-        wait_until(SIGHUP_LIMIT, || last_refresh_at(agent) > before),
-        "no successful refresh after SIGHUP; stdout: {}\nstderr: {}",
-        agent.stdout(),
-        agent.stderr()
-    );
-}
-
 pub(crate) fn revision(agent: &Agent) -> String {
     get(agent.port(), "/v1/health", &[]).json()["revision"].as_str().unwrap_or_default().to_string()
 }
@@ -594,7 +573,7 @@ fn picks_up_a_rotated_object_by_its_etag_and_costs_a_304_when_unchanged() {
     // Unchanged: the one GET of the refresh carries If-None-Match and moto answers 304; the
     // agent says nothing and keeps serving.
     let (stdout_before, stderr_before) = (agent.stdout(), agent.stderr());
-    sighup_and_wait_for_refresh(&agent);
+    sighup_and_wait_for_refresh(&agent, SIGHUP_LIMIT);
     let gets = moto.wait_for_gets(BUCKET, KEY, 2, &agent);
     assert_eq!(gets[1..], [logged("GET", &path, 304)], "one conditional GET per refresh");
     agent.get("/v1/secrets").assert(200, PLAINTEXT);
@@ -603,7 +582,7 @@ fn picks_up_a_rotated_object_by_its_etag_and_costs_a_304_when_unchanged() {
     // Rotated: a new object, a new ETag, the new secrets on the next refresh.
     let second_etag = moto.put_object(BUCKET, KEY, &artifact(PLAINTEXT_ROTATED, "rev-2"));
     assert_ne!(first_etag, second_etag);
-    sighup_and_wait_for_refresh(&agent);
+    sighup_and_wait_for_refresh(&agent, SIGHUP_LIMIT);
     agent.get("/v1/secrets").assert(200, PLAINTEXT_ROTATED);
     agent.wait_for_stdout("[clef-agent] refreshed: revision rev-2 (5 keys)\n", SIGHUP_LIMIT);
     assert_eq!(revision(&agent), "rev-2");
@@ -611,7 +590,7 @@ fn picks_up_a_rotated_object_by_its_etag_and_costs_a_304_when_unchanged() {
     assert_eq!(gets[2..], [logged("GET", &path, 200)]);
 
     // And the new ETag is the one asked about next.
-    sighup_and_wait_for_refresh(&agent);
+    sighup_and_wait_for_refresh(&agent, SIGHUP_LIMIT);
     let gets = moto.wait_for_gets(BUCKET, KEY, 4, &agent);
     assert_eq!(gets[3..], [logged("GET", &path, 304)]);
     agent.get("/v1/secrets").assert(200, PLAINTEXT_ROTATED);
@@ -754,7 +733,7 @@ fn web_identity_credentials_come_from_sts_assume_role_with_web_identity() {
     assert_eq!(moto.requests_since_enforced(), [logged("POST", "/", 200), logged("GET", &path, 200)]);
 
     // The credentials are kept until shortly before they expire: a refresh asks STS nothing.
-    sighup_and_wait_for_refresh(&agent);
+    sighup_and_wait_for_refresh(&agent, SIGHUP_LIMIT);
     assert_eq!(moto.wait_for_gets(BUCKET, KEY, 2, &agent)[1..], [logged("GET", &path, 304)]);
     assert_eq!(sts.requests().len(), 1);
     assert_never_logged(&agent, &[token, &secret, &session_token]);

@@ -13,8 +13,8 @@ use serde_json::json;
 
 use crate::support::loopback::{Answer, Recorded, Server};
 use crate::support::{
-    age_key_line, build_artifact, free_port, get, now_ms, sha256_hex, wait_until, Agent, ArtifactOptions, PLAINTEXT,
-    PLAINTEXT_ROTATED, TOKEN,
+    age_key_line, build_artifact, free_port, get, sha256_hex, sighup_and_wait_for_refresh, wait_until, Agent,
+    ArtifactOptions, PLAINTEXT, PLAINTEXT_ROTATED, TOKEN,
 };
 
 const REPO: &str = "acme/platform-secrets";
@@ -112,28 +112,6 @@ fn wait_for_secrets(agent: &Agent, body: &str, limit: Duration) -> bool {
         let response = agent.get("/v1/secrets");
         response.status == 200 && response.body == body.as_bytes()
     })
-}
-
-/// `lastRefreshAt` of `/v1/health` (epoch ms): it moves on every successful refresh, including
-/// one that found the artifact unchanged.
-fn last_refresh_at(agent: &Agent) -> u64 {
-    let health = get(agent.port(), "/v1/health", &[]).json();
-    health["lastRefreshAt"].as_u64().unwrap_or_else(|| panic!("no lastRefreshAt in {health}"))
-}
-
-/// Sends SIGHUP and waits until the refresh it causes has completed successfully (the health
-/// check's `lastRefreshAt` moved), whatever it found.
-fn sighup_and_wait_for_refresh(agent: &Agent) {
-    let before = last_refresh_at(agent);
-    // lastRefreshAt has millisecond resolution: make sure the next refresh cannot share it.
-    assert!(wait_until(Duration::from_secs(1), || now_ms() > before + 1));
-    agent.signal(libc::SIGHUP);
-    assert!(
-        wait_until(SIGHUP_LIMIT, || last_refresh_at(agent) > before),
-        "no successful refresh after SIGHUP; stdout: {}\nstderr: {}",
-        agent.stdout(),
-        agent.stderr()
-    );
 }
 
 /// The SHA-1 git names a blob with: `sha1("blob <len>\0" + bytes)`, lowercase hex.
@@ -408,7 +386,7 @@ fn github_rotates_on_a_new_sha_and_needs_no_content_while_the_sha_is_unchanged()
     agent.get("/v1/secrets").assert(200, PLAINTEXT);
 
     // Same sha: one GET, nothing else, the secrets stay.
-    sighup_and_wait_for_refresh(&agent);
+    sighup_and_wait_for_refresh(&agent, SIGHUP_LIMIT);
     let requests = server.requests();
     assert_eq!(requests.len(), 2, "an unchanged sha must cost one GET per poll: {requests:#?}");
     agent.get("/v1/secrets").assert(200, PLAINTEXT);
@@ -571,7 +549,7 @@ fn gitlab_with_a_ref_and_a_path_prefix_rotates_on_a_new_blob_id_and_skips_an_unc
     ]);
     agent.get("/v1/secrets").assert(200, PLAINTEXT);
 
-    sighup_and_wait_for_refresh(&agent);
+    sighup_and_wait_for_refresh(&agent, SIGHUP_LIMIT);
     assert_eq!(server.requests().len(), 2, "{:#?}", server.requests());
     agent.get("/v1/secrets").assert(200, PLAINTEXT);
     assert!(!agent.stderr().contains("poll error"), "the unchanged blob was decoded: {}", agent.stderr());
@@ -722,7 +700,7 @@ fn bitbucket_with_a_ref_reads_only_the_meta_while_the_commit_is_unchanged_and_ro
     ]);
     agent.get("/v1/secrets").assert(200, PLAINTEXT);
 
-    sighup_and_wait_for_refresh(&agent);
+    sighup_and_wait_for_refresh(&agent, SIGHUP_LIMIT);
     assert_eq!(server.requests().len(), 3, "an unchanged commit costs only the meta request: {:#?}", server.requests());
     agent.get("/v1/secrets").assert(200, PLAINTEXT);
 

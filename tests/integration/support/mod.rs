@@ -162,3 +162,25 @@ impl Deployment {
         write_atomically(&self.artifact, text);
     }
 }
+
+/// `lastRefreshAt` of `/v1/health` (epoch ms): it moves on every successful refresh, including
+/// one that found the artifact unchanged.
+pub fn last_refresh_at(agent: &Agent) -> u64 {
+    let health = get(agent.port(), "/v1/health", &[]).json();
+    health["lastRefreshAt"].as_u64().unwrap_or_else(|| panic!("no lastRefreshAt in {health}"))
+}
+
+/// Sends SIGHUP and waits up to `limit` until the refresh it causes has completed
+/// successfully (the health check's `lastRefreshAt` moved), whatever it found.
+pub fn sighup_and_wait_for_refresh(agent: &Agent, limit: Duration) {
+    let before = last_refresh_at(agent);
+    // lastRefreshAt has millisecond resolution: make sure the next refresh cannot share it.
+    assert!(wait_until(Duration::from_secs(1), || now_ms() > before + 1));
+    agent.signal(libc::SIGHUP);
+    assert!(
+        wait_until(limit, || last_refresh_at(agent) > before),
+        "no successful refresh after SIGHUP; stdout: {}\nstderr: {}",
+        agent.stdout(),
+        agent.stderr()
+    );
+}
