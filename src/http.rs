@@ -82,6 +82,12 @@ impl HttpClient {
         }
     }
 
+    /// The agent for the host of `url` (see [`HttpClient::for_host`]).
+    pub fn for_url(&self, url: &str) -> &Agent {
+        let host = crate::url::HttpUrl::parse(url).map(|url| url.host).unwrap_or_default();
+        self.for_host(&host)
+    }
+
     /// A direct agent without a whole-request timeout.
     pub fn long_poll(&self) -> &Agent {
         &self.long_poll
@@ -99,6 +105,18 @@ fn agent(proxy: Option<ureq::Proxy>, request_timeout: Option<Duration>, tls: Tls
         .proxy(proxy)
         .build()
         .into()
+}
+
+/// An `application/x-www-form-urlencoded` body (RFC 3986 unreserved characters kept), zeroed
+/// on drop: the token requests that use it carry credentials.
+pub fn form(fields: &[(&str, &str)]) -> zeroize::Zeroizing<String> {
+    zeroize::Zeroizing::new(
+        fields
+            .iter()
+            .map(|(name, value)| format!("{name}={}", crate::aws::sigv4::encode(value, true)))
+            .collect::<Vec<_>>()
+            .join("&"),
+    )
 }
 
 /// Answers of credential, token and KMS endpoints are small; more than this is not one.

@@ -117,16 +117,12 @@ impl CredentialChain {
             ("RoleSessionName", session.as_str()),
             ("WebIdentityToken", token.expose()),
         ];
-        let body = zeroize::Zeroizing::new(
-            form.iter()
-                .map(|(name, value)| format!("{name}={}", super::sigv4::encode(value, true)))
-                .collect::<Vec<_>>()
-                .join("&"),
-        );
+        let body = crate::http::form(&form);
         let url = format!("{}/", endpoint.trim_end_matches('/'));
         let context = |why: String| format!("STS AssumeRoleWithWebIdentity at {endpoint} for {role_arn} failed: {why}");
         let response = self
-            .agent_for(&url)
+            .http
+            .for_url(&url)
             .post(&url)
             .header("Content-Type", "application/x-www-form-urlencoded")
             .send(body.as_bytes());
@@ -162,7 +158,7 @@ impl CredentialChain {
             )),
             (None, token) => token.map(Secret::new),
         };
-        let mut request = self.agent_for(url).get(url);
+        let mut request = self.http.for_url(url).get(url);
         if let Some(token) = &authorization {
             request = request.header("Authorization", token.expose());
         }
@@ -177,7 +173,8 @@ impl CredentialChain {
     fn instance_metadata(&self, endpoint: &str) -> Result<Credentials, String> {
         let token_url = format!("{endpoint}/latest/api/token");
         let response = self
-            .agent_for(&token_url)
+            .http
+            .for_url(&token_url)
             .put(&token_url)
             .header("X-aws-ec2-metadata-token-ttl-seconds", "21600")
             .send_empty();
@@ -187,7 +184,7 @@ impl CredentialChain {
         }
         let token = Secret::new(String::from_utf8_lossy(&token).trim().to_string());
         let get = |url: &str| -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
-            let response = self.agent_for(url).get(url).header("X-aws-ec2-metadata-token", token.expose()).call();
+            let response = self.http.for_url(url).get(url).header("X-aws-ec2-metadata-token", token.expose()).call();
             match small_reply(response)? {
                 (200, body) => Ok(body),
                 (404, _) => Err("no IAM role is attached to this instance".into()),
@@ -201,11 +198,6 @@ impl CredentialChain {
             return Err("no IAM role is attached to this instance".into());
         }
         credentials_from_json(&get(&format!("{roles_url}{role}"))?)
-    }
-
-    fn agent_for(&self, url: &str) -> &ureq::Agent {
-        let host = crate::url::HttpUrl::parse(url).map(|url| url.host).unwrap_or_default();
-        self.http.for_host(&host)
     }
 }
 

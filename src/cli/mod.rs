@@ -6,8 +6,10 @@ pub mod exec;
 pub mod healthcheck;
 
 use std::ffi::OsString;
+use std::sync::Arc;
 
 use crate::artifact::Artifact;
+use crate::aws::credentials::CredentialChain;
 use crate::aws::Env;
 use crate::config::{Config, ConfigError};
 use crate::decrypt::{Keys, Plaintext};
@@ -75,8 +77,12 @@ pub fn parse(arguments: Vec<OsString>) -> Result<Command, String> {
 pub fn load_once(config: &Config) -> Result<(Box<Artifact>, Plaintext), Fatal> {
     let http = HttpClient::new(config.ssl_cert_file.as_deref()).map_err(ConfigError)?;
     let env = Env::from_process();
-    let keys = Keys { age: config.load_age_identity()?, kms: Some(Kms::new(http.clone(), env.clone())) };
-    let mut source = crate::source::from_config(&config.source, &http, &env).map_err(ConfigError)?;
+    let credentials = Arc::new(CredentialChain::new(env.clone(), http.clone()));
+    let keys = Keys {
+        age: config.load_age_identity()?,
+        kms: Some(Kms::new(http.clone(), env.clone(), Arc::clone(&credentials))),
+    };
+    let mut source = crate::source::from_config(&config.source, &http, &env, &credentials).map_err(ConfigError)?;
     let failed = |error: RefreshError| {
         Fatal::Other(format!("cannot load the artifact from {}: {error}. {}", config.source.describe(), error.hint()))
     };

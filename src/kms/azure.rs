@@ -5,10 +5,10 @@
 use base64::Engine as _;
 use zeroize::Zeroizing;
 
+use super::post_with_token;
 use super::token::{self, Fetched, TokenCache};
-use super::{agent_for, form, post_with_token};
 use crate::env::Env;
-use crate::http::{small_reply, HttpClient};
+use crate::http::{form, small_reply, HttpClient};
 
 const API_VERSION: &str = "7.4";
 const RESOURCE: &str = "https://vault.azure.net";
@@ -85,7 +85,7 @@ impl AzureKms {
             let header = Zeroizing::new(header);
             let url =
                 format!("{endpoint}?resource={resource}&api-version=2019-08-01{}", client_query.unwrap_or_default());
-            let call = agent_for(&self.http, &url).get(&url).header("X-IDENTITY-HEADER", header.as_str());
+            let call = self.http.for_url(&url).get(&url).header("X-IDENTITY-HEADER", header.as_str());
             let (status, answer) =
                 small_reply(call.call()).map_err(|why| format!("the App Service identity endpoint: {why}"))?;
             return token::from_answer(status, &answer, now_ms, "the App Service identity endpoint");
@@ -96,7 +96,7 @@ impl AzureKms {
             imds.trim_end_matches('/'),
             client_query.unwrap_or_default()
         );
-        let call = agent_for(&self.http, &url).get(&url).header("Metadata", "true");
+        let call = self.http.for_url(&url).get(&url).header("Metadata", "true");
         let (status, answer) = small_reply(call.call()).map_err(|why| {
             format!(
                 "no Azure credentials: set AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_CLIENT_SECRET or AZURE_FEDERATED_TOKEN_FILE, \
@@ -111,7 +111,7 @@ impl AzureKms {
         let authority = self.env.get("AZURE_AUTHORITY_HOST").unwrap_or_else(|| DEFAULT_AUTHORITY.into());
         let url = format!("{}/{tenant}/oauth2/v2.0/token", authority.trim_end_matches('/'));
         let body = form(fields);
-        let call = agent_for(&self.http, &url).post(&url).header("Content-Type", "application/x-www-form-urlencoded");
+        let call = self.http.for_url(&url).post(&url).header("Content-Type", "application/x-www-form-urlencoded");
         let (status, answer) =
             small_reply(call.send(body.as_bytes())).map_err(|why| format!("the token endpoint {url}: {why}"))?;
         token::from_answer(status, &answer, now_ms, &format!("the token endpoint {url}"))

@@ -6,10 +6,10 @@ use base64::Engine as _;
 use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 use zeroize::Zeroizing;
 
+use super::post_with_token;
 use super::token::{self, Fetched, TokenCache};
-use super::{agent_for, form, post_with_token};
 use crate::env::Env;
-use crate::http::{small_reply, HttpClient};
+use crate::http::{form, small_reply, HttpClient};
 
 const DEFAULT_ENDPOINT: &str = "https://cloudkms.googleapis.com";
 const DEFAULT_TOKEN_URI: &str = "https://oauth2.googleapis.com/token";
@@ -98,9 +98,8 @@ impl GcpKms {
 
     fn token_request(&self, token_uri: &str, fields: &[(&str, &str)], now_ms: u64) -> Result<Fetched, String> {
         let body = form(fields);
-        let call = agent_for(&self.http, token_uri)
-            .post(token_uri)
-            .header("Content-Type", "application/x-www-form-urlencoded");
+        let call =
+            self.http.for_url(token_uri).post(token_uri).header("Content-Type", "application/x-www-form-urlencoded");
         let (status, answer) =
             small_reply(call.send(body.as_bytes())).map_err(|why| format!("the token endpoint {token_uri}: {why}"))?;
         token::from_answer(status, &answer, now_ms, &format!("the token endpoint {token_uri}"))
@@ -109,7 +108,7 @@ impl GcpKms {
     fn metadata_token(&self) -> Result<Fetched, String> {
         let host = self.env.get("GCE_METADATA_HOST").unwrap_or_else(|| METADATA_HOST.into());
         let url = format!("http://{host}/computeMetadata/v1/instance/service-accounts/default/token");
-        let call = agent_for(&self.http, &url).get(&url).header("Metadata-Flavor", "Google");
+        let call = self.http.for_url(&url).get(&url).header("Metadata-Flavor", "Google");
         let (status, answer) = small_reply(call.call()).map_err(|why| {
             format!(
                 "no GCP credentials: GOOGLE_APPLICATION_CREDENTIALS is not set and the metadata server {host} cannot be reached ({why})"

@@ -29,8 +29,9 @@ pub struct Kms {
 }
 
 impl Kms {
-    pub fn new(http: HttpClient, env: Env) -> Kms {
-        let credentials = Arc::new(CredentialChain::new(env.clone(), http.clone()));
+    /// `credentials`: the AWS credential chain, shared with an S3 source so that temporary
+    /// credentials are looked up once.
+    pub fn new(http: HttpClient, env: Env, credentials: Arc<CredentialChain>) -> Kms {
         Kms {
             aws: aws::AwsKms::new(http.clone(), env.clone(), credentials),
             gcp: gcp::GcpKms::new(http.clone(), env.clone()),
@@ -65,17 +66,6 @@ pub(crate) fn take_secret_field(body: &[u8], name: &str) -> Option<Zeroizing<Str
     }
 }
 
-/// An `application/x-www-form-urlencoded` body, zeroed on drop (it carries credentials).
-pub(crate) fn form(fields: &[(&str, &str)]) -> Zeroizing<String> {
-    Zeroizing::new(
-        fields
-            .iter()
-            .map(|(name, value)| format!("{name}={}", crate::aws::sigv4::encode(value, true)))
-            .collect::<Vec<_>>()
-            .join("&"),
-    )
-}
-
 /// POSTs the JSON `body` to `url` with a bearer token from `tokens` (`fetch` gets a new one
 /// when needed). A 401 means the service no longer accepts the token: it is dropped and the
 /// call made once more with a new one, so a rotated token costs no failed request. Returns
@@ -93,7 +83,8 @@ pub(crate) fn post_with_token(
         attempts_left -= 1;
         let token = tokens.get(crate::time::now_ms(), &fetch)?;
         let bearer = Zeroizing::new(format!("Bearer {}", token.expose()));
-        let call = agent_for(http, url)
+        let call = http
+            .for_url(url)
             .post(url)
             .header("Authorization", bearer.as_str())
             .header("Content-Type", "application/json");
@@ -107,10 +98,4 @@ pub(crate) fn post_with_token(
             return Ok((status, answer));
         }
     }
-}
-
-/// The agent for a URL's host (direct for loopback and link-local metadata addresses).
-pub(crate) fn agent_for<'a>(http: &'a HttpClient, url: &str) -> &'a ureq::Agent {
-    let host = crate::url::HttpUrl::parse(url).map(|url| url.host).unwrap_or_default();
-    http.for_host(&host)
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
+use crate::aws::credentials::CredentialChain;
 use crate::aws::Env;
 use crate::cache::DiskCache;
 use crate::config::{Config, ConfigError, SourceConfig};
@@ -91,8 +92,10 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
     harden_process();
     let http = HttpClient::new(config.ssl_cert_file.as_deref()).map_err(ConfigError)?;
     let env = Env::from_process();
-    let keys = Arc::new(Keys { age: config.load_age_identity()?, kms: Some(Kms::new(http.clone(), env.clone())) });
-    let source = crate::source::from_config(&config.source, &http, &env).map_err(ConfigError)?;
+    let credentials = Arc::new(CredentialChain::new(env.clone(), http.clone()));
+    let kms = Kms::new(http.clone(), env.clone(), Arc::clone(&credentials));
+    let keys = Arc::new(Keys { age: config.load_age_identity()?, kms: Some(kms) });
+    let source = crate::source::from_config(&config.source, &http, &env, &credentials).map_err(ConfigError)?;
     let (token, token_line) = token::resolve(&config.token)?;
     warn_about_unsupported_options(&config);
     let listeners = bind_listeners(&config)?;

@@ -76,15 +76,19 @@ pub trait Source: Send {
     fn fetch(&mut self, last_content_hash: Option<&str>) -> Result<Fetched, FetchError>;
 }
 
-/// Builds the configured source. `http` is the process's HTTP client; `aws` the environment
-/// the AWS credential chain reads.
-pub fn from_config(config: &SourceConfig, http: &HttpClient, aws: &Env) -> Result<Box<dyn Source>, String> {
+/// Builds the configured source. `http` is the process's HTTP client; `env` and `credentials`
+/// the AWS environment and credential chain (shared with the KMS client).
+pub fn from_config(
+    config: &SourceConfig,
+    http: &HttpClient,
+    env: &Env,
+    credentials: &Arc<CredentialChain>,
+) -> Result<Box<dyn Source>, String> {
     Ok(match config {
         SourceConfig::File(path) => Box::new(file::FileSource::new(path.clone())),
         SourceConfig::Http(url) => Box::new(http::HttpSource::new(http.clone(), url.clone())),
         SourceConfig::S3 { location, region } => {
-            let credentials = Arc::new(CredentialChain::new(aws.clone(), http.clone()));
-            Box::new(s3::S3Source::new(http.clone(), credentials, aws, location, region.clone())?)
+            Box::new(s3::S3Source::new(http.clone(), Arc::clone(credentials), env, location, region.clone())?)
         }
         SourceConfig::Vcs(vcs) => Box::new(vcs::VcsSource::new(http.clone(), vcs)),
     })

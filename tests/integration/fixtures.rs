@@ -11,6 +11,9 @@ use clef_agent::decrypt::{AgeIdentity, Keys, Plaintext};
 use clef_agent::refresh::{open, screen};
 
 use base64::Engine as _;
+use std::sync::Arc;
+
+use clef_agent::aws::credentials::CredentialChain;
 use clef_agent::env::Env;
 use clef_agent::http::HttpClient;
 use clef_agent::kms::Kms;
@@ -173,7 +176,11 @@ fn keys_with(kms: &Server) -> Keys {
     let env = Env::from_pairs(&[("GCE_METADATA_HOST", &host), ("CLEF_AGENT_GCP_KMS_ENDPOINT", &endpoint)]);
     Keys {
         age: Some(AgeIdentity::from_file_contents(&read_fixture("keys/demo.agekey")).expect("demo.agekey")),
-        kms: Some(Kms::new(HttpClient::default(), env)),
+        kms: Some(Kms::new(
+            HttpClient::default(),
+            env.clone(),
+            Arc::new(CredentialChain::new(env, HttpClient::default())),
+        )),
     }
 }
 
