@@ -1,6 +1,7 @@
-//! The HTTP server: tiny_http on a listener we bound, a few worker threads that answer from
-//! the routes, and the rules that keep a bad request from costing more than its own answer —
-//! a panicking handler costs one 500, a dead accept loop ends the process.
+//! The HTTP server: tiny_http on a listener we bound, answering each request on the thread that
+//! read it (a patched tiny_http, see vendor/tiny_http/PATCHES.md), and the rules that keep a bad
+//! request from costing more than its own answer — a panicking handler costs one 500, a dead
+//! accept loop ends the process.
 
 pub mod listener;
 pub mod routes;
@@ -9,15 +10,12 @@ use std::io::Read;
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use self::routes::{Api, Body, Reply, Request};
-
-/// Worker threads answering requests; tiny_http reads connections on its own threads.
-const WORKERS: usize = 4;
 
 /// A listener bound by [`listener::bind_loopback`] or [`listener::bind_unix`].
 pub enum Bound {
@@ -27,8 +25,10 @@ pub enum Bound {
 
 pub struct Server {
     http: Arc<tiny_http::Server>,
-    workers: Vec<JoinHandle<()>>,
+    /// Waits on `recv()`, which in this mode returns only when the accept loop fails or stops.
+    watcher: JoinHandle<()>,
     stopping: Arc<AtomicBool>,
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl Server {
@@ -37,7 +37,7 @@ impl Server {
     pub fn start(
         listener: Bound,
         api: Arc<Api>,
-        on_failure: impl Fn(String) + Clone + Send + 'static,
+        on_failure: impl Fn(String) + Send + 'static,
     ) -> Result<Server, String> {
         let stopping = Arc::new(AtomicBool::new(false));
         let listener: tiny_http::Listener = match listener {
@@ -49,53 +49,43 @@ impl Server {
             }
             Bound::Unix(listener) => listener.into(),
         };
-        let http = tiny_http::Server::from_listener(listener, None).map_err(|error| error.to_string())?;
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&in_flight);
+        let serve = move |request: tiny_http::Request| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let reply = answer(&api, &request);
+            let _ = request.respond(into_response(reply));
+            counter.fetch_sub(1, Ordering::SeqCst);
+        };
+        let http = tiny_http::Server::from_listener_with_handler(listener, serve).map_err(|error| error.to_string())?;
         let http = Arc::new(http);
-        let mut workers = Vec::with_capacity(WORKERS);
-        for index in 0..WORKERS {
-            let (http, api, stopping, on_failure) =
-                (Arc::clone(&http), Arc::clone(&api), Arc::clone(&stopping), on_failure.clone());
-            let worker = std::thread::Builder::new()
-                .name(format!("http-{index}"))
-                .spawn(move || work(&http, &api, &stopping, on_failure))
-                .map_err(|error| error.to_string())?;
-            workers.push(worker);
-        }
-        Ok(Server { http, workers, stopping })
+        let (watched, flag) = (Arc::clone(&http), Arc::clone(&stopping));
+        let watcher = std::thread::Builder::new()
+            .name("http-accept-watch".into())
+            .spawn(move || {
+                let error = watched.recv().err();
+                if !flag.load(Ordering::SeqCst) {
+                    let error = error.map_or_else(|| "no error given".to_string(), |error| error.to_string());
+                    on_failure(format!("the HTTP server stopped accepting connections: {error}"));
+                }
+            })
+            .map_err(|error| error.to_string())?;
+        Ok(Server { http, watcher, stopping, in_flight })
     }
 
-    /// Every worker thread is still running (the watchdog's self-check).
+    /// The accept loop is still running (the watchdog's self-check).
     pub fn is_healthy(&self) -> bool {
-        self.workers.iter().all(|worker| !worker.is_finished())
+        !self.watcher.is_finished()
     }
 
-    /// Stops taking requests and waits up to `grace` for the ones in flight.
+    /// Stops the accept watch and waits up to `grace` for the requests in flight.
     pub fn stop(self, grace: Duration) {
         self.stopping.store(true, Ordering::SeqCst);
-        for _ in &self.workers {
-            self.http.unblock();
-        }
+        self.http.unblock();
         let deadline = Instant::now() + grace;
-        for worker in self.workers {
-            while !worker.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
+        while self.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
         }
-    }
-}
-
-fn work(http: &tiny_http::Server, api: &Api, stopping: &AtomicBool, on_failure: impl Fn(String)) {
-    loop {
-        let request = match http.recv() {
-            Ok(request) => request,
-            Err(_) if stopping.load(Ordering::SeqCst) => return,
-            Err(error) => {
-                on_failure(format!("the HTTP server stopped accepting connections: {error}"));
-                return;
-            }
-        };
-        let reply = answer(api, &request);
-        let _ = request.respond(into_response(reply));
     }
 }
 
@@ -119,23 +109,21 @@ pub fn handle_safely(handler: impl FnOnce() -> Reply) -> Reply {
 }
 
 fn into_response(reply: Reply) -> tiny_http::Response<BodyReader> {
-    let mut headers = vec![("Content-Type", reply.content_type), ("X-Content-Type-Options", "nosniff")];
+    let mut headers = Vec::with_capacity(3 + reply.headers.len());
+    headers.extend([("Content-Type", reply.content_type), ("X-Content-Type-Options", "nosniff")]);
     if reply.no_store {
         headers.push(("Cache-Control", "no-store"));
     }
     headers.extend(reply.headers.iter().copied());
-    let headers = headers
-        .into_iter()
-        .filter_map(|(name, value)| tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()).ok())
-        .collect();
     let length = reply.body.bytes().len();
     tiny_http::Response::new(
         tiny_http::StatusCode(reply.status),
-        headers,
+        Vec::new(),
         BodyReader { body: reply.body, position: 0 },
         Some(length),
         None,
     )
+    .with_static_headers(headers)
 }
 
 /// Streams a reply body straight from where it lives (a shared snapshot included), so serving

@@ -240,20 +240,13 @@ fn artifact_expired(served: &Served, now_ms: u64) -> Option<String> {
 /// Exactly one `Host` header naming a loopback name, with or without a port.
 fn host_is_loopback(hosts: &[&str]) -> bool {
     let [host] = hosts else { return false };
-    let host = host.trim().to_ascii_lowercase();
-    let name = match host.strip_prefix("[::1]") {
-        Some(rest) => return rest.is_empty() || port_suffix_is_valid(rest),
-        None => match host.split_once(':') {
-            Some((name, port)) => {
-                if !port_suffix_is_valid(&format!(":{port}")) {
-                    return false;
-                }
-                name.to_string()
-            }
-            None => host,
-        },
+    let host = host.trim();
+    let (name, port) = match host.strip_prefix("[::1]") {
+        Some(rest) => ("[::1]", rest),
+        None => host.find(':').map_or((host, ""), |colon| host.split_at(colon)),
     };
-    name == "127.0.0.1" || name == "localhost"
+    (port.is_empty() || port_suffix_is_valid(port))
+        && ["127.0.0.1", "localhost", "[::1]"].iter().any(|loopback| name.eq_ignore_ascii_case(loopback))
 }
 
 /// `:` and a port of decimal digits (RFC 3986 allows it empty); `u16::from_str` alone would
@@ -273,14 +266,15 @@ fn path_of(target: &str) -> &str {
 fn parse_route(path: &str) -> Result<Option<Route>, String> {
     let path = path.strip_suffix('/').filter(|trimmed| !trimmed.is_empty()).unwrap_or(path);
     let Some(rest) = path.strip_prefix("/v1/") else { return Ok(None) };
-    let segments: Vec<&str> = rest.split('/').collect();
-    Ok(match segments.as_slice() {
-        ["health"] => Some(Route::Health),
-        ["ready"] => Some(Route::Ready),
-        ["secrets"] => Some(Route::Secrets),
-        ["keys"] => Some(Route::Keys),
-        ["secrets", name] if !name.is_empty() => Some(Route::Namespace(percent_decode(name)?)),
-        ["secrets", namespace, key] if !namespace.is_empty() && !key.is_empty() => {
+    let mut segments = rest.split('/');
+    let segments = [segments.next(), segments.next(), segments.next(), segments.next()];
+    Ok(match segments {
+        [Some("health"), None, ..] => Some(Route::Health),
+        [Some("ready"), None, ..] => Some(Route::Ready),
+        [Some("secrets"), None, ..] => Some(Route::Secrets),
+        [Some("keys"), None, ..] => Some(Route::Keys),
+        [Some("secrets"), Some(name), None, _] if !name.is_empty() => Some(Route::Namespace(percent_decode(name)?)),
+        [Some("secrets"), Some(namespace), Some(key), None] if !namespace.is_empty() && !key.is_empty() => {
             Some(Route::Value(percent_decode(namespace)?, percent_decode(key)?))
         }
         _ => None,

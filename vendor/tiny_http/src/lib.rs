@@ -243,7 +243,28 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        let listener = listener.into();
+        Self::start(listener.into(), ssl_config, None)
+    }
+
+    /// clef-agent patch (PATCHES.md): builds a server that answers every request on the thread
+    /// that read it, by calling `handler`, instead of queueing it for `recv()`. `recv()` then
+    /// only returns the accept loop's error, or the error of `unblock()`.
+    pub fn from_listener_with_handler<L, H>(
+        listener: L,
+        handler: H,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>>
+    where
+        L: Into<Listener>,
+        H: Fn(Request) + Send + Sync + 'static,
+    {
+        Self::start(listener.into(), None, Some(Arc::new(handler)))
+    }
+
+    fn start(
+        listener: Listener,
+        ssl_config: Option<SslConfig>,
+        handler: Option<Arc<dyn Fn(Request) + Send + Sync>>,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
 
@@ -321,9 +342,14 @@ impl Server {
                 match new_client {
                     Ok(client) => {
                         let messages = inside_messages.clone();
+                        let handler = handler.clone();
                         let mut client = Some(client);
                         tasks_pool.spawn(Box::new(move || {
-                            if let Some(client) = client.take() {
+                            if let (Some(client), Some(handler)) = (client.take(), &handler) {
+                                for rq in client {
+                                    handler(rq);
+                                }
+                            } else if let Some(client) = client.take() {
                                 // Synchronization is needed for HTTPS requests to avoid a deadlock
                                 if client.secure() {
                                     let (sender, receiver) = mpsc::channel();

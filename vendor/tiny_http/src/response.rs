@@ -43,6 +43,8 @@ pub struct Response<R> {
     headers: Vec<Header>,
     data_length: Option<usize>,
     chunked_threshold: Option<usize>,
+    /// clef-agent patch: headers known when the program is built, written without allocating.
+    static_headers: Vec<(&'static str, &'static str)>,
 }
 
 /// A `Response` without a template parameter.
@@ -70,43 +72,91 @@ impl FromStr for TransferEncoding {
     }
 }
 
-/// Builds a Date: header with the current date.
-fn build_date_header() -> Header {
-    let d = HttpDate::from(SystemTime::now());
-    Header::from_bytes(&b"Date"[..], &d.to_string().into_bytes()[..]).unwrap()
+/// The value of a `Date:` header for now.
+///
+/// clef-agent patch: formatted once per second per thread instead of once per response.
+fn date_header_value() -> String {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |since| since.as_secs());
+    DATE.with(|date| {
+        let mut date = date.borrow_mut();
+        if date.0 != second {
+            *date = (second, HttpDate::from(now).to_string());
+        }
+        date.1.clone()
+    })
 }
 
-fn write_message_header<W>(
-    mut writer: W,
+/// Appends the status line, the headers and the empty line that ends them to `head`.
+///
+/// clef-agent patch: the head is assembled in memory and sent with the start of the body in
+/// one write, instead of a write per piece; `Server`, `Date` and the framing header are
+/// written here rather than allocated as `Header`s. Same bytes as before.
+fn write_message_header(
+    head: &mut Vec<u8>,
     http_version: &HTTPVersion,
     status_code: &StatusCode,
     headers: &[Header],
-) -> IoResult<()>
-where
-    W: Write,
-{
-    // writing status line
-    write!(
-        &mut writer,
-        "HTTP/{}.{} {} {}\r\n",
-        http_version.0,
-        http_version.1,
-        status_code.0,
-        status_code.default_reason_phrase()
-    )?;
-
-    // writing headers
-    for header in headers.iter() {
-        writer.write_all(header.field.as_str().as_ref())?;
-        write!(&mut writer, ": ")?;
-        writer.write_all(header.value.as_str().as_ref())?;
-        write!(&mut writer, "\r\n")?;
+    static_headers: &[(&'static str, &'static str)],
+    framing: Option<(&str, &str)>,
+) {
+    let line = |head: &mut Vec<u8>, name: &str, value: &str| {
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    };
+    let has = |name: &'static str| {
+        headers.iter().any(|h| h.field.equiv(name))
+            || static_headers.iter().any(|(field, _)| field.eq_ignore_ascii_case(name))
+    };
+    head.extend_from_slice(b"HTTP/");
+    push_decimal(head, usize::from(http_version.0));
+    head.push(b'.');
+    push_decimal(head, usize::from(http_version.1));
+    head.push(b' ');
+    push_decimal(head, usize::from(status_code.0));
+    head.push(b' ');
+    head.extend_from_slice(status_code.default_reason_phrase().as_bytes());
+    head.extend_from_slice(b"\r\n");
+    if !has("Server") {
+        line(head, "Server", "tiny-http (Rust)");
     }
+    if !has("Date") {
+        line(head, "Date", &date_header_value());
+    }
+    for header in headers {
+        line(head, header.field.as_str().as_str(), header.value.as_str());
+    }
+    for (name, value) in static_headers {
+        line(head, name, value);
+    }
+    if let Some((name, value)) = framing {
+        line(head, name, value);
+    }
+    head.extend_from_slice(b"\r\n");
+}
 
-    // separator between header and data
-    write!(&mut writer, "\r\n")?;
+/// Appends `number` in decimal without allocating.
+fn push_decimal(out: &mut Vec<u8>, number: usize) {
+    out.extend_from_slice(decimal(&mut [0u8; 20], number).as_bytes());
+}
 
-    Ok(())
+/// `number` in decimal, written at the end of `digits`.
+fn decimal(digits: &mut [u8; 20], mut number: usize) -> &str {
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (number % 10) as u8;
+        number /= 10;
+        if number == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&digits[start..]).unwrap_or("0")
 }
 
 fn choose_transfer_encoding(
@@ -203,9 +253,10 @@ where
         let mut response = Response {
             reader: data,
             status_code,
-            headers: Vec::with_capacity(16),
+            headers: Vec::with_capacity(headers.len()),
             data_length,
             chunked_threshold: None,
+            static_headers: Vec::new(),
         };
 
         for h in headers {
@@ -298,6 +349,17 @@ where
         self
     }
 
+    /// Returns the same response with these headers added, written as given.
+    ///
+    /// clef-agent patch: for headers whose names and values are constants; unlike
+    /// [`Response::with_header`] they are not parsed or copied, and they must not be one of
+    /// the headers the server manages (`Connection`, `Content-Length`, `Trailer`,
+    /// `Transfer-Encoding`, `Upgrade`).
+    pub fn with_static_headers(mut self, headers: Vec<(&'static str, &'static str)>) -> Response<R> {
+        self.static_headers = headers;
+        self
+    }
+
     /// Returns the same request, but with a different status code.
     #[inline]
     pub fn with_status_code<S>(mut self, code: S) -> Response<R>
@@ -319,6 +381,7 @@ where
             status_code: self.status_code,
             data_length,
             chunked_threshold: self.chunked_threshold,
+            static_headers: self.static_headers,
         }
     }
 
@@ -347,19 +410,6 @@ where
             false, /* TODO */
             self.chunked_threshold(),
         ));
-
-        // add `Date` if not in the headers
-        if !self.headers.iter().any(|h| h.field.equiv("Date")) {
-            self.headers.insert(0, build_date_header());
-        }
-
-        // add `Server` if not in the headers
-        if !self.headers.iter().any(|h| h.field.equiv("Server")) {
-            self.headers.insert(
-                0,
-                Header::from_bytes(&b"Server"[..], &b"tiny-http (Rust)"[..]).unwrap(),
-            );
-        }
 
         // handling upgrade
         if let Some(upgrade) = upgrade {
@@ -398,56 +448,41 @@ where
             };
 
         // preparing headers for transfer
-        match transfer_encoding {
-            Some(TransferEncoding::Chunked) => self
-                .headers
-                .push(Header::from_bytes(&b"Transfer-Encoding"[..], &b"chunked"[..]).unwrap()),
-
+        let mut length_digits = [0u8; 20];
+        let framing = match transfer_encoding {
+            Some(TransferEncoding::Chunked) => Some(("Transfer-Encoding", "chunked")),
             Some(TransferEncoding::Identity) => {
                 assert!(data_length.is_some());
-                let data_length = data_length.unwrap();
-
-                self.headers.push(
-                    Header::from_bytes(
-                        &b"Content-Length"[..],
-                        format!("{}", data_length).as_bytes(),
-                    )
-                    .unwrap(),
-                )
+                Some(("Content-Length", decimal(&mut length_digits, data_length.unwrap_or(0))))
             }
-
-            _ => (),
+            _ => None,
         };
 
-        // sending headers
+        let mut head = Vec::with_capacity(256);
         write_message_header(
-            writer.by_ref(),
+            &mut head,
             &http_version,
             &self.status_code,
             &self.headers,
-        )?;
+            &self.static_headers,
+            framing,
+        );
 
-        // sending the body
-        if !do_not_send_body {
-            match transfer_encoding {
-                Some(TransferEncoding::Chunked) => {
-                    use chunked_transfer::Encoder;
+        // sending the head and the body
+        match transfer_encoding {
+            Some(TransferEncoding::Chunked) if !do_not_send_body => {
+                use chunked_transfer::Encoder;
 
-                    let mut writer = Encoder::new(writer);
-                    copy_through_heap(&mut reader, &mut writer, None)?;
-                }
-
-                Some(TransferEncoding::Identity) => {
-                    assert!(data_length.is_some());
-                    let data_length = data_length.unwrap();
-
-                    if data_length >= 1 {
-                        copy_through_heap(&mut reader, &mut writer, Some(data_length))?;
-                    }
-                }
-
-                _ => (),
+                writer.write_all(&head)?;
+                let mut writer = Encoder::new(writer);
+                copy_through_heap(&mut reader, &mut writer, None, Vec::new())?;
             }
+
+            Some(TransferEncoding::Identity) if !do_not_send_body && data_length.unwrap_or(0) >= 1 => {
+                copy_through_heap(&mut reader, &mut writer, data_length, head)?;
+            }
+
+            _ => writer.write_all(&head)?,
         }
 
         Ok(())
@@ -481,6 +516,7 @@ where
             headers: self.headers,
             data_length: self.data_length,
             chunked_threshold: self.chunked_threshold,
+            static_headers: self.static_headers,
         }
     }
 }
@@ -569,6 +605,7 @@ impl Clone for Response<io::Empty> {
             headers: self.headers.clone(),
             data_length: self.data_length,
             chunked_threshold: self.chunked_threshold,
+            static_headers: self.static_headers.clone(),
         }
     }
 }
@@ -580,17 +617,35 @@ fn copy_through_heap<R: Read + ?Sized, W: Write + ?Sized>(
     reader: &mut R,
     writer: &mut W,
     length: Option<usize>,
+    head: Vec<u8>,
 ) -> IoResult<u64> {
-    let mut buffer = vec![0u8; length.map_or(8192, |length| length.clamp(1, 8192))];
+    // clef-agent patch: `head` goes out in the same write as the first piece of the body, and a
+    // known body of up to 64 KiB in a single write.
+    const PIECE: usize = 64 * 1024;
+    let piece = length.map_or(8192, |length| length.clamp(1, PIECE));
+    let mut buffer = head;
+    buffer.reserve_exact(piece);
     let mut total = 0u64;
     loop {
-        let count = match reader.read(&mut buffer) {
-            Ok(0) => return Ok(total),
+        let start = buffer.len();
+        buffer.resize(start + piece, 0);
+        let result = reader.read(&mut buffer[start..]);
+        let count = match result {
             Ok(count) => count,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {
+                buffer.truncate(start);
+                continue;
+            }
             Err(error) => return Err(error),
         };
-        writer.write_all(&buffer[..count])?;
+        buffer.truncate(start + count);
+        if !buffer.is_empty() {
+            writer.write_all(&buffer)?;
+        }
         total += count as u64;
+        if count == 0 || length.is_some_and(|length| total >= length as u64) {
+            return Ok(total);
+        }
+        buffer.clear();
     }
 }
