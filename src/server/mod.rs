@@ -124,6 +124,9 @@ fn into_response(reply: Reply) -> tiny_http::Response<BodyReader> {
         None,
     )
     .with_static_headers(headers)
+    // Always `Content-Length`: tiny_http would switch bodies over 32 KiB to chunked encoding,
+    // which costs a write per 8 KiB and makes clients reassemble the body.
+    .with_chunked_threshold(usize::MAX)
 }
 
 /// Streams a reply body straight from where it lives (a shared snapshot included), so serving

@@ -421,7 +421,12 @@ fn serves_an_artifact_of_a_thousand_keys() {
     let plaintext = format!("{{{}}}", namespaces.join(","));
     let deployment = Deployment::new("thousand", &build_artifact(&plaintext, "rev-big", &ArtifactOptions::default()));
     let agent = deployment.start(&[]);
-    agent.get("/v1/secrets").assert(200, &plaintext);
+    let secrets = agent.get("/v1/secrets");
+    secrets.assert(200, &plaintext);
+    assert!(plaintext.len() > 32 * 1024, "the body must be larger than tiny_http's chunking threshold");
+    let length = plaintext.len().to_string();
+    assert_eq!(secrets.header("content-length"), Some(length.as_str()), "a large body is framed by Content-Length");
+    assert_eq!(secrets.header("transfer-encoding"), None);
     let keys = agent.get("/v1/keys").json();
     let keys: Vec<&str> = keys.as_array().expect("an array").iter().map(|key| key.as_str().unwrap()).collect();
     let expected: Vec<String> =

@@ -17,7 +17,7 @@ pub struct Response {
     /// Header names lowercased, in the order received.
     pub headers: Vec<(String, String)>,
     /// The body: everything after the header block until the agent closed the connection,
-    /// de-chunked when the agent used chunked transfer encoding (tiny_http does for large bodies).
+    /// de-chunked when the agent used chunked transfer encoding (only when a client asks with `TE`).
     pub body: Vec<u8>,
 }
 
