@@ -1,4 +1,3 @@
-use ascii::AsciiString;
 
 use std::io::Error as IoError;
 use std::io::Result as IoResult;
@@ -34,6 +33,9 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    // clef-agent patch: the line being parsed, reused from line to line
+    line: Vec<u8>,
 }
 
 /// Error that can happen when reading a request.
@@ -65,6 +67,7 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            line: Vec::new(),
         }
     }
 
@@ -77,19 +80,23 @@ impl ClientConnection {
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
-        // clef-agent patch: reads buffered runs up to each `\n` instead of one byte per call;
-        // a line still ends only at `\r\n`.
-        let mut buf = Vec::with_capacity(64);
+    fn read_next_line(&mut self) -> IoResult<&str> {
+        // clef-agent patch: reads buffered runs up to each `\n` into a buffer kept for the
+        // connection, instead of one byte per call into a new `Vec` per line; a line still ends
+        // only at `\r\n`. The previous line (a bearer token, say) is wiped, not just forgotten.
+        self.line.fill(0);
+        self.line.clear();
         loop {
-            let count = self.next_header_source.read_until(b'\n', &mut buf)?;
-            if count == 0 || !buf.ends_with(b"\n") {
+            let count = self.next_header_source.read_until(b'\n', &mut self.line)?;
+            if count == 0 || !self.line.ends_with(b"\n") {
                 return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF"));
             }
-            if buf.ends_with(b"\r\n") {
-                buf.truncate(buf.len() - 2);
-                return AsciiString::from_ascii(buf)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
+            if self.line.ends_with(b"\r\n") {
+                let line = &self.line[..self.line.len() - 2];
+                return match std::str::from_utf8(line) {
+                    Ok(line) if line.is_ascii() => Ok(line),
+                    _ => Err(IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII")),
+                };
             }
         }
     }
@@ -102,9 +109,7 @@ impl ClientConnection {
             let (method, path, version) = {
                 let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
 
-                parse_request_line(
-                    line.as_str().trim(), // TODO: remove this conversion
-                )?
+                parse_request_line(line.trim())?
             };
 
             // getting all headers
@@ -116,11 +121,15 @@ impl ClientConnection {
                     if line.is_empty() {
                         break;
                     };
-                    headers.push(match FromStr::from_str(line.as_str().trim()) {
-                        // TODO: remove this conversion
+                    headers.push(match FromStr::from_str(line.trim()) {
                         Ok(h) => h,
                         _ => return Err(ReadError::WrongHeader(version)),
                     });
+                }
+                // a line buffer grown by a huge header is not kept for the connection's life
+                if self.line.capacity() > 8192 {
+                    self.line.fill(0);
+                    self.line = Vec::new();
                 }
 
                 headers

@@ -75,7 +75,7 @@ impl FromStr for TransferEncoding {
 /// The value of a `Date:` header for now.
 ///
 /// clef-agent patch: formatted once per second per thread instead of once per response.
-fn date_header_value() -> String {
+fn with_date_header_value<T>(use_value: impl FnOnce(&str) -> T) -> T {
     thread_local! {
         static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
     }
@@ -86,7 +86,7 @@ fn date_header_value() -> String {
         if date.0 != second {
             *date = (second, HttpDate::from(now).to_string());
         }
-        date.1.clone()
+        use_value(&date.1)
     })
 }
 
@@ -126,7 +126,7 @@ fn write_message_header(
         line(head, "Server", "tiny-http (Rust)");
     }
     if !has("Date") {
-        line(head, "Date", &date_header_value());
+        with_date_header_value(|date| line(head, "Date", date));
     }
     for header in headers {
         line(head, header.field.as_str().as_str(), header.value.as_str());
@@ -427,17 +427,16 @@ where
         // if the transfer encoding is identity, the content length must be known ; therefore if
         // we don't know it, we buffer the entire response first here
         // while this is an expensive operation, it is only ever needed for clients using HTTP 1.0
-        let (mut reader, data_length): (Box<dyn Read>, _) =
-            match (self.data_length, transfer_encoding) {
-                (Some(l), _) => (Box::new(self.reader), Some(l)),
-                (None, Some(TransferEncoding::Identity)) => {
-                    let mut buf = Vec::new();
-                    self.reader.read_to_end(&mut buf)?;
-                    let l = buf.len();
-                    (Box::new(Cursor::new(buf)), Some(l))
-                }
-                _ => (Box::new(self.reader), None),
-            };
+        let (mut reader, data_length) = match (self.data_length, transfer_encoding) {
+            (Some(l), _) => (BodySource::Given(self.reader), Some(l)),
+            (None, Some(TransferEncoding::Identity)) => {
+                let mut buf = Vec::new();
+                self.reader.read_to_end(&mut buf)?;
+                let l = buf.len();
+                (BodySource::Buffered(Cursor::new(buf)), Some(l))
+            }
+            _ => (BodySource::Given(self.reader), None),
+        };
 
         // checking whether to ignore the body of the response
         let do_not_send_body = do_not_send_body
@@ -458,7 +457,9 @@ where
             _ => None,
         };
 
-        let mut head = Vec::with_capacity(256);
+        // room for the head and the first piece of the body, so neither reallocates
+        let piece = if do_not_send_body { 0 } else { data_length.map_or(0, |length| length.min(PIECE)) };
+        let mut head = Vec::with_capacity(256 + piece);
         write_message_header(
             &mut head,
             &http_version,
@@ -610,6 +611,26 @@ impl Clone for Response<io::Empty> {
     }
 }
 
+/// The largest piece of a body sent in one write (clef-agent patch).
+const PIECE: usize = 64 * 1024;
+
+/// A response body as given, or read into memory first (HTTP/1.0 and no known length).
+///
+/// clef-agent patch: replaces a `Box<dyn Read>`, one allocation per response.
+enum BodySource<R> {
+    Given(R),
+    Buffered(Cursor<Vec<u8>>),
+}
+
+impl<R: Read> Read for BodySource<R> {
+    fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
+        match self {
+            BodySource::Given(reader) => reader.read(buf),
+            BodySource::Buffered(cursor) => cursor.read(buf),
+        }
+    }
+}
+
 /// `io::copy` through a heap buffer. `io::copy` copies through an 8 KiB buffer on the calling
 /// thread's stack, where the last body a thread sent stays until it sends another; a heap
 /// buffer is freed (and, with a zeroing global allocator, wiped) when the body is sent.
@@ -621,7 +642,6 @@ fn copy_through_heap<R: Read + ?Sized, W: Write + ?Sized>(
 ) -> IoResult<u64> {
     // clef-agent patch: `head` goes out in the same write as the first piece of the body, and a
     // known body of up to 64 KiB in a single write.
-    const PIECE: usize = 64 * 1024;
     let piece = length.map_or(8192, |length| length.clamp(1, PIECE));
     let mut buffer = head;
     buffer.reserve_exact(piece);

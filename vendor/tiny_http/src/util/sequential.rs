@@ -1,11 +1,85 @@
 use std::io::Result as IoResult;
-use std::io::{BufRead, Read, Write};
+use std::io::{BufRead, Error as IoError, ErrorKind, Read, Write};
 
-use std::sync::mpsc::channel;
-use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use std::mem;
+
+// clef-agent patch: the readers and writers of consecutive requests pass the stream on with a
+// one-value `Handover` instead of an `std::sync::mpsc` channel per request. A channel cost two
+// allocations and several atomic operations on each side; a handover costs one allocation, and
+// a futex call only when a thread actually waits. The order they enforce is unchanged.
+
+/// A one-value hand-over from one thread to another.
+struct Slot<T> {
+    state: Mutex<Handover<T>>,
+    changed: Condvar,
+}
+
+enum Handover<T> {
+    /// Nothing given yet; `waiting` when the taker sleeps on the condition variable.
+    Pending { waiting: bool },
+    Given(T),
+    /// Taken, or the giver went away without giving.
+    Done,
+}
+
+struct Giver<T>(Arc<Slot<T>>);
+
+struct Taker<T>(Arc<Slot<T>>);
+
+fn handover<T>() -> (Giver<T>, Taker<T>) {
+    let slot = Arc::new(Slot {
+        state: Mutex::new(Handover::Pending { waiting: false }),
+        changed: Condvar::new(),
+    });
+    (Giver(slot.clone()), Taker(slot))
+}
+
+fn lock<T>(slot: &Slot<T>) -> MutexGuard<'_, Handover<T>> {
+    slot.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl<T> Giver<T> {
+    fn give(self, value: T) {
+        self.settle(Handover::Given(value));
+    }
+
+    fn settle(&self, outcome: Handover<T>) {
+        let mut state = lock(&self.0);
+        if let Handover::Pending { waiting } = *state {
+            *state = outcome;
+            if waiting {
+                self.0.changed.notify_one();
+            }
+        }
+    }
+}
+
+impl<T> Drop for Giver<T> {
+    fn drop(&mut self) {
+        self.settle(Handover::Done);
+    }
+}
+
+impl<T> Taker<T> {
+    /// Waits for the value; `None` when the giver went away without giving one.
+    fn take(&self) -> Option<T> {
+        let mut state = lock(&self.0);
+        while let Handover::Pending { .. } = *state {
+            *state = Handover::Pending { waiting: true };
+            state = self
+                .0
+                .changed
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        match mem::replace(&mut *state, Handover::Done) {
+            Handover::Given(value) => Some(value),
+            _ => None,
+        }
+    }
+}
 
 pub struct SequentialReaderBuilder<R>
 where
@@ -19,7 +93,7 @@ where
     R: Read + Send,
 {
     First(R),
-    NotFirst(Receiver<R>),
+    NotFirst(Taker<R>),
 }
 
 pub struct SequentialReader<R>
@@ -27,7 +101,7 @@ where
     R: Read + Send,
 {
     inner: SequentialReaderInner<R>,
-    next: Sender<R>,
+    next: Option<Giver<R>>,
 }
 
 enum SequentialReaderInner<R>
@@ -35,7 +109,7 @@ where
     R: Read + Send,
 {
     MyTurn(R),
-    Waiting(Receiver<R>),
+    Waiting(Taker<R>),
     Empty,
 }
 
@@ -44,16 +118,16 @@ where
     W: Write + Send,
 {
     writer: Arc<Mutex<W>>,
-    next_trigger: Option<Receiver<()>>,
+    next_trigger: Option<Taker<()>>,
 }
 
 pub struct SequentialWriter<W>
 where
     W: Write + Send,
 {
-    trigger: Option<Receiver<()>>,
+    trigger: Option<Taker<()>>,
     writer: Arc<Mutex<W>>,
-    on_finish: Sender<()>,
+    on_finish: Option<Giver<()>>,
 }
 
 impl<R: Read + Send> SequentialReaderBuilder<R> {
@@ -77,19 +151,19 @@ impl<R: Read + Send> Iterator for SequentialReaderBuilder<R> {
     type Item = SequentialReader<R>;
 
     fn next(&mut self) -> Option<SequentialReader<R>> {
-        let (tx, rx) = channel();
+        let (giver, taker) = handover();
 
-        let inner = mem::replace(&mut self.inner, SequentialReaderBuilderInner::NotFirst(rx));
+        let inner = mem::replace(&mut self.inner, SequentialReaderBuilderInner::NotFirst(taker));
 
         match inner {
             SequentialReaderBuilderInner::First(reader) => Some(SequentialReader {
                 inner: SequentialReaderInner::MyTurn(reader),
-                next: tx,
+                next: Some(giver),
             }),
 
             SequentialReaderBuilderInner::NotFirst(previous) => Some(SequentialReader {
                 inner: SequentialReaderInner::Waiting(previous),
-                next: tx,
+                next: Some(giver),
             }),
         }
     }
@@ -98,66 +172,74 @@ impl<R: Read + Send> Iterator for SequentialReaderBuilder<R> {
 impl<W: Write + Send> Iterator for SequentialWriterBuilder<W> {
     type Item = SequentialWriter<W>;
     fn next(&mut self) -> Option<SequentialWriter<W>> {
-        let (tx, rx) = channel();
-        let mut next_next_trigger = Some(rx);
-        ::std::mem::swap(&mut next_next_trigger, &mut self.next_trigger);
+        let (giver, taker) = handover();
+        let trigger = mem::replace(&mut self.next_trigger, Some(taker));
 
         Some(SequentialWriter {
-            trigger: next_next_trigger,
+            trigger,
             writer: self.writer.clone(),
-            on_finish: tx,
+            on_finish: Some(giver),
         })
     }
 }
 
 impl<R: Read + Send> SequentialReader<R> {
     /// Waits until the previous reader is done, then returns the stream.
-    fn turn(&mut self) -> &mut R {
-        if let SequentialReaderInner::Waiting(ref mut recv) = self.inner {
-            let reader = recv.recv().unwrap();
-            self.inner = SequentialReaderInner::MyTurn(reader);
+    fn turn(&mut self) -> IoResult<&mut R> {
+        if let SequentialReaderInner::Waiting(ref taker) = self.inner {
+            self.inner = match taker.take() {
+                Some(reader) => SequentialReaderInner::MyTurn(reader),
+                None => SequentialReaderInner::Empty,
+            };
         }
         match self.inner {
-            SequentialReaderInner::MyTurn(ref mut reader) => reader,
-            _ => unreachable!(),
+            SequentialReaderInner::MyTurn(ref mut reader) => Ok(reader),
+            _ => Err(IoError::new(
+                ErrorKind::BrokenPipe,
+                "the previous request's reader went away",
+            )),
         }
     }
 }
 
 impl<R: Read + Send> Read for SequentialReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
-        self.turn().read(buf)
+        self.turn()?.read(buf)
     }
 }
 
 // clef-agent patch: lets the request parser read whole buffered lines (`read_until`).
 impl<R: BufRead + Send> BufRead for SequentialReader<R> {
     fn fill_buf(&mut self) -> IoResult<&[u8]> {
-        self.turn().fill_buf()
+        self.turn()?.fill_buf()
     }
 
     fn consume(&mut self, amount: usize) {
-        self.turn().consume(amount)
+        if let Ok(reader) = self.turn() {
+            reader.consume(amount)
+        }
+    }
+}
+
+impl<W: Write + Send> SequentialWriter<W> {
+    /// Waits until the previous response is written, then locks the stream.
+    fn turn(&mut self) -> IoResult<MutexGuard<'_, W>> {
+        if let Some(trigger) = self.trigger.take() {
+            trigger.take();
+        }
+        self.writer
+            .lock()
+            .map_err(|_| IoError::new(ErrorKind::BrokenPipe, "a writer panicked"))
     }
 }
 
 impl<W: Write + Send> Write for SequentialWriter<W> {
     fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
-        if let Some(v) = self.trigger.as_mut() {
-            v.recv().unwrap()
-        }
-        self.trigger = None;
-
-        self.writer.lock().unwrap().write(buf)
+        self.turn()?.write(buf)
     }
 
     fn flush(&mut self) -> IoResult<()> {
-        if let Some(v) = self.trigger.as_mut() {
-            v.recv().unwrap()
-        }
-        self.trigger = None;
-
-        self.writer.lock().unwrap().flush()
+        self.turn()?.flush()
     }
 }
 
@@ -168,15 +250,13 @@ where
     fn drop(&mut self) {
         let inner = mem::replace(&mut self.inner, SequentialReaderInner::Empty);
 
-        match inner {
-            SequentialReaderInner::MyTurn(reader) => {
-                self.next.send(reader).ok();
-            }
-            SequentialReaderInner::Waiting(recv) => {
-                let reader = recv.recv().unwrap();
-                self.next.send(reader).ok();
-            }
-            SequentialReaderInner::Empty => (),
+        let reader = match inner {
+            SequentialReaderInner::MyTurn(reader) => Some(reader),
+            SequentialReaderInner::Waiting(taker) => taker.take(),
+            SequentialReaderInner::Empty => None,
+        };
+        if let (Some(reader), Some(next)) = (reader, self.next.take()) {
+            next.give(reader);
         }
     }
 }
@@ -186,6 +266,8 @@ where
     W: Write + Send,
 {
     fn drop(&mut self) {
-        self.on_finish.send(()).ok();
+        if let Some(on_finish) = self.on_finish.take() {
+            on_finish.give(());
+        }
     }
 }
