@@ -6,7 +6,11 @@
 //!    ever repeats a secret value;
 //! 3. the bytes as a KMS envelope (`decrypt::envelope::open` without a KMS client): the first
 //!    six lines are provider, keyId, wrappedKey, algorithm, iv and authTag, the rest is the
-//!    ciphertext. The verdict is checked against an independent reading of the fields.
+//!    ciphertext. The verdict is checked against an independent reading of the fields;
+//! 4. the AES-256-GCM step behind the KMS (`decrypt::envelope::open_with_data_key`): the bytes
+//!    sealed by ring with a fixed data key must open to themselves and fail with one bit flipped
+//!    anywhere in IV, ciphertext or tag; read as key length, key, IV, tag and ciphertext they
+//!    must fail with the error their key length calls for.
 #![no_main]
 
 use std::cell::RefCell;
@@ -30,6 +34,8 @@ fuzz_target!(|bytes: &[u8]| {
     age_file(bytes);
     plaintext(bytes);
     envelope_fields(bytes);
+    sealed_with_a_data_key(bytes);
+    opened_with_a_fuzzed_data_key(bytes);
 });
 
 fn age_file(bytes: &[u8]) {
@@ -152,4 +158,44 @@ fn envelope_fields(bytes: &[u8]) {
         matches!(&error, DecryptError::Envelope { field, .. } if *field == expected_field),
         "expected a complaint about {expected_field}, got {error:?}"
     );
+}
+
+const DATA_KEY: [u8; 32] = [0x5a; 32];
+
+fn sealed_with_a_data_key(bytes: &[u8]) {
+    use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+    let iv: [u8; 12] = std::array::from_fn(|index| bytes.get(index).copied().unwrap_or(0));
+    let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &DATA_KEY).expect("a 32-byte key"));
+    let mut sealed = bytes.to_vec();
+    key.seal_in_place_append_tag(Nonce::assume_unique_for_key(iv), Aad::empty(), &mut sealed).expect("sealed");
+    let (ciphertext, tag) = sealed.split_at(bytes.len());
+    let opened = envelope::open_with_data_key(&DATA_KEY, &iv, tag, ciphertext.to_vec()).expect("a sealed input opens");
+    assert_eq!(opened.as_slice(), bytes, "the opened plaintext differs from the sealed one");
+
+    // One bit flipped, at a position the input picks, across IV ‖ ciphertext ‖ tag.
+    let mut all = [iv.as_slice(), ciphertext, tag].concat();
+    let position = bytes.iter().map(|&byte| usize::from(byte)).sum::<usize>() % all.len();
+    all[position] ^= 1 << (bytes.len() % 8);
+    let (iv, rest) = all.split_at(12);
+    let (ciphertext, tag) = rest.split_at(bytes.len());
+    let tampered = envelope::open_with_data_key(&DATA_KEY, iv, tag, ciphertext.to_vec());
+    assert_eq!(tampered.err(), Some(DecryptError::Aead), "a flipped bit at {position} went unnoticed");
+}
+
+fn opened_with_a_fuzzed_data_key(bytes: &[u8]) {
+    let Some((&key_length, rest)) = bytes.split_first() else { return };
+    let key_length = usize::from(key_length % 40);
+    if rest.len() < key_length + 12 + 16 {
+        return;
+    }
+    let (key, rest) = rest.split_at(key_length);
+    let (iv, rest) = rest.split_at(12);
+    let (tag, ciphertext) = rest.split_at(16);
+    let error = envelope::open_with_data_key(key, iv, tag, ciphertext.to_vec()).err();
+    if key_length == 32 {
+        assert_eq!(error, Some(DecryptError::Aead), "random bytes passed AES-GCM authentication");
+    } else {
+        let expected = format!("the KMS returned a data key of {key_length} bytes; AES-256-GCM needs 32");
+        assert_eq!(error, Some(DecryptError::Kms(expected)));
+    }
 }

@@ -26,23 +26,33 @@ pub fn open(envelope: &Envelope, ciphertext: Vec<u8>, kms: Option<&Kms>) -> Resu
     let kms = kms.ok_or_else(|| DecryptError::Kms("no KMS client is configured in this process".into()))?;
     let data_key =
         kms.unwrap(&envelope.provider, &envelope.key_id, &envelope.algorithm, &wrapped).map_err(DecryptError::Kms)?;
+    open_with_data_key(&data_key, &iv, &tag, ciphertext)
+}
+
+/// AES-256-GCM decryption of `ciphertext` and its `tag` with the unwrapped `data_key` (the part
+/// of [`open`] after the KMS call; public so the fuzz target can reach it without a KMS).
+pub fn open_with_data_key(
+    data_key: &[u8],
+    iv: &[u8],
+    tag: &[u8],
+    ciphertext: Vec<u8>,
+) -> Result<SecretBytes, DecryptError> {
     if data_key.len() != DATA_KEY_BYTES {
         return Err(DecryptError::Kms(format!(
             "the KMS returned a data key of {} bytes; AES-256-GCM needs {DATA_KEY_BYTES}",
             data_key.len()
         )));
     }
-    let key = UnboundKey::new(&AES_256_GCM, &data_key).map_err(|_| DecryptError::Aead)?;
-    let nonce = Nonce::try_assume_unique_for_key(&iv).map_err(|_| DecryptError::Aead)?;
+    let key = UnboundKey::new(&AES_256_GCM, data_key).map_err(|_| DecryptError::Aead)?;
+    let nonce = Nonce::try_assume_unique_for_key(iv).map_err(|_| DecryptError::Aead)?;
     let mut sealed = Zeroizing::new(ciphertext);
-    sealed.extend_from_slice(&tag);
+    sealed.extend_from_slice(tag);
     let length =
         LessSafeKey::new(key).open_in_place(nonce, Aad::empty(), &mut sealed).map_err(|_| DecryptError::Aead)?.len();
     sealed.truncate(length);
     Ok(sealed)
 }
 
-/// Standard base64 of the length the field must have (any length for `wrappedKey`).
 fn decode_field(field: &'static str, text: &str) -> Result<Vec<u8>, DecryptError> {
     let expected = match field {
         "envelope.iv" => "standard base64 of 12 bytes",
