@@ -74,7 +74,7 @@ test: deps lint ## Install what is needed, then run every test
 fmt: ## Format the code
 	$(CARGO) fmt
 
-bench: static deps bench-deps ## Size, idle RSS, start-up, throughput vs nginx, and pipeline time (~3 min)
+bench: static deps bench-deps ## Size, idle RSS, start-up, throughput vs nginx, and pipeline time (~4 min)
 	python3 bench/run.py $(STATIC_BIN)
 	$(CARGO) bench --locked --bench pipeline
 

@@ -52,10 +52,9 @@ impl Server {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&in_flight);
         let serve = move |request: tiny_http::Request| {
-            counter.fetch_add(1, Ordering::SeqCst);
+            let _in_flight = InFlight::enter(&counter);
             let reply = answer(&api, &request);
             let _ = request.respond(into_response(reply));
-            counter.fetch_sub(1, Ordering::SeqCst);
         };
         let http = tiny_http::Server::from_listener_with_handler(listener, serve).map_err(|error| error.to_string())?;
         let http = Arc::new(http);
@@ -89,7 +88,23 @@ impl Server {
     }
 }
 
-/// Runs the routes for one request; a panic becomes a 500 and the worker lives on.
+/// Counts a request as in flight until it is dropped, however its handling ends.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(counter: &'a AtomicUsize) -> InFlight<'a> {
+        counter.fetch_add(1, Ordering::SeqCst);
+        InFlight(counter)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Runs the routes for one request; a panic becomes a 500 and the connection's thread lives on.
 fn answer(api: &Api, request: &tiny_http::Request) -> Reply {
     let method = request.method().as_str();
     let header = |name: &'static str| request.headers().iter().filter(move |header| header.field.equiv(name));
