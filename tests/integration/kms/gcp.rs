@@ -7,7 +7,8 @@
 //! a wrong tag, a truncated ciphertext, an unknown provider, a wrong IV, a missing field.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::Duration;
 
 use base64::Engine as _;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
@@ -96,6 +97,9 @@ struct State {
     violations: Violations,
     /// Cloud KMS answers 403 PERMISSION_DENIED.
     denied: AtomicBool,
+    /// While true, Cloud KMS holds every call until it is set back to false.
+    holding: Mutex<bool>,
+    released: Condvar,
     /// `expires_in` of the tokens handed out.
     expires_in: AtomicU64,
     /// The token endpoint's own URL: the `aud` of the JWTs and the `token_uri` of the key files.
@@ -125,12 +129,20 @@ struct Gcp {
 }
 
 impl Gcp {
+    /// Makes Cloud KMS hold its calls (`true`) or answer them, the held ones included (`false`).
+    fn hold(&self, holding: bool) {
+        *self.state.holding.lock().unwrap() = holding;
+        self.state.released.notify_all();
+    }
+
     fn start() -> Gcp {
         let state = Arc::new(State {
             kek: Kek::new(),
             tokens: Tokens::new("ya29.c.clef-it-gcp-access-token-"),
             violations: Violations::default(),
             denied: AtomicBool::new(false),
+            holding: Mutex::new(false),
+            released: Condvar::new(),
             expires_in: AtomicU64::new(3599),
             token_uri: OnceLock::new(),
             assertions: Mutex::default(),
@@ -259,6 +271,8 @@ impl Gcp {
 
 /// Cloud KMS `cryptoKeys.decrypt`: authentication, then permission, then the request body.
 fn kms_answer(state: &State, request: &Recorded) -> Answer {
+    let holding = state.holding.lock().unwrap();
+    drop(state.released.wait_while(holding, |holding| *holding).unwrap());
     let problem = match kms_decrypt(state, request) {
         Ok(answer) => return answer,
         Err(problem) => problem,
@@ -611,6 +625,28 @@ fn jit_mode_answers_503_while_kms_access_is_revoked_and_recovers_without_a_resta
     assert_eq!(agent.pid(), pid);
     assert_eq!(gcp.metadata_requests().len(), 1, "a 403 is no reason for a new token");
     gcp.assert_clean(&agent);
+}
+
+#[test]
+fn a_request_in_flight_at_sigterm_is_answered_before_the_agent_exits() {
+    let gcp = Gcp::start();
+    let deployment = Deployment::new("gcp-jit-in-flight", &gcp.artifact(PLAINTEXT, "rev-1"));
+    let agent = gcp.start_agent(&deployment, Credentials::MetadataServer, &[JIT]);
+    gcp.hold(true);
+    std::thread::scope(|scope| {
+        let in_flight = scope.spawn(|| agent.get("/v1/secrets"));
+        assert!(
+            gcp.kms.wait_for_requests("POST", &decrypt_path(), 2, REFRESH_LIMIT),
+            "the request never reached Cloud KMS"
+        );
+        agent.signal(libc::SIGTERM);
+        // SPEC §7: in-flight requests get up to 3 s; the agent must not exit under this one.
+        assert!(agent.wait_exit(Duration::from_millis(500)).is_none(), "the agent exited with a request in flight");
+        gcp.hold(false);
+        in_flight.join().expect("the client thread panicked").assert(200, PLAINTEXT);
+    });
+    let status = agent.wait_exit(REFRESH_LIMIT).expect("the agent did not exit after the request");
+    assert_eq!(status.code(), Some(0), "{}", agent.stderr());
 }
 
 #[test]
