@@ -172,6 +172,27 @@ mod tests {
         assert_eq!(reply.body.bytes(), br#"{"error":"Internal server error"}"#);
     }
 
+    /// The patched tiny_http's other mode, which the agent does not use, must keep working.
+    #[test]
+    fn the_patched_tiny_http_still_queues_requests_for_recv() {
+        use std::io::Write;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tiny_http::Server::from_listener(listener, None).unwrap();
+        let client = std::thread::spawn(move || {
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            stream.write_all(b"GET /queued HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).unwrap();
+            answer
+        });
+        let request = server.recv_timeout(Duration::from_secs(10)).unwrap().expect("no request reached recv()");
+        assert_eq!(request.url(), "/queued");
+        request.respond(tiny_http::Response::from_string("answered")).unwrap();
+        let answer = client.join().unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n") && answer.ends_with("\r\n\r\nanswered"), "{answer}");
+    }
+
     #[test]
     fn body_reader_streams_the_whole_body_in_pieces() {
         let mut reader = BodyReader { body: Body::Static("abcdefgh"), position: 0 };

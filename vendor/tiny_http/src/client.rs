@@ -152,7 +152,9 @@ impl ClientConnection {
             path,
             version.clone(),
             headers,
-            *self.remote_addr.as_ref().unwrap(),
+            // clef-agent patch: a peer that is gone already (peer_addr failed) has no address
+            // instead of panicking the connection's thread
+            self.remote_addr.as_ref().ok().copied().flatten(),
             data_source,
             writer,
         )
