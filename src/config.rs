@@ -16,6 +16,25 @@ pub const DEFAULT_CACHE_TTL_SECONDS: u64 = 300;
 /// The shortest TTL of cached mode: below it the 5 s poll floor would poll at every chance.
 pub const MIN_CACHE_TTL_SECONDS: u64 = 30;
 
+/// Connections served at once on each listener (`CLEF_AGENT_MAX_CONNECTIONS`); one more gets
+/// `503` and is closed. Each connection has a thread: keep systemd's `TasksMax` above it.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// The most `CLEF_AGENT_MAX_CONNECTIONS` accepts: a thread each, so more would only trade a
+/// clear `503` for running out of threads or memory.
+pub const MAX_MAX_CONNECTIONS: usize = 16_384;
+
+/// Request-head limits of the HTTP API (SPEC §11): a longer line, head or more fields is `431`.
+pub const MAX_REQUEST_LINE_BYTES: usize = 8 * 1024;
+pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
+pub const MAX_REQUEST_HEADER_FIELDS: usize = 100;
+/// A request head must be complete this long after its first byte; else `408` and close.
+pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection between requests (keep-alive) is closed after this long without a byte.
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// A response write that makes no progress this long (a client that stopped reading) ends the
+/// connection; a slow reader that keeps reading is never cut.
+pub const RESPONSE_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A configuration problem, printed as `[clef-agent] config error: <message>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub String);
@@ -148,6 +167,8 @@ pub struct Config {
     pub lambda_runtime_api: Option<String>,
     /// `SSL_CERT_FILE`: PEM CA certificates trusted in addition to the bundled roots.
     pub ssl_cert_file: Option<PathBuf>,
+    /// `CLEF_AGENT_MAX_CONNECTIONS`: connections served at once on each listener.
+    pub max_connections: usize,
 }
 
 const VCS_REQUIRED: [&str; 5] = [
@@ -215,6 +236,15 @@ impl Config {
                 })
             })
             .transpose()?;
+        let max_connections = match get("CLEF_AGENT_MAX_CONNECTIONS") {
+            None => DEFAULT_MAX_CONNECTIONS,
+            Some(text) => match text.trim().parse::<usize>() {
+                Ok(count) if (1..=MAX_MAX_CONNECTIONS).contains(&count) => count,
+                _ => return error(format!(
+                    "CLEF_AGENT_MAX_CONNECTIONS must be a whole number from 1 to {MAX_MAX_CONNECTIONS}, got '{text}'"
+                )),
+            },
+        };
         Ok(Config {
             source,
             age_key,
@@ -230,6 +260,7 @@ impl Config {
             notify_socket: get("NOTIFY_SOCKET"),
             lambda_runtime_api: get("AWS_LAMBDA_RUNTIME_API"),
             ssl_cert_file: get("SSL_CERT_FILE").map(PathBuf::from),
+            max_connections,
             watchdog_interval: crate::lifecycle::systemd::watchdog_interval(get, std::process::id()),
         })
     }
@@ -419,6 +450,22 @@ mod tests {
             assert_eq!(
                 mode(bad).unwrap_err().0,
                 format!("CLEF_AGENT_CACHE_TTL must be 0 (JIT mode) or a whole number of seconds of at least 30, got '{bad}'")
+            );
+        }
+    }
+
+    #[test]
+    fn max_connections_defaults_to_512_and_is_bounded() {
+        let max = |value| {
+            config(&[("CLEF_AGENT_SOURCE", "a.json"), ("CLEF_AGENT_MAX_CONNECTIONS", value)]).map(|c| c.max_connections)
+        };
+        assert_eq!(max(""), Ok(512));
+        assert_eq!(max("1"), Ok(1));
+        assert_eq!(max("16384"), Ok(16_384));
+        for bad in ["0", "16385", "-1", "many", "1e3"] {
+            assert_eq!(
+                max(bad).unwrap_err().0,
+                format!("CLEF_AGENT_MAX_CONNECTIONS must be a whole number from 1 to 16384, got '{bad}'")
             );
         }
     }

@@ -97,7 +97,6 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
     let keys = Arc::new(Keys { age: config.load_age_identity()?, kms: Some(kms) });
     let source = crate::source::from_config(&config.source, &http, &env, &credentials).map_err(ConfigError)?;
     let (token, token_line) = token::resolve(&config.token)?;
-    warn_about_unsupported_options(&config);
     let listeners = bind_listeners(&config)?;
     let (events, inbox) = mpsc::channel();
     watch_signals(events.clone())?;
@@ -126,7 +125,7 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
     let mut servers = Vec::with_capacity(listeners.len());
     for (listener, address) in listeners {
         let failures = events.clone();
-        let server = Server::start(listener, Arc::clone(&api), move |message| {
+        let server = Server::start(listener, Arc::clone(&api), config.max_connections, move |message| {
             let _ = failures.send(Event::Failed(message));
         })
         .map_err(Fatal::Other)?;
@@ -288,14 +287,6 @@ fn uuid_v4() -> Result<String, String> {
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let text = hex(&bytes);
     Ok(format!("{}-{}-{}-{}-{}", &text[..8], &text[8..12], &text[12..16], &text[16..20], &text[20..]))
-}
-
-/// Optional features whose absence degrades nothing the application relies on are announced,
-/// never silently ignored.
-fn warn_about_unsupported_options(config: &Config) {
-    if (config.socket.is_none() || config.port_explicit) && std::fs::read_dir("/proc/self/fd").is_err() {
-        log::error("warning: /proc is not mounted, so connections idle for 10 s cannot be found and closed");
-    }
 }
 
 #[cfg(test)]

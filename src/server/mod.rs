@@ -1,7 +1,8 @@
 //! The HTTP server: tiny_http on a listener we bound, answering each request on the thread that
 //! read it (a patched tiny_http, see vendor/tiny_http/PATCHES.md), and the rules that keep a bad
-//! request from costing more than its own answer — a panicking handler costs one 500, a dead
-//! accept loop ends the process.
+//! request from costing more than its own answer — limits on heads, bodies, time and
+//! connections enforced before a request reaches the routes, a panicking handler costs one 500,
+//! a dead accept loop ends the process.
 
 pub mod listener;
 pub mod routes;
@@ -16,6 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use self::routes::{Api, Body, Reply, Request};
+use crate::config;
 
 /// A listener bound by [`listener::bind_loopback`] or [`listener::bind_unix`].
 pub enum Bound {
@@ -37,16 +39,12 @@ impl Server {
     pub fn start(
         listener: Bound,
         api: Arc<Api>,
+        max_connections: usize,
         on_failure: impl Fn(String) + Send + 'static,
     ) -> Result<Server, String> {
         let stopping = Arc::new(AtomicBool::new(false));
         let listener: tiny_http::Listener = match listener {
-            Bound::Tcp(listener) => {
-                let port = listener.local_addr().map_err(|error| error.to_string())?.port();
-                listener::spawn_idle_janitor(port, listener::IDLE_TIMEOUT, Arc::clone(&stopping))
-                    .map_err(|error| error.to_string())?;
-                listener.into()
-            }
+            Bound::Tcp(listener) => listener.into(),
             Bound::Unix(listener) => listener.into(),
         };
         let in_flight = Arc::new(AtomicUsize::new(0));
@@ -56,7 +54,8 @@ impl Server {
             let reply = answer(&api, &request);
             let _ = request.respond(into_response(reply));
         };
-        let http = tiny_http::Server::from_listener_with_handler(listener, serve).map_err(|error| error.to_string())?;
+        let http = tiny_http::Server::from_listener_with_handler(listener, limits(max_connections), serve)
+            .map_err(|error| error.to_string())?;
         let http = Arc::new(http);
         let (watched, flag) = (Arc::clone(&http), Arc::clone(&stopping));
         let watcher = std::thread::Builder::new()
@@ -85,6 +84,20 @@ impl Server {
         while self.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+/// What tiny_http (patched, vendor/tiny_http/PATCHES.md) enforces on every connection before a
+/// request reaches [`answer`]: the limits of SPEC §11, named in `config`.
+pub fn limits(max_connections: usize) -> tiny_http::Limits {
+    tiny_http::Limits {
+        max_line_bytes: config::MAX_REQUEST_LINE_BYTES,
+        max_head_bytes: config::MAX_REQUEST_HEAD_BYTES,
+        max_header_fields: config::MAX_REQUEST_HEADER_FIELDS,
+        head_timeout: config::REQUEST_HEAD_TIMEOUT,
+        idle_timeout: config::IDLE_CONNECTION_TIMEOUT,
+        write_timeout: config::RESPONSE_WRITE_STALL_TIMEOUT,
+        max_connections,
     }
 }
 

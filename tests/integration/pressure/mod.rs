@@ -9,6 +9,7 @@
 //! support client reads to EOF, one request per connection).
 
 mod hostile;
+mod limits;
 mod rotation;
 
 use std::io::{self, BufRead, BufReader, Write};

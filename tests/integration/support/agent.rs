@@ -127,6 +127,11 @@ impl Agent {
         self.child.lock().unwrap().try_wait().expect("cannot query the child process")
     }
 
+    /// The process has not exited.
+    pub fn is_running(&self) -> bool {
+        self.try_wait().is_none()
+    }
+
     /// Waits up to `timeout` for the agent to exit; its output is complete afterwards.
     pub fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
         let mut status = None;

@@ -1,15 +1,21 @@
 
 use std::io::Error as IoError;
 use std::io::Result as IoResult;
-use std::io::{BufRead, BufReader, BufWriter, ErrorKind};
+use std::io::{BufRead, ErrorKind, Write};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::time::Instant;
 
-use crate::common::{HTTPVersion, Method};
+use crate::common::{HTTPVersion, Header, Method};
 use crate::util::RefinedTcpStream;
+use crate::util::WipingBufReader;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
-use crate::Request;
+use crate::{Limits, Request};
+
+/// The stream a connection reads requests from (clef-agent patch: a buffer that wipes what it
+/// hands out, see `util/wiping_reader.rs`).
+type Source = WipingBufReader<RefinedTcpStream>;
 
 /// A ClientConnection is an object that will store a socket to a client
 /// and return Request objects.
@@ -19,14 +25,16 @@ pub struct ClientConnection {
 
     // sequence of Readers to the stream, so that the data is not read in
     //  the wrong order
-    source: SequentialReaderBuilder<BufReader<RefinedTcpStream>>,
+    source: SequentialReaderBuilder<Source>,
 
     // sequence of Writers to the stream, to avoid writing response #2 before
-    //  response #1
-    sink: SequentialWriterBuilder<BufWriter<RefinedTcpStream>>,
+    //  response #1 (clef-agent patch: unbuffered — a response is written in one piece by
+    //  `Response::raw_print`, and a `BufWriter` kept the last small response, a secret value,
+    //  for the connection's life)
+    sink: SequentialWriterBuilder<RefinedTcpStream>,
 
     // Reader to read the next header from
-    next_header_source: SequentialReader<BufReader<RefinedTcpStream>>,
+    next_header_source: SequentialReader<Source>,
 
     // set to true if we know that the previous request is the last one
     no_more_requests: bool,
@@ -36,6 +44,9 @@ pub struct ClientConnection {
 
     // clef-agent patch: the line being parsed, reused from line to line
     line: Vec<u8>,
+
+    // clef-agent patch: sizes and times a request head must keep to
+    limits: Limits,
 }
 
 /// Error that can happen when reading a request.
@@ -46,6 +57,33 @@ enum ReadError {
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
     ReadIoError(IoError),
+    // clef-agent patch: the limits of `Limits`
+    /// The client closed the connection, or sent nothing for the idle limit, between requests.
+    Ended,
+    /// The head was not complete within the head timeout of its first byte.
+    HeadTimeout,
+    /// A line longer than `max_line_bytes`, a head longer than `max_head_bytes`, or more than
+    /// `max_header_fields` fields.
+    HeadTooLarge,
+    /// `Content-Length` above 0 or any `Transfer-Encoding`: the server takes no request bodies.
+    BodyNotAccepted,
+}
+
+/// A read that failed because the socket's receive timeout ran out.
+fn is_timeout(error: &IoError) -> bool {
+    matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
+
+/// clef-agent patch: the answer to a request refused before it reaches the handler, and the
+/// connection closes after it (the rest of what the client sent is never read).
+fn refusal(status: u16, reason: &str, error: &str) -> Vec<u8> {
+    let body = format!("{{\"error\":\"{error}\"}}");
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n\
+         X-Content-Type-Options: nosniff\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 impl ClientConnection {
@@ -53,21 +91,23 @@ impl ClientConnection {
     pub fn new(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
+        limits: Limits,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
 
-        let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
-        let first_header = source.next().unwrap();
+        let mut source = SequentialReaderBuilder::new(WipingBufReader::with_capacity(1024, read_socket));
+        let first_header = source.next_reader();
 
         ClientConnection {
             source,
-            sink: SequentialWriterBuilder::new(BufWriter::with_capacity(1024, write_socket)),
+            sink: SequentialWriterBuilder::new(write_socket),
             remote_addr,
             next_header_source: first_header,
             no_more_requests: false,
             secure,
             line: Vec::new(),
+            limits,
         }
     }
 
@@ -76,26 +116,67 @@ impl ClientConnection {
         self.secure
     }
 
+    /// clef-agent patch: waits, at most the idle limit, for the first byte of the next request,
+    /// and returns the time by which its head must be complete.
+    fn wait_for_request(&mut self) -> Result<Instant, ReadError> {
+        let idle_timeout = self.limits.idle_timeout;
+        let reader = self.next_header_source.get_mut().map_err(ReadError::ReadIoError)?;
+        if reader.buffer().is_empty() {
+            reader.get_mut().set_read_timeout(idle_timeout).map_err(ReadError::ReadIoError)?;
+            match reader.fill_buf() {
+                Ok([]) => return Err(ReadError::Ended),
+                Ok(_) => {}
+                Err(error) if is_timeout(&error) => return Err(ReadError::Ended),
+                Err(error) => return Err(ReadError::ReadIoError(error)),
+            }
+        }
+        Ok(Instant::now() + self.limits.head_timeout)
+    }
+
     /// Reads the next line from self.next_header_source.
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<&str> {
-        // clef-agent patch: reads buffered runs up to each `\n` into a buffer kept for the
-        // connection, instead of one byte per call into a new `Vec` per line; a line still ends
-        // only at `\r\n`. The previous line (a bearer token, say) is wiped, not just forgotten.
+    ///
+    /// clef-agent patch: reads buffered runs up to each `\n` into a buffer kept for the
+    /// connection, instead of one byte per call into a new `Vec` per line; a line still ends
+    /// only at `\r\n`. The previous line (a bearer token, say) is wiped, not just forgotten.
+    /// Nothing past `max_line_bytes` or past what is left of `head_budget` is taken from the
+    /// stream, and every read from the socket waits at most until `deadline`.
+    fn read_next_line(&mut self, deadline: Instant, head_budget: &mut usize) -> Result<&str, ReadError> {
         self.line.fill(0);
         self.line.clear();
+        let max_line = self.limits.max_line_bytes + 2;
         loop {
-            let count = self.next_header_source.read_until(b'\n', &mut self.line)?;
-            if count == 0 || !self.line.ends_with(b"\n") {
-                return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF"));
+            let reader = self.next_header_source.get_mut().map_err(ReadError::ReadIoError)?;
+            if reader.buffer().is_empty() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match reader.get_mut().set_read_timeout(left) {
+                    Err(error) if is_timeout(&error) => return Err(ReadError::HeadTimeout),
+                    other => other.map_err(ReadError::ReadIoError)?,
+                }
             }
-            if self.line.ends_with(b"\r\n") {
+            let available = match reader.fill_buf() {
+                Ok([]) => return Err(ReadError::ReadIoError(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF"))),
+                Ok(available) => available,
+                Err(error) if is_timeout(&error) => return Err(ReadError::HeadTimeout),
+                Err(error) => return Err(ReadError::ReadIoError(error)),
+            };
+            let (take, ends_line) = match available.iter().position(|&byte| byte == b'\n') {
+                Some(newline) => (newline + 1, true),
+                None => (available.len(), false),
+            };
+            if self.line.len() + take > max_line || take > *head_budget {
+                return Err(ReadError::HeadTooLarge);
+            }
+            *head_budget -= take;
+            self.line.extend_from_slice(&available[..take]);
+            reader.consume(take);
+            if ends_line && self.line.ends_with(b"\r\n") {
                 let line = &self.line[..self.line.len() - 2];
                 return match std::str::from_utf8(line) {
                     Ok(line) if line.is_ascii() => Ok(line),
-                    _ => Err(IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII")),
+                    _ => Err(ReadError::ReadIoError(IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"))),
                 };
             }
         }
@@ -104,10 +185,12 @@ impl ClientConnection {
     /// Reads a request from the stream.
     /// Blocks until the header has been read.
     fn read(&mut self) -> Result<Request, ReadError> {
+        let deadline = self.wait_for_request()?;
+        let mut head_budget = self.limits.max_head_bytes;
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let line = self.read_next_line(deadline, &mut head_budget)?;
 
                 parse_request_line(line.trim())?
             };
@@ -116,18 +199,22 @@ impl ClientConnection {
             let headers = {
                 let mut headers = Vec::new();
                 loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                    let max_fields = self.limits.max_header_fields;
+                    let line = self.read_next_line(deadline, &mut head_budget)?;
 
                     if line.is_empty() {
                         break;
                     };
+                    if headers.len() == max_fields {
+                        return Err(ReadError::HeadTooLarge);
+                    }
                     headers.push(match FromStr::from_str(line.trim()) {
                         Ok(h) => h,
                         _ => return Err(ReadError::WrongHeader(version)),
                     });
                 }
-                // a line buffer grown by a huge header is not kept for the connection's life
-                if self.line.capacity() > 8192 {
+                // a line buffer grown by a long header is not kept for the connection's life
+                if self.line.capacity() > 1024 {
                     self.line.fill(0);
                     self.line = Vec::new();
                 }
@@ -138,11 +225,16 @@ impl ClientConnection {
             (method, path, version, headers)
         };
 
+        // clef-agent patch: no request body is ever read, so one that announces a body ends the
+        // connection here — before its length is trusted for anything, and before any byte after
+        // the head could be taken for the next request.
+        refuse_bodies(&headers, &version)?;
+
         // building the writer for the request
-        let writer = self.sink.next().unwrap();
+        let writer = self.sink.next_writer();
 
         // follow-up for next potential request
-        let mut data_source = self.source.next().unwrap();
+        let mut data_source = self.source.next_reader();
         std::mem::swap(&mut self.next_header_source, &mut data_source);
 
         // building the next reader
@@ -171,6 +263,33 @@ impl ClientConnection {
         // return the request
         Ok(request)
     }
+
+    /// clef-agent patch: answers a request refused before it reached the handler; the caller
+    /// then ends the connection.
+    fn refuse(&mut self, status: u16, reason: &str, error: &str) {
+        let mut writer = self.sink.next_writer();
+        writer.write_all(&refusal(status, reason, error)).ok();
+    }
+}
+
+/// clef-agent patch: `Transfer-Encoding` of any kind, or a `Content-Length` above zero, is a
+/// body; a `Content-Length` that is not a decimal number is a malformed header.
+fn refuse_bodies(headers: &[Header], version: &HTTPVersion) -> Result<(), ReadError> {
+    for header in headers {
+        if header.field.equiv("Transfer-Encoding") {
+            return Err(ReadError::BodyNotAccepted);
+        }
+        if header.field.equiv("Content-Length") {
+            let value = header.value.as_str().trim();
+            if value.is_empty() || !value.bytes().all(|byte| byte.is_ascii_digit()) {
+                return Err(ReadError::WrongHeader(version.clone()));
+            }
+            if value.bytes().any(|digit| digit != b'0') {
+                return Err(ReadError::BodyNotAccepted);
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Iterator for ClientConnection {
@@ -179,7 +298,7 @@ impl Iterator for ClientConnection {
     /// Blocks until the next Request is available.
     /// Returns None when no new Requests will come from the client.
     fn next(&mut self) -> Option<Request> {
-        use crate::{Response, StatusCode};
+        use crate::Response;
 
         // the client sent a "connection: close" header in this previous request
         //  or is using HTTP 1.0, meaning that no new request will come
@@ -189,56 +308,46 @@ impl Iterator for ClientConnection {
 
         loop {
             let rq = match self.read() {
-                Err(ReadError::WrongRequestLine) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
+                Err(ReadError::WrongRequestLine) | Err(ReadError::WrongHeader(_)) => {
+                    // we don't know where the next request would start, so we have to close
+                    self.refuse(400, "Bad Request", "Bad request");
+                    return None;
                 }
 
-                Err(ReadError::WrongHeader(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(400));
-                    response.raw_print(writer, ver, &[], false, None).ok();
-                    return None; // we don't know where the next request would start,
-                                 // se we have to close
+                Err(ReadError::HeadTimeout) => {
+                    self.refuse(408, "Request Timeout", "Request header not received in time");
+                    return None;
                 }
 
-                Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
-                    // request timeout
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
-                    return None; // closing the connection
+                Err(ReadError::HeadTooLarge) => {
+                    self.refuse(431, "Request Header Fields Too Large", "Request header too large");
+                    return None;
                 }
 
-                Err(ReadError::ExpectationFailed(ver)) => {
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(417));
-                    response.raw_print(writer, ver, &[], true, None).ok();
-                    return None; // TODO: should be recoverable, but needs handling in case of body
+                Err(ReadError::BodyNotAccepted) => {
+                    self.refuse(400, "Bad Request", "Request bodies are not accepted");
+                    return None;
                 }
 
-                Err(ReadError::ReadIoError(_)) => return None,
+                Err(ReadError::ExpectationFailed(_)) => {
+                    self.refuse(417, "Expectation Failed", "Expectation failed");
+                    return None;
+                }
+
+                Err(ReadError::Ended) | Err(ReadError::ReadIoError(_)) => return None,
 
                 Ok(rq) => rq,
             };
 
             // checking HTTP version
             if *rq.http_version() > (1, 1) {
-                let writer = self.sink.next().unwrap();
+                // clef-agent patch: the request's own writer, so its answer keeps its place
+                // among pipelined answers (a new writer, as here before, waited on this one)
                 let response = Response::from_string(
                     "This server only supports HTTP versions 1.0 and 1.1".to_owned(),
                 )
-                .with_status_code(StatusCode(505));
-                response
-                    .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                    .ok();
+                .with_status_code(505);
+                rq.respond(response).ok();
                 continue;
             }
 

@@ -99,7 +99,7 @@ use std::io::Error as IoError;
 use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -112,6 +112,7 @@ use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
+pub use limits::Limits;
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
@@ -119,6 +120,7 @@ pub use test::TestRequest;
 mod client;
 mod common;
 mod connection;
+mod limits;
 mod request;
 mod response;
 mod ssl;
@@ -157,6 +159,36 @@ impl From<Request> for Message {
     fn from(rq: Request) -> Message {
         Message::NewRequest(rq)
     }
+}
+
+/// clef-agent patch: counts an open connection until it is dropped, however its thread ends.
+struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl ConnectionSlot {
+    fn take(open: &Arc<AtomicUsize>) -> ConnectionSlot {
+        open.fetch_add(1, Ordering::SeqCst);
+        ConnectionSlot(Arc::clone(open))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// clef-agent patch: the whole answer to a connection over `Limits::max_connections`, written
+/// without blocking (a fresh socket's send buffer is empty) before the socket is closed.
+const TOO_MANY_CONNECTIONS: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+Content-Type: application/json; charset=utf-8\r\nX-Content-Type-Options: nosniff\r\n\
+Content-Length: 32\r\nConnection: close\r\n\r\n{\"error\":\"Too many connections\"}";
+
+fn refuse_connection(mut connection: Connection) {
+    use std::io::Write;
+    if connection.set_nonblocking(true).is_ok() {
+        let _ = connection.write(TOO_MANY_CONNECTIONS);
+    }
+    let _ = connection.shutdown(Shutdown::Write);
 }
 
 // this trait is to make sure that Server implements Share and Send
@@ -243,7 +275,7 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
-        Self::start(listener.into(), ssl_config, None)
+        Self::start(listener.into(), ssl_config, Limits::default(), None)
     }
 
     /// clef-agent patch (PATCHES.md): builds a server that answers every request on the thread
@@ -251,18 +283,20 @@ impl Server {
     /// only returns the accept loop's error, or the error of `unblock()`.
     pub fn from_listener_with_handler<L, H>(
         listener: L,
+        limits: Limits,
         handler: H,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>>
     where
         L: Into<Listener>,
         H: Fn(Request) + Send + Sync + 'static,
     {
-        Self::start(listener.into(), None, Some(Arc::new(handler)))
+        Self::start(listener.into(), None, limits, Some(Arc::new(handler)))
     }
 
     fn start(
         listener: Listener,
         ssl_config: Option<SslConfig>,
+        limits: Limits,
         handler: Option<Arc<dyn Fn(Request) + Send + Sync>>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         // building the "close" variable
@@ -310,11 +344,24 @@ impl Server {
             // a tasks pool is used to dispatch the connections into threads
             let tasks_pool = util::TaskPool::new();
 
+            // clef-agent patch: connections open now, each counted until its thread is done
+            let open = Arc::new(AtomicUsize::new(0));
+
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
+                        // clef-agent patch: past the cap a connection costs one non-blocking
+                        // write and no thread; below it, a response write that makes no
+                        // progress (a client that stopped reading) fails after a while
+                        if open.load(Ordering::SeqCst) >= limits.max_connections {
+                            refuse_connection(sock);
+                            continue;
+                        }
+                        if sock.set_write_timeout(Some(limits.write_timeout)).is_err() {
+                            continue;
+                        }
                         let streams = match ssl {
                             None => RefinedTcpStream::new(sock),
                             #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
@@ -333,7 +380,7 @@ impl Server {
                         };
 
                         streams.map(|(read_closable, write_closable)| {
-                            ClientConnection::new(write_closable, read_closable)
+                            ClientConnection::new(write_closable, read_closable, limits)
                         })
                     }
                     Err(e) => Err(e),
@@ -344,7 +391,10 @@ impl Server {
                         let messages = inside_messages.clone();
                         let handler = handler.clone();
                         let mut client = Some(client);
+                        let mut slot = Some(ConnectionSlot::take(&open));
                         tasks_pool.spawn(Box::new(move || {
+                            // dropped after `client`, so the slot frees once the socket is closed
+                            let _slot = slot.take();
                             let Some(client) = client.take() else { return };
                             if let Some(handler) = &handler {
                                 for rq in client {
@@ -363,6 +413,19 @@ impl Server {
                                 }
                             }
                         }));
+                    }
+
+                    // clef-agent patch: a client that reset its connection before it was
+                    // accepted, or a signal, is that client's problem, not the server's end
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            IoErrorKind::ConnectionAborted
+                                | IoErrorKind::ConnectionReset
+                                | IoErrorKind::Interrupted
+                        ) =>
+                    {
+                        continue
                     }
 
                     Err(e) => {

@@ -1,6 +1,7 @@
 use std::io::Result as IoResult;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::time::Duration;
 
 use crate::connection::Connection;
 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
@@ -47,6 +48,17 @@ impl Stream {
         }
     }
 
+    fn connection(&self) -> IoResult<&Connection> {
+        match self {
+            Stream::Http(connection) => Ok(connection),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "socket options are not reachable through TLS",
+            )),
+        }
+    }
+
     fn shutdown(&mut self, how: Shutdown) -> IoResult<()> {
         match self {
             Stream::Http(tcp_stream) => tcp_stream.shutdown(how),
@@ -88,6 +100,9 @@ pub struct RefinedTcpStream {
     stream: Stream,
     close_read: bool,
     close_write: bool,
+    // clef-agent patch: the receive timeout last set on the socket, so setting the same one
+    // again (the keep-alive idle limit, before every request) costs no system call.
+    read_timeout: Option<Duration>,
 }
 
 impl RefinedTcpStream {
@@ -103,12 +118,14 @@ impl RefinedTcpStream {
             stream: read,
             close_read: true,
             close_write: false,
+            read_timeout: None,
         };
 
         let write = RefinedTcpStream {
             stream: write,
             close_read: false,
             close_write: true,
+            read_timeout: None,
         };
 
         Ok((read, write))
@@ -122,6 +139,19 @@ impl RefinedTcpStream {
 
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         self.stream.peer_addr()
+    }
+
+    /// Sets the socket's receive timeout (`SO_RCVTIMEO`): a read that waits longer fails with
+    /// `WouldBlock` or `TimedOut`. A zero timeout means "already expired".
+    pub(crate) fn set_read_timeout(&mut self, timeout: Duration) -> IoResult<()> {
+        if timeout.is_zero() {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "deadline passed"));
+        }
+        if self.read_timeout != Some(timeout) {
+            self.stream.connection()?.set_read_timeout(Some(timeout))?;
+            self.read_timeout = Some(timeout);
+        }
+        Ok(())
     }
 }
 

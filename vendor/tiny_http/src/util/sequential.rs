@@ -151,20 +151,27 @@ impl<R: Read + Send> Iterator for SequentialReaderBuilder<R> {
     type Item = SequentialReader<R>;
 
     fn next(&mut self) -> Option<SequentialReader<R>> {
+        Some(self.next_reader())
+    }
+}
+
+impl<R: Read + Send> SequentialReaderBuilder<R> {
+    /// clef-agent patch: the next reader, without an `Option` that is never `None`.
+    pub fn next_reader(&mut self) -> SequentialReader<R> {
         let (giver, taker) = handover();
 
         let inner = mem::replace(&mut self.inner, SequentialReaderBuilderInner::NotFirst(taker));
 
         match inner {
-            SequentialReaderBuilderInner::First(reader) => Some(SequentialReader {
+            SequentialReaderBuilderInner::First(reader) => SequentialReader {
                 inner: SequentialReaderInner::MyTurn(reader),
                 next: Some(giver),
-            }),
+            },
 
-            SequentialReaderBuilderInner::NotFirst(previous) => Some(SequentialReader {
+            SequentialReaderBuilderInner::NotFirst(previous) => SequentialReader {
                 inner: SequentialReaderInner::Waiting(previous),
                 next: Some(giver),
-            }),
+            },
         }
     }
 }
@@ -172,14 +179,21 @@ impl<R: Read + Send> Iterator for SequentialReaderBuilder<R> {
 impl<W: Write + Send> Iterator for SequentialWriterBuilder<W> {
     type Item = SequentialWriter<W>;
     fn next(&mut self) -> Option<SequentialWriter<W>> {
+        Some(self.next_writer())
+    }
+}
+
+impl<W: Write + Send> SequentialWriterBuilder<W> {
+    /// clef-agent patch: the next writer, without an `Option` that is never `None`.
+    pub fn next_writer(&mut self) -> SequentialWriter<W> {
         let (giver, taker) = handover();
         let trigger = mem::replace(&mut self.next_trigger, Some(taker));
 
-        Some(SequentialWriter {
+        SequentialWriter {
             trigger,
             writer: self.writer.clone(),
             on_finish: Some(giver),
-        })
+        }
     }
 }
 
@@ -199,6 +213,13 @@ impl<R: Read + Send> SequentialReader<R> {
                 "the previous request's reader went away",
             )),
         }
+    }
+}
+
+impl<R: Read + Send> SequentialReader<R> {
+    /// clef-agent patch: the stream itself, once it is this reader's turn (socket timeouts).
+    pub fn get_mut(&mut self) -> IoResult<&mut R> {
+        self.turn()
     }
 }
 
