@@ -118,7 +118,8 @@ impl Drop for InFlight<'_> {
 }
 
 /// Runs the routes for one request; a panic becomes a 500 and the connection's thread lives on.
-fn answer(api: &Api, request: &tiny_http::Request) -> Reply {
+/// Public for the `http` fuzz target, which serves through the real tiny_http with it.
+pub fn answer(api: &Api, request: &tiny_http::Request) -> Reply {
     let method = request.method().as_str();
     let header = |name: &'static str| request.headers().iter().filter(move |header| header.field.equiv(name));
     let view = Request {
@@ -136,7 +137,8 @@ pub fn handle_safely(handler: impl FnOnce() -> Reply) -> Reply {
     panic::catch_unwind(AssertUnwindSafe(handler)).unwrap_or_else(|_| Reply::internal_error())
 }
 
-fn into_response(reply: Reply) -> tiny_http::Response<BodyReader> {
+/// The reply as tiny_http sends it (public for the `http` fuzz target).
+pub fn into_response(reply: Reply) -> tiny_http::Response<BodyReader> {
     let mut headers = Vec::with_capacity(3 + reply.headers.len());
     headers.extend([("Content-Type", reply.content_type), ("X-Content-Type-Options", "nosniff")]);
     if reply.no_store {
