@@ -240,9 +240,11 @@ impl Config {
             None => DEFAULT_MAX_CONNECTIONS,
             Some(text) => match text.trim().parse::<usize>() {
                 Ok(count) if (1..=MAX_MAX_CONNECTIONS).contains(&count) => count,
-                _ => return error(format!(
+                _ => {
+                    return error(format!(
                     "CLEF_AGENT_MAX_CONNECTIONS must be a whole number from 1 to {MAX_MAX_CONNECTIONS}, got '{text}'"
-                )),
+                ))
+                }
             },
         };
         Ok(Config {

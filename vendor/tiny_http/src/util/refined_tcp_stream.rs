@@ -175,7 +175,16 @@ impl Read for RefinedTcpStream {
 
 impl Write for RefinedTcpStream {
     fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
-        self.stream.write(buf)
+        // clef-agent patch: a write that made no progress within the socket's send timeout
+        // ends the connection, so a client that stopped reading is not offered its next answer
+        // (another full timeout each) while it holds a connection slot.
+        let result = self.stream.write(buf);
+        if let Err(error) = &result {
+            if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+                self.stream.shutdown(Shutdown::Both).ok();
+            }
+        }
+        result
     }
 
     fn flush(&mut self) -> IoResult<()> {
