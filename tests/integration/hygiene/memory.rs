@@ -10,11 +10,13 @@
 //!
 //! Every worker thread serves secrets before each change, and nothing is requested between the
 //! change and the scan but the poll that sees it: an old copy must be gone because the agent
-//! wiped it, not because later traffic happened to overwrite it. (The test's client closes each
-//! connection; a keep-alive connection's write buffer is freed, so wiped, when the idle janitor
-//! closes it.)
+//! wiped it, not because later traffic happened to overwrite it. A connection that stays open
+//! keeps no copy either: its read buffer is wiped as each request is parsed, and answers are
+//! written without a buffer of their own.
 
 use std::fs::File;
+use std::io::{BufReader, Write};
+use std::net::TcpStream;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -23,7 +25,7 @@ use std::time::Duration;
 
 use crate::support::{
     age_key_line, build_artifact, wait_until, Agent, ArtifactOptions, Deployment, PLAINTEXT, PLAINTEXT_ROTATED,
-    READY_LINE,
+    READY_LINE, TOKEN,
 };
 
 /// SIGHUP takes milliseconds; this covers a loaded machine.
@@ -384,6 +386,73 @@ fn no_copy_of_a_rotated_or_revoked_secret_survives_in_memory_or_on_disk() {
     assert_none_of(&findings, &old, "after the revocation");
     assert_none_of(&findings, &rotated, "after the revocation");
     assert_no_plaintext_on_disk(&root, &every_value, "after the revocation");
+}
+
+/// Sends one request on a connection that stays open, and reads its answer.
+fn request_and_keep_open(connection: &mut BufReader<TcpStream>, request: &str) -> crate::pressure::Answer {
+    connection.get_mut().write_all(request.as_bytes()).expect("cannot send on the kept connection");
+    crate::pressure::read_answer(connection)
+        .expect("no answer on the kept connection")
+        .expect("the kept connection was closed")
+}
+
+#[test]
+fn connections_left_open_keep_no_copy_of_a_token_or_an_answer() {
+    require_root();
+    let deployment =
+        Deployment::new("hygiene-keep-alive", &build_artifact(PLAINTEXT, "rev-1", &ArtifactOptions::default()));
+    let agent = deployment.start(&[]);
+    let (old, rotated) = (values_of(PLAINTEXT, "rev-1"), values_of(PLAINTEXT_ROTATED, "rev-2"));
+    let connect = || {
+        let stream = TcpStream::connect(("127.0.0.1", agent.port())).expect("cannot connect");
+        stream.set_read_timeout(Some(STATE_LIMIT)).unwrap();
+        BufReader::new(stream)
+    };
+    // A token the agent refuses, so no copy of it has a reason to exist; and one value served
+    // alone, which a write buffer would keep as the connection's last answer.
+    let refused = Needle::new("the refused bearer token", "refused-token-5f0c9a27e1d84b63");
+    let mut refused_connection = connect();
+    let answer = request_and_keep_open(
+        &mut refused_connection,
+        "GET /v1/secrets HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer refused-token-5f0c9a27e1d84b63\r\n\r\n",
+    );
+    assert_eq!(answer.status, 401, "{}", answer.text());
+    let (namespace, key, value) = {
+        let parsed: serde_json::Value = serde_json::from_str(PLAINTEXT).unwrap();
+        let (namespace, keys) =
+            parsed.as_object().and_then(|all| all.iter().next()).map(|(n, k)| (n.clone(), k.clone())).unwrap();
+        let (key, value) =
+            keys.as_object().and_then(|all| all.iter().next()).map(|(k, v)| (k.clone(), v.clone())).unwrap();
+        (namespace, key, value.as_str().unwrap().to_string())
+    };
+    let mut value_connection = connect();
+    let answer = request_and_keep_open(
+        &mut value_connection,
+        &format!(
+            "GET /v1/secrets/{}/{} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n",
+            encode(&namespace),
+            encode(&key)
+        ),
+    );
+    assert_eq!((answer.status, answer.text()), (200, value));
+
+    // Rotate (on other connections), then scan while both connections are still open.
+    deployment.publish(&build_artifact(PLAINTEXT_ROTATED, "rev-2", &ArtifactOptions::default()));
+    agent.signal(libc::SIGHUP);
+    assert!(
+        wait_until(SIGHUP_LIMIT, || agent.get("/v1/secrets").body == PLAINTEXT_ROTATED.as_bytes()),
+        "the rotation was not served: {}",
+        agent.stderr()
+    );
+    let every: Vec<&Needle> = old.iter().chain(&rotated).chain([&refused]).collect();
+    let findings = scan_memory(&agent, &every);
+    assert_each_of(&findings, &rotated, "a current value");
+    assert_none_of(&findings, std::slice::from_ref(&refused), "with the refused request's connection open");
+    assert_none_of(&findings, &old, "after the rotation, with a connection that was served rev-1 open");
+    // Both connections were open all along: each still answers.
+    let health = "GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    assert_eq!(request_and_keep_open(&mut refused_connection, health).status, 200);
+    assert_eq!(request_and_keep_open(&mut value_connection, health).status, 200);
 }
 
 /// A process started as [`NOBODY`], killed when dropped.

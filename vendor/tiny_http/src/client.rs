@@ -121,11 +121,14 @@ impl ClientConnection {
     fn wait_for_request(&mut self) -> Result<Instant, ReadError> {
         let idle_timeout = self.limits.idle_timeout;
         let reader = self.next_header_source.get_mut().map_err(ReadError::ReadIoError)?;
-        if reader.buffer().is_empty() {
-            reader.get_mut().set_read_timeout(idle_timeout).map_err(ReadError::ReadIoError)?;
+        reader.get_mut().set_read_timeout(idle_timeout).map_err(ReadError::ReadIoError)?;
+        while reader.buffer().is_empty() {
             match reader.fill_buf() {
                 Ok([]) => return Err(ReadError::Ended),
                 Ok(_) => {}
+                // A signal (SIGHUP, or SIGSTOP/SIGCONT) ends a receive that has a timeout with
+                // EINTR even under SA_RESTART (signal(7)): wait on.
+                Err(error) if error.kind() == ErrorKind::Interrupted => {}
                 Err(error) if is_timeout(&error) => return Err(ReadError::Ended),
                 Err(error) => return Err(ReadError::ReadIoError(error)),
             }
@@ -159,6 +162,8 @@ impl ClientConnection {
             let available = match reader.fill_buf() {
                 Ok([]) => return Err(ReadError::ReadIoError(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF"))),
                 Ok(available) => available,
+                // as in `wait_for_request`; the timeout is set anew from the deadline
+                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
                 Err(error) if is_timeout(&error) => return Err(ReadError::HeadTimeout),
                 Err(error) => return Err(ReadError::ReadIoError(error)),
             };
