@@ -156,6 +156,8 @@ mod tests {
         let directory = directory("bad");
         let path = directory.join("token");
         std::fs::write(&path, "\n").unwrap();
+        // Not left to the umask, which another test (bind_unix's) may change meanwhile.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(resolve(&TokenSource::File(path.clone())).unwrap_err().0.contains("is empty"));
         std::fs::write(&path, "two words").unwrap();
         let error = resolve(&TokenSource::File(path.clone())).unwrap_err().0;

@@ -217,7 +217,15 @@ mod tests {
         std::fs::create_dir_all(&directory).unwrap();
         let path = directory.join("agent.sock");
         let _ = std::fs::remove_file(&path);
+        // SAFETY: umask only swaps the process's mask, and the old one is put back at once.
+        let process_umask = || unsafe {
+            let mask = libc::umask(0o022);
+            libc::umask(mask);
+            mask
+        };
+        let umask_before = process_umask();
         let live = bind_unix(&path).unwrap();
+        assert_eq!(process_umask(), umask_before, "bind_unix left its umask in place");
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o660);
         assert!(bind_unix(&path).unwrap_err().ends_with("another process is listening on it"));
         drop(live);
