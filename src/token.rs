@@ -51,7 +51,7 @@ fn read(path: &Path) -> Result<Option<Secret>, ConfigError> {
         }
         Err(error) => return Err(problem(format!("cannot be read: {error}"))),
     };
-    check_ownership(&file, path).map_err(problem)?;
+    check_only_the_agent_can_write(&file, path).map_err(problem)?;
     let mut contents = zeroize::Zeroizing::new(Vec::new());
     file.read_to_end(&mut contents).map_err(|error| problem(format!("cannot be read: {error}")))?;
     let text = std::str::from_utf8(&contents).map_err(|_| problem("is not text".into()))?.trim();
@@ -66,7 +66,7 @@ fn read(path: &Path) -> Result<Option<Secret>, ConfigError> {
 
 /// The opened token file must be a regular file owned by the agent's effective user that its
 /// group and others cannot write; else what is wrong and the command that fixes it.
-fn check_ownership(file: &File, path: &Path) -> Result<(), String> {
+fn check_only_the_agent_can_write(file: &File, path: &Path) -> Result<(), String> {
     let metadata = file.metadata().map_err(|error| format!("cannot be examined: {error}"))?;
     if !metadata.file_type().is_file() {
         return Err("is not a regular file: point CLEF_AGENT_TOKEN_FILE at a regular file, or remove what is there and let the agent create the file".into());
@@ -162,6 +162,20 @@ mod tests {
         std::fs::write(&path, "two words").unwrap();
         let error = resolve(&TokenSource::File(path.clone())).unwrap_err().0;
         assert!(error.contains("printable ASCII") && !error.contains("two words"), "{error}");
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_directory_or_a_fifo_in_place_of_the_token_file_without_hanging() {
+        let directory = directory("not-regular");
+        let fifo = directory.join("fifo");
+        let fifo_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path, which outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(fifo_path.as_ptr(), 0o600) }, 0);
+        for path in [directory.clone(), fifo] {
+            let error = resolve(&TokenSource::File(path.clone())).unwrap_err().0;
+            assert!(error.ends_with("is not a regular file: point CLEF_AGENT_TOKEN_FILE at a regular file, or remove what is there and let the agent create the file"), "{error}");
+        }
         std::fs::remove_dir_all(&directory).unwrap();
     }
 
