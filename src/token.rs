@@ -1,10 +1,16 @@
 //! The bearer token: from `CLEF_AGENT_TOKEN`, from `CLEF_AGENT_TOKEN_FILE` (read it, or create
 //! it once so an application on a shared volume can read it), or random. The log says where it
 //! came from, never what it is.
+//!
+//! The token file often sits in a directory others can write to (a shared volume). So it is
+//! opened without following a symbolic link, and the opened file itself must be a regular file
+//! of the agent's user that nobody else can write: a file someone else planted or can rewrite
+//! would let them choose the token. The checks are made on the open descriptor, so the file
+//! cannot be swapped between the check and the read.
 
-use std::fs::OpenOptions;
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use crate::config::{ConfigError, TokenSource};
@@ -32,11 +38,22 @@ fn generate() -> Result<Secret, ConfigError> {
 /// Reads the token file; `None` when it does not exist.
 fn read(path: &Path) -> Result<Option<Secret>, ConfigError> {
     let problem = |what: String| ConfigError(format!("CLEF_AGENT_TOKEN_FILE {}: {what}", path.display()));
-    let contents = match std::fs::read(path) {
-        Ok(contents) => zeroize::Zeroizing::new(contents),
+    // O_NONBLOCK: opening a FIFO planted there must not hang start-up; regular files ignore it.
+    let opened = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path);
+    let mut file = match opened {
+        Ok(file) => file,
         Err(error) if error.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(error) if error.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(problem(format!(
+                "is a symbolic link, which is refused (whoever planted it would choose the token): remove it with rm {} and let the agent create the file, or point CLEF_AGENT_TOKEN_FILE at the real file",
+                path.display()
+            )))
+        }
         Err(error) => return Err(problem(format!("cannot be read: {error}"))),
     };
+    check_only_the_agent_can_write(&file, path).map_err(problem)?;
+    let mut contents = zeroize::Zeroizing::new(Vec::new());
+    file.read_to_end(&mut contents).map_err(|error| problem(format!("cannot be read: {error}")))?;
     let text = std::str::from_utf8(&contents).map_err(|_| problem("is not text".into()))?.trim();
     if text.is_empty() {
         return Err(problem("is empty: delete it to have a token generated, or write one into it".into()));
@@ -47,6 +64,32 @@ fn read(path: &Path) -> Result<Option<Secret>, ConfigError> {
     Ok(Some(Secret::new(text.to_string())))
 }
 
+/// The opened token file must be a regular file owned by the agent's effective user that its
+/// group and others cannot write; else what is wrong and the command that fixes it.
+fn check_only_the_agent_can_write(file: &File, path: &Path) -> Result<(), String> {
+    let metadata = file.metadata().map_err(|error| format!("cannot be examined: {error}"))?;
+    if !metadata.file_type().is_file() {
+        return Err("is not a regular file: point CLEF_AGENT_TOKEN_FILE at a regular file, or remove what is there and let the agent create the file".into());
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let agent_user = unsafe { libc::geteuid() };
+    if metadata.uid() != agent_user {
+        return Err(format!(
+            "is owned by uid {}, not by the agent's user (uid {agent_user}): chown {agent_user} {} (or remove it and let the agent create it)",
+            metadata.uid(),
+            path.display()
+        ));
+    }
+    if metadata.mode() & 0o022 != 0 {
+        return Err(format!(
+            "is writable by its group or by others (mode {:04o}): chmod go-w {}",
+            metadata.mode() & 0o7777,
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Writes a new random token to `path` atomically with mode 0600. If another process created
 /// the file first, its token wins and is returned, so agents sharing a volume agree.
 fn create(path: &Path) -> Result<Secret, ConfigError> {
@@ -54,11 +97,17 @@ fn create(path: &Path) -> Result<Secret, ConfigError> {
     let token = generate()?;
     let file_name = path.file_name().ok_or_else(|| problem("is not a file path".into()))?;
     let temporary = path.with_file_name(format!(".{}.{}.tmp", file_name.to_string_lossy(), std::process::id()));
-    let written = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary).and_then(|mut file| {
-        file.write_all(token.expose().as_bytes())?;
-        file.write_all(b"\n")?;
-        file.sync_all()
-    });
+    // create_new is O_CREAT|O_EXCL, which already refuses a symbolic link; O_NOFOLLOW says so.
+    // Whatever is in the way was not made by us, so it is left alone.
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&temporary)
+        .map_err(|error| problem(format!("cannot be created: {error}")))?;
+    let written =
+        file.write_all(token.expose().as_bytes()).and_then(|()| file.write_all(b"\n")).and_then(|()| file.sync_all());
     if let Err(error) = written {
         let _ = std::fs::remove_file(&temporary);
         return Err(problem(format!("cannot be created: {error}")));
@@ -107,10 +156,26 @@ mod tests {
         let directory = directory("bad");
         let path = directory.join("token");
         std::fs::write(&path, "\n").unwrap();
+        // Not left to the umask, which another test (bind_unix's) may change meanwhile.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(resolve(&TokenSource::File(path.clone())).unwrap_err().0.contains("is empty"));
         std::fs::write(&path, "two words").unwrap();
         let error = resolve(&TokenSource::File(path.clone())).unwrap_err().0;
         assert!(error.contains("printable ASCII") && !error.contains("two words"), "{error}");
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_directory_or_a_fifo_in_place_of_the_token_file_without_hanging() {
+        let directory = directory("not-regular");
+        let fifo = directory.join("fifo");
+        let fifo_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path, which outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(fifo_path.as_ptr(), 0o600) }, 0);
+        for path in [directory.clone(), fifo] {
+            let error = resolve(&TokenSource::File(path.clone())).unwrap_err().0;
+            assert!(error.ends_with("is not a regular file: point CLEF_AGENT_TOKEN_FILE at a regular file, or remove what is there and let the agent create the file"), "{error}");
+        }
         std::fs::remove_dir_all(&directory).unwrap();
     }
 

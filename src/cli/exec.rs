@@ -2,6 +2,13 @@
 //! secret added to its environment as `<namespace>__<key>` (overriding inherited variables).
 //! The agent's process becomes CMD, so CMD's exit status is the exit status; nothing is
 //! written to disk. For cron jobs and scripts that read secrets from their environment.
+//!
+//! CMD gets the secrets of one artifact, not the agent's own credentials: the age identity
+//! would still decrypt every later artifact after a rotation or a revocation, and the API and
+//! VCS tokens are of no use to CMD. They are removed from its environment
+//! ([`WITHHELD_FROM_COMMAND`]). Everything else is passed on: paths (`CLEF_AGENT_AGE_KEY_FILE`,
+//! `CLEF_AGENT_TOKEN_FILE`) are not secrets, and cloud credentials (`AWS_*`, `GOOGLE_*`,
+//! `AZURE_*`) may be what CMD needs for its own work.
 
 use std::ffi::OsString;
 use std::os::unix::process::CommandExt;
@@ -10,11 +17,18 @@ use crate::config::Config;
 use crate::decrypt::Plaintext;
 use crate::lifecycle::Fatal;
 
+/// The agent's secret inputs, which CMD never sees.
+pub const WITHHELD_FROM_COMMAND: [&str; 3] = ["CLEF_AGENT_AGE_KEY", "CLEF_AGENT_TOKEN", "CLEF_AGENT_VCS_TOKEN"];
+
 pub fn run(config: &Config, program: &OsString, arguments: &[OsString]) -> Result<(), Fatal> {
     let (_, plaintext) = super::load_once(config)?;
     let variables = environment(&plaintext).map_err(Fatal::Other)?;
     let mut command = std::process::Command::new(program);
-    command.args(arguments).envs(variables.iter().map(|(name, value)| (name.as_str(), value.as_str())));
+    command.args(arguments);
+    for name in WITHHELD_FROM_COMMAND {
+        command.env_remove(name);
+    }
+    command.envs(variables.iter().map(|(name, value)| (name.as_str(), value.as_str())));
     // `exec` only returns when the program could not be started.
     let error = command.exec();
     Err(Fatal::Other(format!("cannot run {}: {error}", program.to_string_lossy())))

@@ -74,7 +74,9 @@ pub fn parse(arguments: Vec<OsString>) -> Result<Command, String> {
 }
 
 /// One fetch and the full pipeline, for the one-shot commands: the artifact and its plaintext.
+/// The process is hardened like the daemon first, before it holds a key or a plaintext.
 pub fn load_once(config: &Config) -> Result<(Box<Artifact>, Plaintext), Fatal> {
+    crate::lifecycle::forbid_core_dumps_and_ptrace();
     let http = HttpClient::new(config.ssl_cert_file.as_deref()).map_err(ConfigError)?;
     let env = Env::from_process();
     let credentials = Arc::new(CredentialChain::new(env.clone(), http.clone()));

@@ -221,8 +221,26 @@ fn watch_signals(events: Sender<Event>) -> Result<(), Fatal> {
     Ok(())
 }
 
-/// No core dumps and no same-user ptrace: the process holds plaintext secrets.
+/// The daemon's process settings: no core dumps or ptrace, then tuning for serving.
 fn harden_process() {
+    forbid_core_dumps_and_ptrace();
+    // glibc raises its mmap threshold after the first large block is freed; then large
+    // request buffers (a client's 1 MiB header) come from per-thread arenas that keep the
+    // memory for good. A fixed threshold keeps large blocks in mmap, returned when freed.
+    // (The shipped musl build does not have this behaviour.)
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's tuning; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+    listener::raise_file_descriptor_limit();
+}
+
+/// No core dumps and no same-user ptrace (or `/proc/<pid>/mem` reads): whoever calls this is
+/// about to hold plaintext secrets — the daemon, `check` and `exec` alike. After `execve` the
+/// kernel makes the new program dumpable again; that is `exec`'s child, which is meant to have
+/// the secrets.
+pub fn forbid_core_dumps_and_ptrace() {
     // SAFETY: prctl(PR_SET_DUMPABLE, 0) changes only this process's dumpable flag.
     unsafe {
         libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
@@ -237,16 +255,6 @@ fn harden_process() {
             libc::setrlimit(libc::RLIMIT_CORE, &core);
         }
     }
-    // glibc raises its mmap threshold after the first large block is freed; then large
-    // request buffers (a client's 1 MiB header) come from per-thread arenas that keep the
-    // memory for good. A fixed threshold keeps large blocks in mmap, returned when freed.
-    // (The shipped musl build does not have this behaviour.)
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes the allocator's tuning; called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-    }
-    listener::raise_file_descriptor_limit();
 }
 
 /// The Unix socket when `CLEF_AGENT_SOCKET` is set (then TCP only with an explicit

@@ -6,7 +6,7 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 
@@ -37,6 +37,13 @@ fn disable_nagle(fd: RawFd) {
 
 /// Binds a Unix socket at `path` with mode 0660. A stale socket file left by a previous run is
 /// replaced; a live one (something answers on it) or a file that is not a socket is an error.
+///
+/// `bind` creates the socket file with mode 0777 minus the umask, so the mode is set by the
+/// umask during `bind` rather than by a chmod afterwards, which would leave the file open to
+/// anyone between the two calls. The umask is process-wide; changing it for this one call is
+/// safe because the agent binds before it starts any thread (signals, telemetry, servers and
+/// the poller all come later), so nothing else creates a file meanwhile — and a file created
+/// in that instant anyway would get fewer permissions, never more.
 pub fn bind_unix(path: &Path) -> Result<UnixListener, String> {
     let cannot = |why: String| format!("cannot listen on unix:{}: {why}", path.display());
     if let Ok(metadata) = std::fs::symlink_metadata(path) {
@@ -48,10 +55,12 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, String> {
         }
         std::fs::remove_file(path).map_err(|error| cannot(format!("cannot remove the stale socket: {error}")))?;
     }
-    let listener = UnixListener::bind(path).map_err(|error| cannot(error.to_string()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .map_err(|error| cannot(error.to_string()))?;
-    Ok(listener)
+    // SAFETY: umask only swaps the process's file mode creation mask; the old one is restored.
+    let previous = unsafe { libc::umask(0o117) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(previous) };
+    bound.map_err(|error| cannot(error.to_string()))
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit, so many clients do not make `accept()`
@@ -71,6 +80,7 @@ pub fn raise_file_descriptor_limit() {
 mod tests {
     use super::*;
     use std::net::TcpStream;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn raises_the_descriptor_limit_to_the_hard_limit() {
@@ -104,7 +114,15 @@ mod tests {
         std::fs::create_dir_all(&directory).unwrap();
         let path = directory.join("agent.sock");
         let _ = std::fs::remove_file(&path);
+        // SAFETY: umask only swaps the process's mask, and the old one is put back at once.
+        let process_umask = || unsafe {
+            let mask = libc::umask(0o022);
+            libc::umask(mask);
+            mask
+        };
+        let umask_before = process_umask();
         let live = bind_unix(&path).unwrap();
+        assert_eq!(process_umask(), umask_before, "bind_unix left its umask in place");
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o660);
         assert!(bind_unix(&path).unwrap_err().ends_with("another process is listening on it"));
         drop(live);

@@ -2,11 +2,15 @@
 //! `--help`, `check`, `exec` and `healthcheck`, with their exit statuses, and no secret value
 //! in anything `check` prints.
 
-use std::process::{Command, Output};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Output, Stdio};
+use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
 use super::{artifact, assert_absent, flat_names, secret_values};
-use crate::support::{fixture, free_port, Deployment, PLAINTEXT};
+use crate::support::loopback::{Answer, Server};
+use crate::support::{age_key_line, fixture, free_port, Deployment, PLAINTEXT};
 
 const REVISION: &str = "rev-commands";
 
@@ -172,4 +176,64 @@ fn healthcheck_exits_0_against_the_agent_s_unix_socket() {
     let _agent = deployment.start(&[("CLEF_AGENT_SOCKET", &socket), ("CLEF_AGENT_PORT", "")]);
     let output = run(&env(&[("CLEF_AGENT_SOCKET", &socket)]), &["healthcheck"]);
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+}
+
+/// Runs `clef-agent <arguments>` on an HTTP source that holds its answer, and while the command
+/// waits for it — before any plaintext, so from then on — checks from outside that the process
+/// is hardened like the daemon: not dumpable and with a core-file limit of 0.
+///
+/// A non-dumpable process's `/proc/<pid>` files belong to root. So the command runs as
+/// `nobody` when the tests run as root (as any other user, its files would be its own), and it
+/// starts with the highest core-file limit allowed, which the hardening must lower to 0.
+fn assert_hardened_while_fetching(arguments: &[&str]) {
+    let served = artifact(PLAINTEXT, REVISION);
+    let (release, held) = mpsc::channel::<()>();
+    let held = Mutex::new(held);
+    let server = Server::start(move |_| {
+        let _ = held.lock().unwrap().recv_timeout(Duration::from_secs(30));
+        Answer { status: 200, headers: Vec::new(), body: served.clone().into_bytes() }
+    });
+    let mut command = Command::new(env!("CARGO_BIN_EXE_clef-agent"));
+    command.env_clear().args(arguments).stdout(Stdio::null()).stderr(Stdio::piped());
+    command.env("CLEF_AGENT_SOURCE", server.url("/artifact.json"));
+    command.env("CLEF_AGENT_AGE_KEY", age_key_line("keys/demo.agekey"));
+    if let Some(path) = std::env::var_os("PATH") {
+        command.env("PATH", path);
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        command.uid(65534).gid(65534);
+    }
+    // SAFETY: getrlimit/setrlimit are async-signal-safe and change only the child's limit.
+    unsafe {
+        command.pre_exec(|| {
+            let mut core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            libc::getrlimit(libc::RLIMIT_CORE, &mut core);
+            core.rlim_cur = core.rlim_max;
+            libc::setrlimit(libc::RLIMIT_CORE, &core);
+            Ok(())
+        });
+    }
+    let child = command.spawn().expect("cannot run the clef-agent executable");
+    let fetching = server.wait_for_requests("GET", "/artifact.json", 1, Duration::from_secs(10));
+    let pid = child.id();
+    let owner = std::fs::metadata(format!("/proc/{pid}/status")).map(|metadata| metadata.uid());
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+    let _ = release.send(());
+    let output = child.wait_with_output().expect("cannot wait for the command");
+    assert!(fetching, "{arguments:?} never fetched the artifact");
+    assert_eq!(owner.ok(), Some(0), "{arguments:?} is dumpable while it works");
+    let core_limit = limits.lines().find(|line| line.starts_with("Max core file size")).unwrap_or_default();
+    assert_eq!(core_limit.split_whitespace().nth(4), Some("0"), "{arguments:?} may write a core file: {core_limit}");
+    assert_eq!(output.status.code(), Some(0), "{arguments:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[test]
+fn check_is_not_dumpable_and_writes_no_core_file_while_it_works() {
+    assert_hardened_while_fetching(&["check"]);
+}
+
+#[test]
+fn exec_is_not_dumpable_and_writes_no_core_file_while_it_works() {
+    assert_hardened_while_fetching(&["exec", "--", "true"]);
 }

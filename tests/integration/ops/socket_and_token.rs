@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::artifact;
-use crate::support::{get, get_unix, Agent, Deployment, PLAINTEXT, TOKEN};
+use crate::support::{get, get_unix, Agent, Deployment, PLAINTEXT, READY_LINE, TOKEN};
 
 const STOP: Duration = Duration::from_secs(5);
 
@@ -211,4 +211,138 @@ fn refuses_clef_agent_token_together_with_clef_agent_token_file() {
     );
     assert!(!agent.stdout().contains(TOKEN), "the token was logged");
     assert!(!token_file.exists(), "a token file was created anyway");
+}
+
+/// The `IN_CREATE` and `IN_ATTRIB` events queued on `inotify` so far, with their file names, in order.
+fn inotify_events(inotify: &std::fs::File) -> Vec<(&'static str, String)> {
+    use std::io::Read;
+    let mut buffer = vec![0u8; 64 * 1024];
+    let mut events = Vec::new();
+    let mut reader = inotify;
+    let count = match reader.read(&mut buffer) {
+        Ok(count) => count,
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(error) => panic!("cannot read the inotify descriptor: {error}"),
+    };
+    let header = std::mem::size_of::<libc::inotify_event>();
+    let mut offset = 0;
+    while offset + header <= count {
+        let field = |at: usize| u32::from_ne_bytes(buffer[offset + at..offset + at + 4].try_into().unwrap());
+        let (mask, length) = (field(4), field(12) as usize);
+        let name = &buffer[offset + header..offset + header + length];
+        let name = String::from_utf8_lossy(name).trim_end_matches('\0').to_string();
+        let kind = if mask & libc::IN_CREATE != 0 { "create" } else { "attrib" };
+        events.push((kind, name));
+        offset += header + length;
+    }
+    events
+}
+
+#[test]
+fn creates_the_socket_with_mode_0660_under_a_umask_of_0_and_never_changes_its_mode_afterwards() {
+    let deployment = deployment("sock-umask");
+    let socket = deployment.dir.join("agent.sock");
+    let socket_text = socket.display().to_string();
+    // Every mode change (chmod) shows as an IN_ATTRIB event: with none after IN_CREATE, the
+    // socket had its final mode from the moment it existed.
+    // SAFETY: inotify_init1 returns a new descriptor, owned by the File below from then on.
+    let descriptor = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    assert!(descriptor >= 0, "inotify_init1: {}", std::io::Error::last_os_error());
+    // SAFETY: the descriptor is valid and nothing else owns it.
+    let inotify = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(descriptor) };
+    let directory = std::ffi::CString::new(socket.parent().unwrap().as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: the path is a NUL-terminated string that outlives the call.
+    let watch = unsafe { libc::inotify_add_watch(descriptor, directory.as_ptr(), libc::IN_CREATE | libc::IN_ATTRIB) };
+    assert!(watch >= 0, "inotify_add_watch: {}", std::io::Error::last_os_error());
+
+    let env = deployment.env(&[("CLEF_AGENT_SOCKET", &socket_text), ("CLEF_AGENT_PORT", "")]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+    let agent = Agent::start_with_umask(&env, 0);
+    agent.wait_for_stdout(READY_LINE, Duration::from_secs(10));
+
+    assert_eq!(mode(&socket), 0o660, "mode {:o}", mode(&socket));
+    let socket_events: Vec<&str> =
+        inotify_events(&inotify).iter().filter(|(_, name)| name == "agent.sock").map(|(kind, _)| *kind).collect();
+    assert_eq!(socket_events, ["create"], "the socket's mode was changed after it was created");
+}
+
+/// Starts the agent with `CLEF_AGENT_TOKEN_FILE=<token_file>` and returns its exit status and
+/// stderr; it must refuse to start.
+fn refused_token_file(deployment: &Deployment, token_file: &Path) -> String {
+    let token_file_text = token_file.display().to_string();
+    let agent = deployment.spawn(&[("CLEF_AGENT_TOKEN", ""), ("CLEF_AGENT_TOKEN_FILE", &token_file_text)]);
+    let status = agent.wait_exit(STOP).expect("the agent kept running");
+    assert_eq!(status.code(), Some(1), "{}", agent.stderr());
+    agent.stderr()
+}
+
+#[test]
+fn refuses_a_token_file_that_is_a_symbolic_link_and_leaves_its_target_untouched() {
+    let deployment = deployment("token-symlink");
+    // Whoever can write the shared directory plants a link to a file whose contents they know.
+    let target = deployment.dir.join("known-token");
+    std::fs::write(&target, "attacker-chosen-token\n").unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let token_file = deployment.dir.join("token");
+    std::os::unix::fs::symlink(&target, &token_file).unwrap();
+    let path = token_file.display();
+    assert_eq!(
+        refused_token_file(&deployment, &token_file),
+        format!("[clef-agent] config error: CLEF_AGENT_TOKEN_FILE {path}: is a symbolic link, which is refused (whoever planted it would choose the token): remove it with rm {path} and let the agent create the file, or point CLEF_AGENT_TOKEN_FILE at the real file\n")
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "attacker-chosen-token\n", "the target was changed");
+    assert_eq!(mode(&target), 0o600);
+    assert!(std::fs::symlink_metadata(&token_file).unwrap().file_type().is_symlink(), "the link was replaced");
+}
+
+#[test]
+fn refuses_a_dangling_token_file_symbolic_link_instead_of_creating_its_target() {
+    let deployment = deployment("token-dangling");
+    let target = deployment.dir.join("not-yet");
+    let token_file = deployment.dir.join("token");
+    std::os::unix::fs::symlink(&target, &token_file).unwrap();
+    let stderr = refused_token_file(&deployment, &token_file);
+    assert!(stderr.contains(": is a symbolic link, which is refused"), "{stderr}");
+    assert!(!target.exists(), "the agent wrote a token through the link");
+}
+
+#[test]
+fn refuses_a_token_file_its_group_or_others_can_write_saying_how_to_fix_it() {
+    let deployment = deployment("token-writable");
+    let token_file = deployment.dir.join("token");
+    std::fs::write(&token_file, "file-token-3c9e1a7f5b2d4e6a\n").unwrap();
+    for (writable, shown) in [(0o620, "0620"), (0o602, "0602"), (0o666, "0666")] {
+        std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(writable)).unwrap();
+        let path = token_file.display();
+        assert_eq!(
+            refused_token_file(&deployment, &token_file),
+            format!("[clef-agent] config error: CLEF_AGENT_TOKEN_FILE {path}: is writable by its group or by others (mode {shown}): chmod go-w {path}\n")
+        );
+    }
+    // Group-readable is fine: that is how an application in the agent's group reads it.
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let token_file_text = token_file.display().to_string();
+    let _agent = deployment.start(&[("CLEF_AGENT_TOKEN", ""), ("CLEF_AGENT_TOKEN_FILE", &token_file_text)]);
+    get(deployment.port, "/v1/secrets", &[("Authorization", &bearer("file-token-3c9e1a7f5b2d4e6a"))])
+        .assert(200, PLAINTEXT);
+}
+
+#[test]
+fn refuses_a_token_file_owned_by_another_user_saying_how_to_fix_it() {
+    // SAFETY: geteuid has no preconditions.
+    let agent_user = unsafe { libc::geteuid() };
+    if agent_user != 0 {
+        eprintln!("not root: cannot give the token file to another user, so this test checks nothing");
+        return;
+    }
+    let deployment = deployment("token-owner");
+    let token_file = deployment.dir.join("token");
+    std::fs::write(&token_file, "file-token-3c9e1a7f5b2d4e6a\n").unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&token_file, Some(65534), None).unwrap();
+    let path = token_file.display();
+    assert_eq!(
+        refused_token_file(&deployment, &token_file),
+        format!("[clef-agent] config error: CLEF_AGENT_TOKEN_FILE {path}: is owned by uid 65534, not by the agent's user (uid 0): chown 0 {path} (or remove it and let the agent create it)\n")
+    );
 }

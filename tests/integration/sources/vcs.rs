@@ -721,3 +721,34 @@ fn bitbucket_with_a_ref_reads_only_the_meta_while_the_commit_is_unchanged_and_ro
     assert!(!agent.stderr().contains("poll error"), "{}", agent.stderr());
     assert_token_absent(&agent, BITBUCKET_TOKEN);
 }
+
+#[test]
+fn exec_gives_its_command_the_secrets_but_not_the_age_key_the_api_token_or_the_vcs_token() {
+    let published = Arc::new(Mutex::new(Published::new(PLAINTEXT, "rev-exec")));
+    let server = github_server("", None, Arc::clone(&published), true);
+    let api_url = server.url("");
+    let age_key = age_key_line("keys/demo.agekey");
+    let mut env = vcs_env(free_port(), &[]);
+    env.extend([
+        ("CLEF_AGENT_VCS_PROVIDER".to_string(), "github".to_string()),
+        ("CLEF_AGENT_VCS_TOKEN".to_string(), GITHUB_TOKEN.to_string()),
+        ("CLEF_AGENT_VCS_API_URL".to_string(), api_url),
+    ]);
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_clef-agent"));
+    command.env_clear().args(["exec", "--", "env"]).envs(env.iter().map(|(name, value)| (name, value)));
+    if let Some(path) = std::env::var_os("PATH") {
+        command.env("PATH", path);
+    }
+    let output = command.output().expect("cannot run the clef-agent executable");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let names: Vec<&str> = printed.lines().filter_map(|line| line.split_once('=')).map(|(name, _)| name).collect();
+    assert!(names.contains(&"database__DB_PASSWORD"), "the secrets are missing:\n{printed}");
+    assert!(names.contains(&"CLEF_AGENT_VCS_REPO"), "a variable that is not a credential was dropped:\n{printed}");
+    for withheld in ["CLEF_AGENT_AGE_KEY", "CLEF_AGENT_TOKEN", "CLEF_AGENT_VCS_TOKEN"] {
+        assert!(!names.contains(&withheld), "the command was given {withheld}:\n{printed}");
+    }
+    for credential in [age_key.as_str(), TOKEN, GITHUB_TOKEN] {
+        assert!(!printed.contains(credential), "a credential reached the command:\n{printed}");
+    }
+}

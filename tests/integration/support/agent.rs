@@ -2,6 +2,7 @@
 //! collected by reader threads, signals, and a kill when the test is done with it.
 
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -30,7 +31,24 @@ pub struct Agent {
 impl Agent {
     /// Spawns the agent with only `PATH` and `env` in its environment.
     pub fn start(env: &[(&str, &str)]) -> Agent {
+        Agent::start_command(Command::new(env!("CARGO_BIN_EXE_clef-agent")), env)
+    }
+
+    /// Spawns the agent like [`Agent::start`] with the file mode creation mask `umask`, set in
+    /// the child only (the umask is process-wide, and other tests run in this process).
+    pub fn start_with_umask(env: &[(&str, &str)], umask: libc::mode_t) -> Agent {
         let mut command = Command::new(env!("CARGO_BIN_EXE_clef-agent"));
+        // SAFETY: umask is async-signal-safe and touches nothing but the child's own mask.
+        unsafe {
+            command.pre_exec(move || {
+                libc::umask(umask);
+                Ok(())
+            });
+        }
+        Agent::start_command(command, env)
+    }
+
+    fn start_command(mut command: Command, env: &[(&str, &str)]) -> Agent {
         command.env_clear().stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         if let Some(path) = std::env::var_os("PATH") {
             command.env("PATH", path);
