@@ -105,7 +105,8 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
 
     let cell = Arc::new(Cell::new(config.mode));
     let cache = config.cache_path.as_deref().map(|root| DiskCache::new(root, &config.source));
-    let pipeline = Pipeline::new(source, Arc::clone(&keys), config.verify_key.clone(), cache);
+    let mut pipeline = Pipeline::new(source, Arc::clone(&keys), config.verify_key.clone(), cache);
+    pipeline.restore_rollback_mark().map_err(ConfigError)?;
     let refresher = Arc::new(Refresher::new(Arc::clone(&cell), pipeline, telemetry.clone()));
     log::info(&format!("source: {}", refresher.describe_source()));
     log::info("fetching initial artifact...");
