@@ -518,8 +518,9 @@ impl Refresher {
             }
         };
         if let Some(wipe) = wipe {
-            self.cell.swap(Served::Wiped(wipe));
+            // Purge first: once a request sees the wipe, the disk cache is already empty.
             state.pipeline.forget();
+            self.cell.swap(Served::Wiped(wipe));
         }
     }
 
