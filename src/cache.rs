@@ -2,7 +2,8 @@
 //! was fetched — still encrypted — and a small metadata file with its content hash and when it
 //! was last fetched, so an agent restarted during a source outage can still serve. Nothing
 //! decrypted is ever written. Files are written to a temporary name and renamed (a reader never
-//! sees half a file), mode 0600 in directories of mode 0700.
+//! sees half a file), mode 0600 in directories of mode 0700. With a verify key it also keeps the
+//! rollback high-water mark (`<stem>.rollback-mark`), which no purge removes.
 
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Write};
@@ -27,6 +28,8 @@ pub struct DiskCache {
     dir: PathBuf,
     artifact: PathBuf,
     meta: PathBuf,
+    /// The rollback high-water mark (`artifact/rollback.rs`); a purge leaves it in place.
+    mark: PathBuf,
 }
 
 impl DiskCache {
@@ -44,6 +47,7 @@ impl DiskCache {
             root: root.to_path_buf(),
             artifact: dir.join(format!("{stem}.age.json")),
             meta: dir.join(format!("{stem}.meta")),
+            mark: dir.join(format!("{stem}.rollback-mark")),
             dir,
         }
     }
@@ -85,6 +89,28 @@ impl DiskCache {
     pub fn purge(&self) {
         let _ = fs::remove_file(&self.meta);
         let _ = fs::remove_file(&self.artifact);
+    }
+
+    /// Where the rollback mark is kept, for messages.
+    pub fn mark_path(&self) -> &Path {
+        &self.mark
+    }
+
+    /// The stored rollback mark; `None` when there is none yet. Any other failure is an error:
+    /// ignoring an unreadable mark would re-open the rollback it guards against.
+    pub fn read_mark(&self) -> io::Result<Option<Vec<u8>>> {
+        match fs::read(&self.mark) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Replaces the rollback mark. It holds no secret, only a timestamp, but is written like
+    /// every cache file.
+    pub fn store_mark(&self, bytes: &[u8]) -> io::Result<()> {
+        self.make_dirs()?;
+        write_atomically(&self.mark, bytes)
     }
 
     fn write_meta(&self, content_hash: Option<&str>, fetched_at_ms: u64) -> io::Result<()> {
@@ -142,8 +168,11 @@ mod tests {
         assert_eq!(cache.load().unwrap().fetched_at_ms, 99);
         assert_eq!(fs::metadata(&root).unwrap().mode() & 0o777, 0o700);
         assert_eq!(fs::metadata(cache.artifact_path()).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(cache.read_mark().unwrap(), None);
+        cache.store_mark(b"mark").unwrap();
         cache.purge();
         assert!(cache.load().is_none());
+        assert_eq!(cache.read_mark().unwrap().as_deref(), Some(&b"mark"[..]), "a purge keeps the rollback mark");
         fs::remove_dir_all(&root).unwrap();
     }
 }

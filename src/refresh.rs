@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::artifact::rollback::{self, HighWaterMark, PackedAt};
 use crate::artifact::signature::VerifyKey;
 use crate::artifact::{self, Artifact, Parsed, Rejection, Revocation};
 use crate::cache::DiskCache;
@@ -75,6 +76,9 @@ impl RefreshError {
                 }
                 Rejection::Decrypt(_) if *configuration => {
                     "Check the age key (CLEF_AGENT_AGE_KEY / CLEF_AGENT_AGE_KEY_FILE): it must be the identity the artifact was packed for."
+                }
+                Rejection::Rollback(_) => {
+                    "An older signed artifact was published again: publish the newest artifact, or pack and deploy a new one."
                 }
                 Rejection::KmsUnwrap(_) => {
                     "Check the envelope's KMS key and this agent's permission to use it (AWS kms:Decrypt, GCP cloudkms.cryptoKeyVersions.useToDecrypt, Azure Key Vault unwrapKey)."
@@ -152,6 +156,9 @@ pub struct Pipeline {
     verify_key: Option<VerifyKey>,
     cache: Option<DiskCache>,
     last: Option<Accepted>,
+    /// With a verify key: the newest signed `packedAt` seen (`artifact/rollback.rs`). Kept
+    /// apart from `last` so that no wipe resets it.
+    mark: Option<HighWaterMark>,
 }
 
 // One value per refresh, moved once and never stored: its size does not matter.
@@ -175,7 +182,55 @@ impl Pipeline {
         verify_key: Option<VerifyKey>,
         cache: Option<DiskCache>,
     ) -> Pipeline {
-        Pipeline { source, keys, verify_key, cache, last: None }
+        Pipeline { source, keys, verify_key, cache, last: None, mark: None }
+    }
+
+    /// With a verify key and a disk cache: reads the rollback mark a previous run left, so a
+    /// restart cannot be rolled back either. Call before the first refresh. A mark that cannot
+    /// be read is an error for the caller to refuse to start with: going on without it would
+    /// accept any older signed artifact.
+    pub fn restore_rollback_mark(&mut self) -> Result<(), String> {
+        let Some(cache) = self.cache.as_ref().filter(|_| self.verify_key.is_some()) else { return Ok(()) };
+        let path = cache.mark_path().display();
+        let how_to_fix = "It records the newest signed packedAt this agent accepted (rollback protection, \
+                          CLEF_AGENT_VERIFY_KEY with CLEF_AGENT_CACHE_PATH). Fix its permissions, or delete it \
+                          if you are sure the source serves the newest artifact: the next accepted artifact \
+                          writes it again";
+        let bytes = match cache.read_mark() {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return Ok(()),
+            Err(error) => return Err(format!("cannot read the rollback mark {path}: {error}. {how_to_fix}")),
+        };
+        let mark = HighWaterMark::decode(&bytes)
+            .map_err(|detail| format!("the rollback mark {path} is damaged: {detail}. {how_to_fix}"))?;
+        self.mark = Some(mark);
+        Ok(())
+    }
+
+    /// Moves the mark to `raised` (when it moved) and keeps it on disk.
+    fn keep_mark(&mut self, raised: Option<HighWaterMark>) {
+        let Some(mark) = raised else { return };
+        if let Some(cache) = &self.cache {
+            if let Err(error) = cache.store_mark(&mark.encode()) {
+                log::error(&format!(
+                    "warning: cannot write the rollback mark {}: {error}; a restart could accept an older artifact",
+                    cache.mark_path().display()
+                ));
+            }
+        }
+        self.mark = Some(mark);
+    }
+
+    /// A revocation notice arrived. With a verify key, the artifact last accepted — and the
+    /// notice's own `packedAt` when the notice's artifact fields are signed — may never come
+    /// back. `revokedAt` is signed by nobody and is not used (see `artifact/rollback.rs`).
+    fn note_revocation(&mut self, bytes: &[u8]) {
+        let Some(key) = &self.verify_key else { return };
+        let signed_packed_at = artifact::revoked_artifact(bytes)
+            .filter(|notice| key.verify(notice).is_ok())
+            .and_then(|notice| PackedAt::parse(&notice.packed_at).ok());
+        let raised = rollback::after_revocation(self.mark.as_ref(), signed_packed_at);
+        self.keep_mark(raised);
     }
 
     /// The disk cache holds an entry to fall back on.
@@ -262,14 +317,35 @@ impl Pipeline {
         mode: Mode,
         now_ms: u64,
     ) -> Result<Outcome, RefreshError> {
-        let artifact = screen(bytes, now_ms)?;
+        let artifact = match screen(bytes, now_ms) {
+            Err(RefreshError::Revoked(revocation)) => {
+                self.note_revocation(bytes);
+                return Err(RefreshError::Revoked(revocation));
+            }
+            screened => screened?,
+        };
         if let Some(last) = self.last.as_mut().filter(|last| last.revision == artifact.revision) {
             last.content_hash = content_hash;
             return Ok(Outcome::Unchanged);
         }
+        verify(&artifact, self.verify_key.as_ref())?;
+        // After the signature (an unsigned packedAt proves nothing), before decryption (the
+        // KMS is not even asked about a rollback).
+        let signed_packed_at = match self.verify_key {
+            Some(_) => {
+                let packed_at = PackedAt::parse(&artifact.packed_at)?;
+                rollback::check_freshness(&packed_at, self.mark.as_ref()).map_err(Rejection::Rollback)?;
+                Some(packed_at)
+            }
+            None => None,
+        };
         // Decrypt in both modes: JIT keeps only the sealed artifact, but an artifact this agent
         // cannot open must not replace one it can.
-        let plaintext = open(&artifact, self.verify_key.as_ref(), &self.keys)?;
+        let plaintext = decrypt(&artifact, &self.keys)?;
+        if let Some(packed_at) = signed_packed_at {
+            let raised = rollback::raised(self.mark.as_ref(), HighWaterMark::accepted(packed_at));
+            self.keep_mark(raised);
+        }
         let loaded = Loaded {
             revision: artifact.revision.clone(),
             identity: artifact.identity.clone(),
@@ -312,10 +388,21 @@ pub fn screen(bytes: &[u8], now_ms: u64) -> Result<Box<Artifact>, RefreshError> 
 
 /// SPEC §2 steps 7–9: integrity, signature, decryption and the plaintext's shape.
 pub fn open(artifact: &Artifact, verify_key: Option<&VerifyKey>, keys: &Keys) -> Result<Plaintext, RefreshError> {
+    verify(artifact, verify_key)?;
+    decrypt(artifact, keys)
+}
+
+/// SPEC §2 steps 7–8: integrity and signature.
+fn verify(artifact: &Artifact, verify_key: Option<&VerifyKey>) -> Result<(), Rejection> {
     artifact::check_integrity(artifact)?;
-    if let Some(key) = verify_key {
-        key.verify(artifact)?;
+    match verify_key {
+        Some(key) => key.verify(artifact),
+        None => Ok(()),
     }
+}
+
+/// SPEC §2 step 9: decryption and the plaintext's shape.
+fn decrypt(artifact: &Artifact, keys: &Keys) -> Result<Plaintext, RefreshError> {
     let plaintext = keys.decrypt(artifact)?;
     Ok(Plaintext::parse(&plaintext).map_err(Rejection::PayloadParse)?)
 }
@@ -431,8 +518,9 @@ impl Refresher {
             }
         };
         if let Some(wipe) = wipe {
-            self.cell.swap(Served::Wiped(wipe));
+            // Purge first: once a request sees the wipe, the disk cache is already empty.
             state.pipeline.forget();
+            self.cell.swap(Served::Wiped(wipe));
         }
     }
 
@@ -568,6 +656,152 @@ mod tests {
     #[test]
     fn expiry_far_away_still_polls_within_the_ttl() {
         assert_eq!(poll_interval_for(cached(5 * MINUTE), Some(i64::MAX), 0, 0.0), Duration::from_secs(30));
+    }
+
+    /// Rollback protection through the real pipeline: an in-memory source, a fresh age key and
+    /// a fresh Ed25519 signing key.
+    mod rollback {
+        use std::io::Write as _;
+        use std::sync::{Arc, Mutex};
+
+        use age::secrecy::ExposeSecret as _;
+        use base64::Engine as _;
+        use ring::signature::KeyPair as _;
+
+        use super::super::*;
+        use crate::artifact::signature::signing_payload;
+        use crate::decrypt::AgeIdentity;
+
+        const NOW: u64 = 1_800_000_000_000;
+        const CACHED: Mode = Mode::Cached { ttl: Duration::from_secs(60) };
+
+        #[derive(Clone, Default)]
+        struct MemorySource(Arc<Mutex<Vec<u8>>>);
+
+        impl Source for MemorySource {
+            fn describe(&self) -> String {
+                "memory".into()
+            }
+
+            fn fetch(&mut self, _: Option<&str>) -> Result<Fetched, FetchError> {
+                Ok(Fetched::Content { bytes: self.0.lock().unwrap().clone(), content_hash: None })
+            }
+        }
+
+        struct Fixture {
+            pipeline: Pipeline,
+            source: MemorySource,
+            recipient: age::x25519::Recipient,
+            signer: ring::signature::Ed25519KeyPair,
+        }
+
+        impl Fixture {
+            fn new() -> Fixture {
+                let identity = age::x25519::Identity::generate();
+                let age = AgeIdentity::parse(identity.to_string().expose_secret()).unwrap();
+                let keys = Arc::new(Keys { age: Some(age), kms: None });
+                let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+                let signer = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+                let verify_key = VerifyKey::Ed25519(signer.public_key().as_ref().to_vec());
+                let source = MemorySource::default();
+                let pipeline = Pipeline::new(Box::new(source.clone()), keys, Some(verify_key), None);
+                Fixture { pipeline, source, recipient: identity.to_public(), signer }
+            }
+
+            /// A signed artifact packed at `packed_at`, as a JSON value.
+            fn artifact(&self, revision: &str, packed_at: &str) -> serde_json::Value {
+                let encryptor =
+                    age::Encryptor::with_recipients(std::iter::once(&self.recipient as &dyn age::Recipient)).unwrap();
+                let mut sealed = Vec::new();
+                let mut writer = encryptor.wrap_output(&mut sealed).unwrap();
+                writer.write_all(br#"{"app":{"KEY":"value"}}"#).unwrap();
+                writer.finish().unwrap();
+                let mut artifact = crate::artifact::sample();
+                artifact.revision = revision.into();
+                artifact.packed_at = packed_at.into();
+                artifact.ciphertext = base64::engine::general_purpose::STANDARD.encode(sealed);
+                artifact.ciphertext_hash = crate::secret::hex(
+                    ring::digest::digest(&ring::digest::SHA256, artifact.ciphertext.as_bytes()).as_ref(),
+                );
+                let signature = self.signer.sign(signing_payload(&artifact).as_bytes());
+                serde_json::json!({
+                    "version": 1, "identity": artifact.identity, "environment": artifact.environment,
+                    "packedAt": artifact.packed_at, "revision": artifact.revision,
+                    "ciphertextHash": artifact.ciphertext_hash, "ciphertext": artifact.ciphertext,
+                    "signature": base64::engine::general_purpose::STANDARD.encode(signature.as_ref()),
+                })
+            }
+
+            fn publish(&self, document: &serde_json::Value) {
+                *self.source.0.lock().unwrap() = document.to_string().into_bytes();
+            }
+
+            /// Publishes `document` and runs the pipeline: the reason code of a rejection, or
+            /// "accepted" / "revoked".
+            fn offer(&mut self, document: &serde_json::Value) -> &'static str {
+                self.publish(document);
+                match self.pipeline.run(CACHED, NOW) {
+                    Ok(Outcome::Accepted { .. }) => "accepted",
+                    Ok(Outcome::Unchanged) => "unchanged",
+                    Err(RefreshError::Revoked(_)) => {
+                        // What the refresher does after a revocation.
+                        self.pipeline.forget();
+                        "revoked"
+                    }
+                    Err(RefreshError::Rejected { rejection, .. }) => rejection.reason(),
+                    Err(other) => panic!("unexpected {other}"),
+                }
+            }
+        }
+
+        const OLDER: &str = "2026-11-24T12:00:00.000Z";
+        const NEWER: &str = "2026-11-25T12:00:00.000Z";
+        const NEWEST: &str = "2026-11-26T12:00:00.000Z";
+
+        #[test]
+        fn a_wipe_does_not_reset_the_mark() {
+            let mut fixture = Fixture::new();
+            let newer = fixture.artifact("r2", NEWER);
+            assert_eq!(fixture.offer(&newer), "accepted");
+            fixture.pipeline.forget();
+            assert_eq!(fixture.offer(&fixture.artifact("r1", OLDER)), "rollback");
+            assert_eq!(fixture.offer(&newer), "accepted", "the artifact in service loads again after a wipe");
+        }
+
+        #[test]
+        fn a_bare_notice_revokes_the_artifact_in_service_but_its_revoked_at_moves_nothing() {
+            let mut fixture = Fixture::new();
+            let newer = fixture.artifact("r2", NEWER);
+            assert_eq!(fixture.offer(&newer), "accepted");
+            let notice =
+                serde_json::json!({"identity": "api", "environment": "prod", "revokedAt": "2099-01-01T00:00:00Z"});
+            assert_eq!(fixture.offer(&notice), "revoked");
+            assert_eq!(fixture.offer(&newer), "rollback");
+            assert_eq!(fixture.offer(&fixture.artifact("r1", OLDER)), "rollback");
+            assert_eq!(fixture.offer(&fixture.artifact("r3", NEWEST)), "accepted", "packed long before 2099");
+        }
+
+        #[test]
+        fn a_notice_made_from_a_signed_artifact_revokes_its_packed_at_and_a_forged_one_does_not() {
+            let mut fixture = Fixture::new();
+            let mut forged = fixture.artifact("r3", NEWEST);
+            forged["revision"] = "r4".into();
+            forged["revokedAt"] = "2026-11-27T00:00:00Z".into();
+            assert_eq!(fixture.offer(&forged), "revoked");
+            assert_eq!(fixture.offer(&fixture.artifact("r2", NEWER)), "accepted", "the forged packedAt moved nothing");
+
+            let mut signed = fixture.artifact("r3", NEWEST);
+            signed["revokedAt"] = "2026-11-27T00:00:00Z".into();
+            assert_eq!(fixture.offer(&signed), "revoked");
+            assert_eq!(fixture.offer(&fixture.artifact("r2b", NEWER)), "rollback");
+            assert_eq!(fixture.offer(&fixture.artifact("r3", NEWEST)), "rollback");
+        }
+
+        #[test]
+        fn a_signed_packed_at_that_is_not_a_timestamp_is_refused() {
+            let mut fixture = Fixture::new();
+            assert_eq!(fixture.offer(&fixture.artifact("r1", "last tuesday")), "invalid_shape");
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! field, the revocation kill signal, the integrity hash, and every reason an artifact can be
 //! rejected. Everything here is pure: bytes in, a verdict out.
 
+pub mod rollback;
 pub mod signature;
 
 use std::fmt;
@@ -94,6 +95,9 @@ pub enum Rejection {
     Decrypt(String),
     /// The decrypted plaintext is not `{namespace: {key: "value"}}`.
     PayloadParse(String),
+    /// With a verify key: a signed artifact older than the newest one accepted, or than a
+    /// signed revocation notice (`rollback.rs`).
+    Rollback(rollback::Rollback),
 }
 
 impl Rejection {
@@ -112,6 +116,7 @@ impl Rejection {
             Rejection::KmsUnwrap(_) => "kms_unwrap",
             Rejection::Decrypt(_) => "decrypt",
             Rejection::PayloadParse(_) => "payload_parse",
+            Rejection::Rollback(_) => "rollback",
         }
     }
 }
@@ -146,6 +151,7 @@ impl fmt::Display for Rejection {
             Rejection::KmsUnwrap(detail) => write!(f, "KMS could not unwrap the data key: {detail}"),
             Rejection::Decrypt(detail) => write!(f, "decryption failed: {detail}"),
             Rejection::PayloadParse(detail) => write!(f, "decrypted payload is invalid: {detail}"),
+            Rejection::Rollback(rollback) => write!(f, "{rollback}"),
         }
     }
 }
@@ -166,6 +172,16 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, Rejection> {
         return Ok(Parsed::Revoked(revocation(&object, revoked_at)));
     }
     shape_check(&object).map(|artifact| Parsed::Artifact(Box::new(artifact)))
+}
+
+/// The artifact a revocation notice was made from, when the notice still has an artifact's
+/// shape (`clef` adds `revokedAt` to the artifact it revokes): its signature, if it verifies,
+/// proves the notice's `packedAt` for rollback protection. `None` for a bare notice.
+pub fn revoked_artifact(bytes: &[u8]) -> Option<Artifact> {
+    match serde_json::from_slice(bytes) {
+        Ok(Value::Object(object)) => shape_check(&object).ok(),
+        _ => None,
+    }
 }
 
 fn revocation(object: &Map<String, Value>, revoked_at: &Value) -> Revocation {

@@ -96,6 +96,9 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
     let kms = Kms::new(http.clone(), env.clone(), Arc::clone(&credentials));
     let keys = Arc::new(Keys { age: config.load_age_identity()?, kms: Some(kms) });
     let source = crate::source::from_config(&config.source, &http, &env, &credentials).map_err(ConfigError)?;
+    let cache = config.cache_path.as_deref().map(|root| DiskCache::new(root, &config.source));
+    let mut pipeline = Pipeline::new(source, Arc::clone(&keys), config.verify_key.clone(), cache);
+    pipeline.restore_rollback_mark().map_err(ConfigError)?;
     let (token, token_line) = token::resolve(&config.token)?;
     let listeners = bind_listeners(&config)?;
     let (events, inbox) = mpsc::channel();
@@ -103,8 +106,6 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
     let telemetry = start_telemetry(&config, &http)?;
 
     let cell = Arc::new(Cell::new(config.mode));
-    let cache = config.cache_path.as_deref().map(|root| DiskCache::new(root, &config.source));
-    let pipeline = Pipeline::new(source, Arc::clone(&keys), config.verify_key.clone(), cache);
     let refresher = Arc::new(Refresher::new(Arc::clone(&cell), pipeline, telemetry.clone()));
     log::info(&format!("source: {}", refresher.describe_source()));
     log::info("fetching initial artifact...");

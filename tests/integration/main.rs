@@ -11,6 +11,7 @@ mod ops;
 mod pressure;
 mod refresh;
 mod resilience;
+mod rollback;
 mod secrecy;
 mod sources;
 mod support;

@@ -17,17 +17,23 @@ pub struct ArtifactOptions {
     pub expires_at: Option<String>,
     /// Sign with `tests/fixtures/keys/ed25519.pem` over the `clef-sig-v3` payload.
     pub signed: bool,
+    /// `packedAt`, verbatim; [`DEFAULT_PACKED_AT`] when unset.
+    pub packed_at: Option<String>,
 }
+
+/// The `packedAt` of a built artifact unless the options say otherwise.
+const DEFAULT_PACKED_AT: &str = "2026-11-24T12:00:00.000Z";
 
 /// A version 1 age artifact for `api-gateway`/`production` holding `plaintext`.
 pub fn build_artifact(plaintext: &str, revision: &str, options: &ArtifactOptions) -> String {
     let ciphertext = base64::engine::general_purpose::STANDARD.encode(age_encrypt(plaintext.as_bytes()));
     let ciphertext_hash = sha256_hex(ciphertext.as_bytes());
+    let packed_at = options.packed_at.as_deref().unwrap_or(DEFAULT_PACKED_AT);
     let mut artifact = serde_json::json!({
         "version": 1,
         "identity": "api-gateway",
         "environment": "production",
-        "packedAt": "2026-11-24T12:00:00.000Z",
+        "packedAt": packed_at,
         "revision": revision,
         "ciphertextHash": ciphertext_hash,
         "ciphertext": ciphertext,
@@ -42,7 +48,7 @@ pub fn build_artifact(plaintext: &str, revision: &str, options: &ArtifactOptions
             "api-gateway",
             "production",
             revision,
-            "2026-11-24T12:00:00.000Z",
+            packed_at,
             &ciphertext_hash,
             options.expires_at.as_deref().unwrap_or_default(),
             // No KMS envelope: its six lines are empty.
