@@ -76,6 +76,9 @@ impl RefreshError {
                 Rejection::Decrypt(_) if *configuration => {
                     "Check the age key (CLEF_AGENT_AGE_KEY / CLEF_AGENT_AGE_KEY_FILE): it must be the identity the artifact was packed for."
                 }
+                Rejection::InvalidShape { field: "envelope.keyId", .. } => {
+                    "The artifact names a KMS key this agent does not send credentials to: pack it again with a key of a supported KMS."
+                }
                 Rejection::KmsUnwrap(_) => {
                     "Check the envelope's KMS key and this agent's permission to use it (AWS kms:Decrypt, GCP cloudkms.cryptoKeyVersions.useToDecrypt, Azure Key Vault unwrapKey)."
                 }
