@@ -808,3 +808,35 @@ fn the_token_endpoint_really_verifies_the_jwt() {
     assert!(check_jwt(&sign(&header, &long), uri).is_err(), "an hour at most");
     assert!(check_jwt(&sign(&json!({"alg": "RS256", "typ": "JWT"}), &claims), uri).is_err(), "kid is required");
 }
+
+const GCP_ACCEPTED: &str = "a Cloud KMS key name for provider gcp, \
+    projects/<project>/locations/<location>/keyRings/<ring>/cryptoKeys/<key>[/cryptoKeyVersions/<version>]";
+
+/// `envelope.keyId` becomes the path of the Cloud KMS call that carries the access token, and
+/// the artifact is not trusted: a name with `..` segments or extra segments fails start-up at
+/// once, before the token is even asked for.
+#[test]
+fn a_key_name_with_dot_dot_or_extra_segments_is_refused_before_any_request() {
+    let gcp = Gcp::start();
+    let why = "not a key name of that shape with names of letters, digits, '-', '_', '.', ':'";
+    let cases = [
+        format!("{KEY_ID}/../../../../../../../../other/resource"),
+        "projects/clef-it/locations/global/keyRings/../cryptoKeys/artifacts".to_string(),
+        format!("{KEY_ID}/cryptoKeyVersions/1/extra"),
+        format!("{KEY_ID}?alt=media"),
+    ];
+    for (index, key_id) in cases.iter().enumerate() {
+        let kms = EnvelopeKms { key_id: key_id.clone(), ..gcp.kms_envelope(&gcp.wrapped_key) };
+        let artifact = build_envelope_artifact(PLAINTEXT, "rev-1", &gcp.data_key, &kms);
+        let deployment = Deployment::new(&format!("gcp-hostile-key-name-{index}"), &artifact);
+        let agent = gcp.spawn_agent(&deployment, Credentials::ServiceAccount);
+        super::loopback_kms::assert_key_id_refused_at_once(
+            &agent,
+            &deployment.artifact,
+            GCP_ACCEPTED,
+            &format!("'{key_id}' ({why})"),
+        );
+        assert_eq!(gcp.kms.requests().len(), 0, "{key_id}: Cloud KMS was called");
+        assert_eq!(gcp.identity.requests().len(), 0, "{key_id}: a token was asked for");
+    }
+}
