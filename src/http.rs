@@ -75,10 +75,10 @@ impl HttpClient {
     }
 
     /// The agent for `host`: direct for loopback and link-local addresses (the Lambda API, a
-    /// local collector, the container and instance metadata endpoints), else through the
-    /// environment's proxy if one is set.
+    /// local collector, the container and instance metadata endpoints) and the cloud metadata
+    /// hosts, else through the environment's proxy if one is set.
     pub fn for_host(&self, host: &str) -> &Agent {
-        if is_loopback(host) || is_link_local(host) {
+        if is_loopback(host) || is_link_local(host) || is_metadata_host(host) {
             &self.direct
         } else {
             &self.proxied
@@ -89,6 +89,14 @@ impl HttpClient {
     pub fn for_url(&self, url: &str) -> &Agent {
         let host = HttpUrl::parse(url).map(|url| url.host).unwrap_or_default();
         self.for_host(&host)
+    }
+
+    /// The agent for a cloud metadata or identity endpoint (instance metadata, container
+    /// credentials, managed identity), at whatever address the configuration gives it: always
+    /// direct. Such endpoints are local to the machine or pod and answer with credentials over
+    /// plain http, which a proxy would see (SPEC §11).
+    pub fn metadata(&self) -> &Agent {
+        &self.direct
     }
 
     /// A direct agent without a whole-request timeout.
@@ -183,6 +191,20 @@ pub fn is_loopback(host: &str) -> bool {
         || host.parse::<std::net::IpAddr>().is_ok_and(|address| address.is_loopback())
 }
 
+/// The cloud metadata endpoints that are not link-local addresses: GCE's name, and the IPv6
+/// addresses of EC2 instance metadata and EKS Pod Identity.
+const METADATA_HOSTS: [&str; 3] = ["metadata.google.internal", "fd00:ec2::254", "fd00:ec2::23"];
+
+/// One of [`METADATA_HOSTS`] (IPv6 literals with or without brackets, any case, a trailing
+/// dot allowed).
+pub fn is_metadata_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.');
+    METADATA_HOSTS.iter().any(|known| known.eq_ignore_ascii_case(host))
+        || host
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok_and(|address| METADATA_HOSTS.iter().any(|known| known.parse::<std::net::Ipv6Addr>() == Ok(address)))
+}
+
 /// 169.254.0.0/16 and fe80::/10, where cloud metadata endpoints live; a proxy cannot reach
 /// them on the agent's behalf.
 pub fn is_link_local(host: &str) -> bool {
@@ -237,5 +259,15 @@ mod tests {
         }
         assert!(is_link_local("169.254.170.2") && is_link_local("[fe80::1]"));
         assert!(!is_link_local("10.0.0.1") && !is_link_local("example.com"));
+    }
+
+    #[test]
+    fn cloud_metadata_hosts_are_recognised_in_every_spelling() {
+        for host in ["metadata.google.internal", "METADATA.google.internal.", "[fd00:ec2::254]", "fd00:ec2:0::23"] {
+            assert!(is_metadata_host(host), "{host}");
+        }
+        for host in ["metadata.google.internal.evil.example", "fd00:ec2::255", "example.com", "169.254.169.254"] {
+            assert!(!is_metadata_host(host), "{host}");
+        }
     }
 }

@@ -96,7 +96,7 @@ impl AzureKms {
             let header = Zeroizing::new(header);
             let url =
                 format!("{endpoint}?resource={resource}&api-version=2019-08-01{}", client_query.unwrap_or_default());
-            let call = self.http.for_url(&url).get(&url).header("X-IDENTITY-HEADER", header.as_str());
+            let call = self.http.metadata().get(&url).header("X-IDENTITY-HEADER", header.as_str());
             let (status, answer) =
                 small_reply(call.call()).map_err(|why| format!("the App Service identity endpoint: {why}"))?;
             return token::from_answer(status, &answer, now_ms, "the App Service identity endpoint");
@@ -107,7 +107,7 @@ impl AzureKms {
             imds.trim_end_matches('/'),
             client_query.unwrap_or_default()
         );
-        let call = self.http.for_url(&url).get(&url).header("Metadata", "true");
+        let call = self.http.metadata().get(&url).header("Metadata", "true");
         let (status, answer) = small_reply(call.call()).map_err(|why| {
             format!(
                 "no Azure credentials: set AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_CLIENT_SECRET or AZURE_FEDERATED_TOKEN_FILE, \

@@ -840,3 +840,24 @@ fn a_key_name_with_dot_dot_or_extra_segments_is_refused_before_any_request() {
         assert_eq!(gcp.identity.requests().len(), 0, "{key_id}: a token was asked for");
     }
 }
+
+/// The metadata server answers tokens over plain http: a proxy in between would see them. The
+/// address here is the loopback one written as an IPv4-mapped IPv6 literal, which is no
+/// loopback name the agent knows: only its rule "metadata endpoints are reached directly" keeps
+/// the request away from the proxy every other host goes through.
+#[test]
+fn the_metadata_server_is_reached_directly_even_with_a_proxy_configured() {
+    let gcp = Gcp::start();
+    let proxy = crate::support::loopback::ConnectionRecorder::start();
+    let deployment = Deployment::new("gcp-metadata-no-proxy", &gcp.artifact(PLAINTEXT, "rev-1"));
+    let metadata_host = format!("[::ffff:127.0.0.1]:{}", gcp.identity.port);
+    let mut extra: Vec<(&str, String)> = proxy.proxy_env();
+    extra.extend([("GCE_METADATA_HOST", metadata_host), (SLOW_POLLING.0, SLOW_POLLING.1.to_string())]);
+    let extra: Vec<(&str, &str)> = extra.iter().map(|(name, value)| (*name, value.as_str())).collect();
+    let agent = gcp.start_agent(&deployment, Credentials::MetadataServer, &extra);
+    agent.get("/v1/secrets").assert(200, PLAINTEXT);
+
+    assert_eq!(gcp.metadata_requests().len(), 1, "{:?}", gcp.identity.requests());
+    assert_eq!(proxy.connections(), Vec::<String>::new(), "the proxy saw a request");
+    gcp.assert_clean(&agent);
+}
