@@ -126,11 +126,11 @@ pub fn aws(key_id: &str) -> Result<Option<AwsRegion>, KeyIdError> {
 /// Checks a Cloud KMS key name: `projects/*/locations/*/keyRings/*/cryptoKeys/*[/cryptoKeyVersions/*]`.
 pub fn gcp(key_id: &str) -> Result<(), KeyIdError> {
     let segments: Vec<&str> = key_id.split('/').collect();
-    let shaped = match segments.as_slice() {
-        ["projects", _, "locations", _, "keyRings", _, "cryptoKeys", _] => true,
-        ["projects", _, "locations", _, "keyRings", _, "cryptoKeys", _, "cryptoKeyVersions", _] => true,
-        _ => false,
-    };
+    let shaped = matches!(
+        segments.as_slice(),
+        ["projects", _, "locations", _, "keyRings", _, "cryptoKeys", _]
+            | ["projects", _, "locations", _, "keyRings", _, "cryptoKeys", _, "cryptoKeyVersions", _]
+    );
     let names_safe = segments.iter().skip(1).step_by(2).all(|segment| is_gcp_name(segment));
     if shaped && names_safe {
         Ok(())
@@ -169,7 +169,7 @@ fn is_aws_region(region: &str) -> bool {
     let parts: Vec<&str> = region.split('-').collect();
     let lower = |part: &&str| !part.is_empty() && part.bytes().all(|byte| byte.is_ascii_lowercase());
     match parts.as_slice() {
-        [first, middle @ .., last] if middle.len() >= 1 => {
+        [first, middle @ .., last] if !middle.is_empty() => {
             (2..=4).contains(&first.len())
                 && lower(first)
                 && middle.iter().all(lower)

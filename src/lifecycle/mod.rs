@@ -98,6 +98,9 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
     let source = crate::source::from_config(&config.source, &http, &env, &credentials).map_err(ConfigError)?;
     let (token, token_line) = token::resolve(&config.token)?;
     warn_about_unsupported_options(&config);
+    for warning in crate::config::cleartext_credential_warnings(&config, |name| env.get(name)) {
+        log::error(&format!("warning: {warning}"));
+    }
     let listeners = bind_listeners(&config)?;
     let (events, inbox) = mpsc::channel();
     watch_signals(events.clone())?;
