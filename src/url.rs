@@ -73,8 +73,13 @@ impl HttpUrl {
     /// `None` when it is not an http(s) URL.
     pub fn join(&self, location: &str) -> Option<HttpUrl> {
         let location = location.trim();
-        if location.contains("://") {
+        let lower = location.to_ascii_lowercase();
+        if lower.starts_with("http://") || lower.starts_with("https://") {
             return HttpUrl::parse(location);
+        }
+        if location.split_once(':').is_some_and(|(scheme, _)| !scheme.contains(['/', '?', '#'])) {
+            // Another scheme (`file:`, `ftp:`): nothing to follow.
+            return None;
         }
         let base = format!("{}://{}", self.scheme, self.host_header());
         if let Some(rest) = location.strip_prefix("//") {
@@ -203,6 +208,7 @@ mod tests {
         assert_eq!(joined("//cdn.example/x").as_deref(), Some("https://cdn.example/x"));
         assert_eq!(joined("http://127.0.0.1:9/y").as_deref(), Some("http://127.0.0.1:9/y"));
         assert_eq!(joined("file:///etc/passwd"), None);
+        assert_eq!(joined("/next?to=http://x").as_deref(), Some("https://api.example:8443/next?to=http://x"));
         assert_eq!(base.origin(), "https://api.example:8443");
         assert_eq!(HttpUrl::parse("https://u:p@Example.com/a").unwrap().origin(), "https://example.com:443");
         assert_eq!(HttpUrl::parse("http://example.com:80/").unwrap().origin(), "http://example.com:80");
