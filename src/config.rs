@@ -290,6 +290,58 @@ impl Config {
     }
 }
 
+/// Variables naming endpoints that receive a credential, with the credential they receive;
+/// the metadata endpoints (link-local or local, plain http by design) are not among them.
+const CREDENTIAL_ENDPOINTS: [(&str, &str); 6] = [
+    ("AWS_ENDPOINT_URL_KMS", "signed AWS requests with the session token"),
+    ("AWS_ENDPOINT_URL_STS", "the web identity token"),
+    ("AWS_ENDPOINT_URL", "signed AWS requests with the session token"),
+    ("CLEF_AGENT_GCP_KMS_ENDPOINT", "the GCP access token"),
+    ("CLEF_AGENT_AZURE_KEYVAULT_ENDPOINT", "the Azure access token"),
+    ("AZURE_AUTHORITY_HOST", "the Azure client secret or federated token"),
+];
+
+/// One warning per configured endpoint that would receive a credential over plain `http://`
+/// on a host that is not loopback (SPEC §11): it names the variable, the endpoint (redacted)
+/// and what would cross the network in clear, never the credential.
+pub fn cleartext_credential_warnings(config: &Config, lookup: impl Fn(&str) -> Option<String>) -> Vec<String> {
+    let get = |name: &str| lookup(name).filter(|value| !value.is_empty());
+    let mut endpoints: Vec<(&str, HttpUrl, &str)> = Vec::new();
+    match &config.source {
+        SourceConfig::Http(url) if url.has_userinfo => {
+            endpoints.push(("CLEF_AGENT_SOURCE", url.clone(), "the user-info credentials"))
+        }
+        SourceConfig::Vcs(VcsConfig { api_url: Some(url), .. }) => {
+            endpoints.push(("CLEF_AGENT_VCS_API_URL", url.clone(), "the VCS token"))
+        }
+        SourceConfig::S3 { .. } => {
+            if let Some(url) = get("AWS_ENDPOINT_URL_S3").and_then(|text| HttpUrl::parse(&text)) {
+                endpoints.push(("AWS_ENDPOINT_URL_S3", url, "signed AWS requests with the session token"));
+            }
+        }
+        _ => {}
+    }
+    for (name, what) in CREDENTIAL_ENDPOINTS {
+        if let Some(url) = get(name).and_then(|text| HttpUrl::parse(&text)) {
+            endpoints.push((name, url, what));
+        }
+    }
+    if let Some(url) = &config.telemetry_url {
+        endpoints.push(("CLEF_AGENT_TELEMETRY_URL", url.clone(), "the telemetry headers named by the secrets"));
+    }
+    endpoints
+        .into_iter()
+        .filter(|(_, url, _)| url.scheme == "http" && !crate::http::is_loopback(&url.host))
+        .filter(|(_, url, _)| !crate::http::is_link_local(&url.host) && !crate::http::is_metadata_host(&url.host))
+        .map(|(name, url, what)| {
+            format!(
+                "{name} is plain http to a host that is not loopback ({}): {what} would cross the network unencrypted; use https://",
+                url.redacted()
+            )
+        })
+        .collect()
+}
+
 /// `CLEF_AGENT_PORT`, or the default; also what `healthcheck` reads.
 pub fn port_from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<u16, ConfigError> {
     match lookup("CLEF_AGENT_PORT").filter(|value| !value.is_empty()) {
@@ -406,6 +458,44 @@ mod tests {
 
     fn message(pairs: &[(&str, &str)]) -> String {
         config(pairs).unwrap_err().0
+    }
+
+    #[test]
+    fn credentials_over_plain_http_to_a_remote_host_are_warned_about_once_each() {
+        let warnings = |pairs: &[(&str, &str)]| {
+            let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            cleartext_credential_warnings(&config(pairs).unwrap(), |name| map.get(name).cloned())
+        };
+        let vcs = [
+            ("CLEF_AGENT_VCS_PROVIDER", "gitlab"),
+            ("CLEF_AGENT_VCS_REPO", "acme/secrets"),
+            ("CLEF_AGENT_VCS_TOKEN", "glpat-secret"),
+            ("CLEF_AGENT_VCS_IDENTITY", "api"),
+            ("CLEF_AGENT_VCS_ENVIRONMENT", "production"),
+        ];
+        let mut remote = vcs.to_vec();
+        remote.extend([
+            ("CLEF_AGENT_VCS_API_URL", "http://gitlab.internal:8080"),
+            ("CLEF_AGENT_GCP_KMS_ENDPOINT", "http://kms.internal/"),
+            ("AWS_ENDPOINT_URL_KMS", "https://kms.internal"),
+            ("CLEF_AGENT_AZURE_KEYVAULT_ENDPOINT", "http://127.0.0.1:9000"),
+            ("AWS_ENDPOINT_URL", "http://169.254.169.254"),
+        ]);
+        assert_eq!(
+            warnings(&remote),
+            [
+                "CLEF_AGENT_VCS_API_URL is plain http to a host that is not loopback (http://gitlab.internal:8080/): \
+                 the VCS token would cross the network unencrypted; use https://",
+                "CLEF_AGENT_GCP_KMS_ENDPOINT is plain http to a host that is not loopback (http://kms.internal/): \
+                 the GCP access token would cross the network unencrypted; use https://",
+            ]
+        );
+        let source = [("CLEF_AGENT_SOURCE", "http://user:pw@files.internal/a.json?sig=s")];
+        let warning = warnings(&source).join("\n");
+        assert!(warning.contains("(http://[redacted]@files.internal/a.json?[redacted])"), "{warning}");
+        assert!(!warning.contains("pw") && !warning.contains("sig=s"), "{warning}");
+        assert!(warnings(&[("CLEF_AGENT_SOURCE", "http://files.internal/a.json")]).is_empty());
+        assert!(warnings(&vcs).is_empty());
     }
 
     #[test]

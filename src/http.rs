@@ -1,5 +1,5 @@
 //! The agent's outgoing HTTP, configured explicitly in one place (ureq 3 defaults every timeout
-//! to none): connect and whole-request timeouts, at most 5 redirects, `User-Agent:
+//! to none): connect and whole-request timeouts, redirects (see [`check_redirect`]), `User-Agent:
 //! clef-agent/<version>`, proxies from `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` — except that
 //! loopback addresses (the Lambda API, a local collector) are always reached directly — and TLS
 //! with the bundled web PKI roots, so it works in a scratch image, plus the certificates of
@@ -12,8 +12,11 @@ use ureq::config::Config;
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
 use ureq::Agent;
 
+use crate::url::HttpUrl;
+
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Redirects a source GET follows (SPEC §4); every other call follows none.
 pub const MAX_REDIRECTS: u32 = 5;
 
 /// HTTP agents for the two kinds of destination. Cheap to clone (the agents share their
@@ -72,10 +75,10 @@ impl HttpClient {
     }
 
     /// The agent for `host`: direct for loopback and link-local addresses (the Lambda API, a
-    /// local collector, the container and instance metadata endpoints), else through the
-    /// environment's proxy if one is set.
+    /// local collector, the container and instance metadata endpoints) and the cloud metadata
+    /// hosts, else through the environment's proxy if one is set.
     pub fn for_host(&self, host: &str) -> &Agent {
-        if is_loopback(host) || is_link_local(host) {
+        if is_loopback(host) || is_link_local(host) || is_metadata_host(host) {
             &self.direct
         } else {
             &self.proxied
@@ -84,8 +87,16 @@ impl HttpClient {
 
     /// The agent for the host of `url` (see [`HttpClient::for_host`]).
     pub fn for_url(&self, url: &str) -> &Agent {
-        let host = crate::url::HttpUrl::parse(url).map(|url| url.host).unwrap_or_default();
+        let host = HttpUrl::parse(url).map(|url| url.host).unwrap_or_default();
         self.for_host(&host)
+    }
+
+    /// The agent for a cloud metadata or identity endpoint (instance metadata, container
+    /// credentials, managed identity), at whatever address the configuration gives it: always
+    /// direct. Such endpoints are local to the machine or pod and answer with credentials over
+    /// plain http, which a proxy would see (SPEC §11).
+    pub fn metadata(&self) -> &Agent {
+        &self.direct
     }
 
     /// A direct agent without a whole-request timeout.
@@ -99,12 +110,42 @@ fn agent(proxy: Option<ureq::Proxy>, request_timeout: Option<Duration>, tls: Tls
         .tls_config(tls)
         .timeout_connect(Some(CONNECT_TIMEOUT))
         .timeout_global(request_timeout)
-        .max_redirects(MAX_REDIRECTS)
+        // ureq would follow a redirect to any origin, dropping only `Authorization` and
+        // `Cookie`: our other credential headers (PRIVATE-TOKEN, X-Amz-Security-Token,
+        // X-IDENTITY-HEADER, telemetry headers) would go along, https→http included. So no
+        // agent follows redirects; a source GET follows them itself, after check_redirect.
+        .max_redirects(0)
         .user_agent(format!("clef-agent/{}", crate::VERSION))
         .http_status_as_error(false)
         .proxy(proxy)
         .build()
         .into()
+}
+
+/// Whether a request may follow a redirect from `from` to `to` (SPEC §11): never from https to
+/// http, and a request that carries credentials (a token header, a signature, user-info) only
+/// within its origin — same scheme, host and port — so a credential never reaches a server the
+/// configuration did not name. Returns why not, naming the Location's origin.
+pub fn check_redirect(from: &HttpUrl, to: &HttpUrl, credentialed: bool) -> Result<(), String> {
+    if from.scheme == "https" && to.scheme == "http" {
+        return Err(format!("refused a redirect from https to plain http ({})", to.origin()));
+    }
+    if credentialed && from.origin() != to.origin() {
+        return Err(format!(
+            "refused a redirect to another origin ({}): the request carries credentials, which go only to {}",
+            to.origin(),
+            from.origin()
+        ));
+    }
+    Ok(())
+}
+
+/// Headers that carry no credential; any other header a request sets is taken to be one.
+const PLAIN_HEADERS: [&str; 4] = ["accept", "if-none-match", "x-github-api-version", "user-agent"];
+
+/// Whether a request with these headers to `url` carries a credential.
+pub fn is_credentialed(url: &HttpUrl, headers: &[(&str, &str)]) -> bool {
+    url.has_userinfo || headers.iter().any(|(name, _)| !PLAIN_HEADERS.contains(&name.to_ascii_lowercase().as_str()))
 }
 
 /// An `application/x-www-form-urlencoded` body (RFC 3986 unreserved characters kept), zeroed
@@ -150,6 +191,20 @@ pub fn is_loopback(host: &str) -> bool {
         || host.parse::<std::net::IpAddr>().is_ok_and(|address| address.is_loopback())
 }
 
+/// The cloud metadata endpoints that are not link-local addresses: GCE's name, and the IPv6
+/// addresses of EC2 instance metadata and EKS Pod Identity.
+const METADATA_HOSTS: [&str; 3] = ["metadata.google.internal", "fd00:ec2::254", "fd00:ec2::23"];
+
+/// One of [`METADATA_HOSTS`] (IPv6 literals with or without brackets, any case, a trailing
+/// dot allowed).
+pub fn is_metadata_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']').trim_end_matches('.');
+    METADATA_HOSTS.iter().any(|known| known.eq_ignore_ascii_case(host))
+        || host
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok_and(|address| METADATA_HOSTS.iter().any(|known| known.parse::<std::net::Ipv6Addr>() == Ok(address)))
+}
+
 /// 169.254.0.0/16 and fe80::/10, where cloud metadata endpoints live; a proxy cannot reach
 /// them on the agent's behalf.
 pub fn is_link_local(host: &str) -> bool {
@@ -165,6 +220,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn credentialed_requests_follow_redirects_only_within_their_origin() {
+        let url = |text: &str| HttpUrl::parse(text).unwrap();
+        let api = url("https://gitlab.example/api/v4/x");
+        assert_eq!(check_redirect(&api, &url("https://gitlab.example:443/api/v4/y"), true), Ok(()));
+        assert_eq!(
+            check_redirect(&api, &url("https://127.0.0.1:8080/y"), true),
+            Err("refused a redirect to another origin (https://127.0.0.1:8080): the request carries credentials, \
+                 which go only to https://gitlab.example:443"
+                .into())
+        );
+        assert!(check_redirect(&api, &url("http://gitlab.example/y"), true).is_err());
+        assert!(check_redirect(&api, &url("https://gitlab.example:8443/y"), true).is_err());
+        assert_eq!(check_redirect(&api, &url("https://cdn.example/y"), false), Ok(()));
+        assert_eq!(
+            check_redirect(&api, &url("http://cdn.example/y"), false),
+            Err("refused a redirect from https to plain http (http://cdn.example:80)".into())
+        );
+        assert_eq!(check_redirect(&url("http://a.example/"), &url("https://b.example/"), false), Ok(()));
+    }
+
+    #[test]
+    fn only_known_plain_headers_make_a_request_uncredentialed() {
+        let plain = HttpUrl::parse("https://a.example/x").unwrap();
+        assert!(!is_credentialed(&plain, &[("If-None-Match", "\"e\""), ("Accept", "a")]));
+        assert!(is_credentialed(&plain, &[("PRIVATE-TOKEN", "t")]));
+        assert!(is_credentialed(&plain, &[("x-amz-security-token", "t")]));
+        assert!(is_credentialed(&HttpUrl::parse("https://u:p@a.example/x").unwrap(), &[]));
+    }
+
+    #[test]
     fn recognises_loopback_hosts() {
         for host in ["localhost", "127.0.0.1", "127.9.9.9", "[::1]", "::1", "LOCALHOST"] {
             assert!(is_loopback(host), "{host}");
@@ -174,5 +259,15 @@ mod tests {
         }
         assert!(is_link_local("169.254.170.2") && is_link_local("[fe80::1]"));
         assert!(!is_link_local("10.0.0.1") && !is_link_local("example.com"));
+    }
+
+    #[test]
+    fn cloud_metadata_hosts_are_recognised_in_every_spelling() {
+        for host in ["metadata.google.internal", "METADATA.google.internal.", "[fd00:ec2::254]", "fd00:ec2:0::23"] {
+            assert!(is_metadata_host(host), "{host}");
+        }
+        for host in ["metadata.google.internal.evil.example", "fd00:ec2::255", "example.com", "169.254.169.254"] {
+            assert!(!is_metadata_host(host), "{host}");
+        }
     }
 }

@@ -80,6 +80,9 @@ impl RefreshError {
                 Rejection::Rollback(_) => {
                     "An older signed artifact was published again: publish the newest artifact, or pack and deploy a new one."
                 }
+                Rejection::InvalidShape { field: "envelope.keyId", .. } => {
+                    "The artifact names a KMS key this agent does not send credentials to: pack it again with a key of a supported KMS."
+                }
                 Rejection::KmsUnwrap(_) => {
                     "Check the envelope's KMS key and this agent's permission to use it (AWS kms:Decrypt, GCP cloudkms.cryptoKeyVersions.useToDecrypt, Azure Key Vault unwrapKey)."
                 }

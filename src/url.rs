@@ -61,6 +61,37 @@ impl HttpUrl {
         }
     }
 
+    /// `scheme://host:port` with the scheme's default port written out: two URLs with the same
+    /// origin reach the same server over the same kind of connection. Never holds user-info.
+    pub fn origin(&self) -> String {
+        let default_port = if self.scheme == "https" { 443 } else { 80 };
+        format!("{}://{}:{}", self.scheme, self.host, self.port.unwrap_or(default_port))
+    }
+
+    /// The URL a redirect's `Location` names, resolved against this one: absolute, scheme-
+    /// relative (`//host/path`), absolute-path (`/path`) or relative to this URL's directory.
+    /// `None` when it is not an http(s) URL.
+    pub fn join(&self, location: &str) -> Option<HttpUrl> {
+        let location = location.trim();
+        let lower = location.to_ascii_lowercase();
+        if lower.starts_with("http://") || lower.starts_with("https://") {
+            return HttpUrl::parse(location);
+        }
+        if location.split_once(':').is_some_and(|(scheme, _)| !scheme.contains(['/', '?', '#'])) {
+            // Another scheme (`file:`, `ftp:`): nothing to follow.
+            return None;
+        }
+        let base = format!("{}://{}", self.scheme, self.host_header());
+        if let Some(rest) = location.strip_prefix("//") {
+            return HttpUrl::parse(&format!("{}://{rest}", self.scheme));
+        }
+        if location.starts_with('/') {
+            return HttpUrl::parse(&format!("{base}{location}"));
+        }
+        let directory = &self.path[..self.path.rfind('/').map_or(0, |slash| slash + 1)];
+        HttpUrl::parse(&format!("{base}{directory}{location}"))
+    }
+
     /// The URL as it may appear in a log line: user-info and query replaced by `[redacted]`.
     pub fn redacted(&self) -> String {
         let userinfo = if self.has_userinfo { "[redacted]@" } else { "" };
@@ -167,6 +198,21 @@ pub fn percent_decode(segment: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolves_redirect_locations_and_compares_origins() {
+        let base = HttpUrl::parse("https://api.example:8443/v4/projects/files?ref=HEAD").unwrap();
+        let joined = |location: &str| base.join(location).map(|url| url.full);
+        assert_eq!(joined("/other").as_deref(), Some("https://api.example:8443/other"));
+        assert_eq!(joined("raw").as_deref(), Some("https://api.example:8443/v4/projects/raw"));
+        assert_eq!(joined("//cdn.example/x").as_deref(), Some("https://cdn.example/x"));
+        assert_eq!(joined("http://127.0.0.1:9/y").as_deref(), Some("http://127.0.0.1:9/y"));
+        assert_eq!(joined("file:///etc/passwd"), None);
+        assert_eq!(joined("/next?to=http://x").as_deref(), Some("https://api.example:8443/next?to=http://x"));
+        assert_eq!(base.origin(), "https://api.example:8443");
+        assert_eq!(HttpUrl::parse("https://u:p@Example.com/a").unwrap().origin(), "https://example.com:443");
+        assert_eq!(HttpUrl::parse("http://example.com:80/").unwrap().origin(), "http://example.com:80");
+    }
 
     #[test]
     fn redacts_userinfo_and_query() {

@@ -158,7 +158,7 @@ impl CredentialChain {
             )),
             (None, token) => token.map(Secret::new),
         };
-        let mut request = self.http.for_url(url).get(url);
+        let mut request = self.http.metadata().get(url);
         if let Some(token) = &authorization {
             request = request.header("Authorization", token.expose());
         }
@@ -172,19 +172,15 @@ impl CredentialChain {
     /// IMDSv2: a session token by PUT, then the role's credentials.
     fn instance_metadata(&self, endpoint: &str) -> Result<Credentials, String> {
         let token_url = format!("{endpoint}/latest/api/token");
-        let response = self
-            .http
-            .for_url(&token_url)
-            .put(&token_url)
-            .header("X-aws-ec2-metadata-token-ttl-seconds", "21600")
-            .send_empty();
+        let response =
+            self.http.metadata().put(&token_url).header("X-aws-ec2-metadata-token-ttl-seconds", "21600").send_empty();
         let (status, token) = small_reply(response)?;
         if status != 200 {
             return Err(format!("the token request answered HTTP {status}"));
         }
         let token = Secret::new(String::from_utf8_lossy(&token).trim().to_string());
         let get = |url: &str| -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
-            let response = self.http.for_url(url).get(url).header("X-aws-ec2-metadata-token", token.expose()).call();
+            let response = self.http.metadata().get(url).header("X-aws-ec2-metadata-token", token.expose()).call();
             match small_reply(response)? {
                 (200, body) => Ok(body),
                 (404, _) => Err("no IAM role is attached to this instance".into()),

@@ -24,8 +24,12 @@ pub fn open(envelope: &Envelope, ciphertext: Vec<u8>, kms: Option<&Kms>) -> Resu
     let tag = decode_field("envelope.authTag", &envelope.auth_tag)?;
     let wrapped = decode_field("envelope.wrappedKey", &envelope.wrapped_key)?;
     let kms = kms.ok_or_else(|| DecryptError::Kms("no KMS client is configured in this process".into()))?;
-    let data_key =
-        kms.unwrap(&envelope.provider, &envelope.key_id, &envelope.algorithm, &wrapped).map_err(DecryptError::Kms)?;
+    let data_key = kms.unwrap(&envelope.provider, &envelope.key_id, &envelope.algorithm, &wrapped).map_err(
+        |error| match error {
+            crate::kms::UnwrapError::KeyId(error) => DecryptError::KeyId(error),
+            crate::kms::UnwrapError::Kms(detail) => DecryptError::Kms(detail),
+        },
+    )?;
     open_with_data_key(&data_key, &iv, &tag, ciphertext)
 }
 

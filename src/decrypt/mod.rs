@@ -33,6 +33,8 @@ pub enum DecryptError {
     UnknownProvider(String),
     /// The KMS refused or failed to unwrap the data key (its explanation).
     Kms(String),
+    /// `envelope.keyId` is not a key id of its provider; nothing was sent to any KMS.
+    KeyId(crate::kms::key_id::KeyIdError),
     /// An envelope field decodes to the wrong thing (`iv` not 12 bytes, say).
     Envelope { field: &'static str, expected: &'static str, found: String },
     /// AES-256-GCM did not authenticate: wrong data key, tag or IV, or modified ciphertext.
@@ -42,7 +44,7 @@ pub enum DecryptError {
 impl DecryptError {
     /// Failures that retrying cannot fix: the start-up sequence gives up at once on these.
     pub fn is_configuration_problem(&self) -> bool {
-        matches!(self, DecryptError::NoAgeKey | DecryptError::NoMatchingKey)
+        matches!(self, DecryptError::NoAgeKey | DecryptError::NoMatchingKey | DecryptError::KeyId(_))
     }
 }
 
@@ -61,6 +63,7 @@ impl fmt::Display for DecryptError {
                 write!(f, "unknown envelope provider '{provider}' (expected aws, gcp or azure)")
             }
             DecryptError::Kms(detail) => write!(f, "{detail}"),
+            DecryptError::KeyId(error) => write!(f, "{error}"),
             DecryptError::Envelope { field, expected, found } => {
                 write!(f, "field '{field}' must be {expected}, found {found}")
             }
@@ -76,6 +79,9 @@ impl From<DecryptError> for Rejection {
         match error {
             DecryptError::UnknownProvider(_) | DecryptError::Kms(_) => Rejection::KmsUnwrap(error.to_string()),
             DecryptError::Envelope { field, expected, found } => Rejection::InvalidShape { field, expected, found },
+            DecryptError::KeyId(error) => {
+                Rejection::InvalidShape { field: "envelope.keyId", expected: error.expected, found: error.found }
+            }
             DecryptError::NotBase64 => Rejection::InvalidShape {
                 field: "ciphertext",
                 expected: "standard base64",

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use zeroize::Zeroizing;
 
+use super::key_id::AwsRegion;
 use crate::aws::credentials::CredentialChain;
 use crate::aws::sigv4::{self, sha256_hex};
 use crate::env::Env;
@@ -28,11 +29,25 @@ impl AwsKms {
         AwsKms { http, env, credentials }
     }
 
-    pub fn decrypt(&self, key_id: &str, algorithm: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
-        let region = region_of(key_id).map(str::to_string).or_else(|| self.env.aws_region()).ok_or_else(|| {
-            format!("the key id '{key_id}' is not an ARN with a region: set AWS_REGION or AWS_DEFAULT_REGION")
-        })?;
-        let endpoint = self.env.aws_endpoint("KMS").unwrap_or_else(|| format!("https://kms.{region}.amazonaws.com"));
+    /// KMS `Decrypt`. `arn_region`: what [`super::key_id::aws`] found in the key's ARN, the
+    /// only way the artifact has a say in the host the signed request goes to.
+    pub fn decrypt(
+        &self,
+        key_id: &str,
+        arn_region: Option<AwsRegion>,
+        algorithm: &str,
+        wrapped: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, String> {
+        let AwsRegion { region, dns_suffix } = match arn_region {
+            Some(found) => found,
+            None => AwsRegion {
+                region: self.env.aws_region().ok_or_else(|| {
+                    format!("the key id '{key_id}' is not an ARN with a region: set AWS_REGION or AWS_DEFAULT_REGION")
+                })?,
+                dns_suffix: "amazonaws.com",
+            },
+        };
+        let endpoint = self.env.aws_endpoint("KMS").unwrap_or_else(|| format!("https://kms.{region}.{dns_suffix}"));
         let url = HttpUrl::parse(&format!("{endpoint}/"))
             .ok_or_else(|| format!("AWS_ENDPOINT_URL_KMS / AWS_ENDPOINT_URL: '{endpoint}' is not an http(s) URL"))?;
         let algorithm = if KMS_ALGORITHMS.contains(&algorithm) { algorithm } else { "SYMMETRIC_DEFAULT" };
@@ -91,15 +106,6 @@ impl AwsKms {
     }
 }
 
-/// `eu-west-1` of `arn:aws:kms:eu-west-1:111122223333:key/…` (also alias ARNs).
-fn region_of(key_id: &str) -> Option<&str> {
-    let mut parts = key_id.split(':');
-    match (parts.next(), parts.next(), parts.next(), parts.next()) {
-        (Some("arn"), Some(_partition), Some("kms"), Some(region)) if !region.is_empty() => Some(region),
-        _ => None,
-    }
-}
-
 /// The short error type (`AccessDeniedException` of `com.amazon…#AccessDeniedException`) and
 /// message of a KMS error answer: JSON from KMS itself, XML (`<Code>`, `<Message>`) from what
 /// may stand in front of it (an IAM layer, a proxy, an emulator).
@@ -119,14 +125,6 @@ fn error_of(answer: &[u8]) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_the_region_in_key_arns() {
-        assert_eq!(region_of("arn:aws:kms:eu-west-2:111122223333:key/1234abcd"), Some("eu-west-2"));
-        assert_eq!(region_of("arn:aws-cn:kms:cn-north-1:111122223333:alias/app"), Some("cn-north-1"));
-        assert_eq!(region_of("1234abcd-12ab-34cd-56ef-1234567890ab"), None);
-        assert_eq!(region_of("arn:aws:s3:::bucket"), None);
-    }
 
     #[test]
     fn reads_kms_error_answers() {

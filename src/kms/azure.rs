@@ -5,12 +5,16 @@
 use base64::Engine as _;
 use zeroize::Zeroizing;
 
+use super::key_id::AzureKey;
 use super::post_with_token;
 use super::token::{self, Fetched, TokenCache};
 use crate::env::Env;
 use crate::http::{form, small_reply, HttpClient};
 
 const API_VERSION: &str = "7.4";
+/// Sends Key Vault calls to another address (a private endpoint, a test double), keeping the
+/// key's path.
+const ENDPOINT_VARIABLE: &str = "CLEF_AGENT_AZURE_KEYVAULT_ENDPOINT";
 const RESOURCE: &str = "https://vault.azure.net";
 const SCOPE: &str = "https://vault.azure.net/.default";
 const DEFAULT_AUTHORITY: &str = "https://login.microsoftonline.com";
@@ -28,10 +32,17 @@ impl AzureKms {
         AzureKms { http, env, token: TokenCache::default() }
     }
 
-    /// Key Vault `unwrapkey`. A token the vault no longer accepts (401) is dropped and the call
-    /// made once more with a new one.
-    pub fn unwrap_key(&self, key_id: &str, algorithm: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
-        let url = format!("{}/unwrapkey?api-version={API_VERSION}", key_id.trim_end_matches('/'));
+    /// Key Vault `unwrapkey` for a key that passed [`super::key_id::azure`]: at the key's vault,
+    /// or at `CLEF_AGENT_AZURE_KEYVAULT_ENDPOINT` (a private endpoint) with the key's path. A
+    /// token the vault no longer accepts (401) is dropped and the call made once more with a new
+    /// one.
+    pub fn unwrap_key(&self, key: &AzureKey, algorithm: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
+        let vault = match self.env.get(ENDPOINT_VARIABLE) {
+            Some(endpoint) => endpoint_base(&endpoint)?,
+            None => key.vault.clone(),
+        };
+        let url = format!("{vault}{}/unwrapkey?api-version={API_VERSION}", key.path);
+        let key_id = format!("{}{}", key.vault, key.path);
         let body = serde_json::json!({
             "alg": algorithm,
             "value": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(wrapped),
@@ -85,7 +96,7 @@ impl AzureKms {
             let header = Zeroizing::new(header);
             let url =
                 format!("{endpoint}?resource={resource}&api-version=2019-08-01{}", client_query.unwrap_or_default());
-            let call = self.http.for_url(&url).get(&url).header("X-IDENTITY-HEADER", header.as_str());
+            let call = self.http.metadata().get(&url).header("X-IDENTITY-HEADER", header.as_str());
             let (status, answer) =
                 small_reply(call.call()).map_err(|why| format!("the App Service identity endpoint: {why}"))?;
             return token::from_answer(status, &answer, now_ms, "the App Service identity endpoint");
@@ -96,7 +107,7 @@ impl AzureKms {
             imds.trim_end_matches('/'),
             client_query.unwrap_or_default()
         );
-        let call = self.http.for_url(&url).get(&url).header("Metadata", "true");
+        let call = self.http.metadata().get(&url).header("Metadata", "true");
         let (status, answer) = small_reply(call.call()).map_err(|why| {
             format!(
                 "no Azure credentials: set AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_CLIENT_SECRET or AZURE_FEDERATED_TOKEN_FILE, \
@@ -118,6 +129,18 @@ impl AzureKms {
     }
 }
 
+/// `CLEF_AGENT_AZURE_KEYVAULT_ENDPOINT` as a base URL without a trailing `/`.
+fn endpoint_base(endpoint: &str) -> Result<String, String> {
+    match crate::url::HttpUrl::parse(endpoint) {
+        Some(url) if !url.has_userinfo && !url.has_query && !endpoint.contains('#') => {
+            Ok(endpoint.trim_end_matches('/').to_string())
+        }
+        _ => Err(format!(
+            "{ENDPOINT_VARIABLE} must be an http:// or https:// base URL without user-info, query or fragment, got '{endpoint}'"
+        )),
+    }
+}
+
 /// `error.code: error.message` of a Key Vault error answer.
 fn azure_error(answer: &[u8]) -> String {
     let value: serde_json::Value = serde_json::from_slice(answer).unwrap_or_default();
@@ -130,6 +153,15 @@ fn azure_error(answer: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_endpoint_variable_is_a_plain_base_url() {
+        assert_eq!(endpoint_base("http://127.0.0.1:8080/").as_deref(), Ok("http://127.0.0.1:8080"));
+        assert_eq!(endpoint_base("https://kv.internal/prefix").as_deref(), Ok("https://kv.internal/prefix"));
+        for bad in ["kv.internal", "https://u:p@kv.internal", "https://kv.internal/?x=1", "https://kv.internal/#f"] {
+            assert!(endpoint_base(bad).unwrap_err().starts_with("CLEF_AGENT_AZURE_KEYVAULT_ENDPOINT must be"), "{bad}");
+        }
+    }
 
     #[test]
     fn reads_key_vault_errors() {

@@ -108,7 +108,7 @@ impl GcpKms {
     fn metadata_token(&self) -> Result<Fetched, String> {
         let host = self.env.get("GCE_METADATA_HOST").unwrap_or_else(|| METADATA_HOST.into());
         let url = format!("http://{host}/computeMetadata/v1/instance/service-accounts/default/token");
-        let call = self.http.for_url(&url).get(&url).header("Metadata-Flavor", "Google");
+        let call = self.http.metadata().get(&url).header("Metadata-Flavor", "Google");
         let (status, answer) = small_reply(call.call()).map_err(|why| {
             format!(
                 "no GCP credentials: GOOGLE_APPLICATION_CREDENTIALS is not set and the metadata server {host} cannot be reached ({why})"

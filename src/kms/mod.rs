@@ -8,6 +8,7 @@
 pub mod aws;
 pub mod azure;
 pub mod gcp;
+pub mod key_id;
 mod token;
 
 use std::sync::Arc;
@@ -40,19 +41,44 @@ impl Kms {
     }
 
     /// The data key wrapped as `wrapped` under `key_id` at `provider` (one of [`PROVIDERS`]).
+    /// The key id is checked (see [`key_id`]) before anything is sent anywhere.
     pub fn unwrap(
         &self,
         provider: &str,
         key_id: &str,
         algorithm: &str,
         wrapped: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, String> {
+    ) -> Result<Zeroizing<Vec<u8>>, UnwrapError> {
         match provider {
-            "aws" => self.aws.decrypt(key_id, algorithm, wrapped),
-            "gcp" => self.gcp.decrypt(key_id, wrapped),
-            "azure" => self.azure.unwrap_key(key_id, algorithm, wrapped),
-            other => Err(format!("unknown envelope provider '{other}'")),
+            "aws" => Ok(self.aws.decrypt(key_id, key_id::aws(key_id)?, algorithm, wrapped)?),
+            "gcp" => {
+                key_id::gcp(key_id)?;
+                Ok(self.gcp.decrypt(key_id, wrapped)?)
+            }
+            "azure" => Ok(self.azure.unwrap_key(&key_id::azure(key_id)?, algorithm, wrapped)?),
+            other => Err(UnwrapError::Kms(format!("unknown envelope provider '{other}'"))),
         }
+    }
+}
+
+/// Why no data key came back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UnwrapError {
+    /// `envelope.keyId` is not a key id of the provider: nothing was sent.
+    KeyId(key_id::KeyIdError),
+    /// The KMS or its credentials failed (their explanation).
+    Kms(String),
+}
+
+impl From<key_id::KeyIdError> for UnwrapError {
+    fn from(error: key_id::KeyIdError) -> UnwrapError {
+        UnwrapError::KeyId(error)
+    }
+}
+
+impl From<String> for UnwrapError {
+    fn from(detail: String) -> UnwrapError {
+        UnwrapError::Kms(detail)
     }
 }
 

@@ -100,6 +100,9 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
     let mut pipeline = Pipeline::new(source, Arc::clone(&keys), config.verify_key.clone(), cache);
     pipeline.restore_rollback_mark().map_err(ConfigError)?;
     let (token, token_line) = token::resolve(&config.token)?;
+    for warning in crate::config::cleartext_credential_warnings(&config, |name| env.get(name)) {
+        log::error(&format!("warning: {warning}"));
+    }
     let listeners = bind_listeners(&config)?;
     let (events, inbox) = mpsc::channel();
     watch_signals(events.clone())?;

@@ -32,11 +32,31 @@ impl Get<'_> {
     /// [`FetchError::NotFound`], any other status of 400 or more [`FetchError::Status`];
     /// `detail` turns an error body into a short, credential-free explanation (S3's `<Code>`).
     pub fn send(&self, detail: impl Fn(&[u8]) -> Option<String>) -> Result<Answer, FetchError> {
-        let mut request = self.http.for_host(&self.url.host).get(&self.url.full);
-        for (name, value) in self.headers {
-            request = request.header(*name, *value);
-        }
-        let response = request.call().map_err(|error| self.network(error))?;
+        let credentialed = crate::http::is_credentialed(self.url, self.headers);
+        let mut url = self.url.clone();
+        let mut redirects = 0;
+        let response = loop {
+            let mut request = self.http.for_host(&url.host).get(&url.full);
+            for (name, value) in self.headers {
+                request = request.header(*name, *value);
+            }
+            let response = request.call().map_err(|error| self.network(error))?;
+            if !matches!(response.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
+                break response;
+            }
+            // Redirects are followed here, not by ureq, so that a credential stays in its origin.
+            redirects += 1;
+            if redirects > crate::http::MAX_REDIRECTS {
+                return Err(self.failed(format!("more than {} redirects", crate::http::MAX_REDIRECTS)));
+            }
+            let status = response.status().as_u16();
+            let location = response.headers().get("location").and_then(|value| value.to_str().ok());
+            let next = location
+                .and_then(|location| url.join(location))
+                .ok_or_else(|| self.failed(format!("HTTP {status} without a usable Location")))?;
+            crate::http::check_redirect(&url, &next, credentialed).map_err(|why| self.failed(why))?;
+            url = next;
+        };
         let status = response.status().as_u16();
         let etag = response.headers().get("etag").and_then(|value| value.to_str().ok()).map(str::to_string);
         let mut reader = response.into_body().into_reader();
@@ -67,10 +87,13 @@ impl Get<'_> {
     fn network(&self, error: ureq::Error) -> FetchError {
         let detail = match error {
             ureq::Error::Timeout(_) => "timed out".to_string(),
-            ureq::Error::TooManyRedirects => format!("more than {} redirects", crate::http::MAX_REDIRECTS),
             // ureq's messages name hosts and reasons, never the URL's credentials.
             other => other.to_string(),
         };
+        self.failed(detail)
+    }
+
+    fn failed(&self, detail: String) -> FetchError {
         FetchError::Network { source: self.source.into(), detail }
     }
 }

@@ -41,6 +41,23 @@ fn deployment(test: &str) -> Deployment {
     Deployment::new(test, &build_artifact(PLAINTEXT, "rev-1", &ArtifactOptions::default()))
 }
 
+/// A credential endpoint configured with plain http to a remote host gets one warning line at
+/// start-up, naming the variable and the endpoint; loopback endpoints get none.
+#[test]
+fn warns_once_about_a_credential_endpoint_over_plain_http_to_a_remote_host() {
+    let deployment = deployment("cleartext-credential-warning");
+    let agent = deployment.start(&[
+        ("CLEF_AGENT_GCP_KMS_ENDPOINT", "http://kms.clef-it.example:8080"),
+        ("CLEF_AGENT_AZURE_KEYVAULT_ENDPOINT", "http://127.0.0.1:9"),
+    ]);
+    agent.get("/v1/secrets").assert(200, PLAINTEXT);
+    assert_eq!(
+        agent.stderr(),
+        "[clef-agent] warning: CLEF_AGENT_GCP_KMS_ENDPOINT is plain http to a host that is not loopback \
+         (http://kms.clef-it.example:8080/): the GCP access token would cross the network unencrypted; use https://\n"
+    );
+}
+
 #[test]
 fn prints_the_start_up_lines_in_order() {
     let deployment = deployment("startup-lines");

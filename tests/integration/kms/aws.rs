@@ -467,3 +467,48 @@ fn a_kms_access_denied_answer_fails_start_up_after_three_attempts_with_the_kms_h
     statuses.sort();
     assert_eq!(statuses, [400, 400, 400, 403, 403, 403], "{:?}", moto.requests_since_enforced());
 }
+
+const AWS_ACCEPTED: &str = "an AWS KMS key for provider aws: \
+    arn:<aws|aws-cn|aws-us-gov|aws-iso|aws-iso-b|aws-iso-e|aws-iso-f|aws-eusc>:kms:<region>:<12-digit account>:key/<key id> \
+    or ...:alias/<name>, or a bare key id or alias/<name> (region from AWS_REGION)";
+
+/// The region of a key ARN picks the KMS host the signed request (access key id, session token)
+/// goes to, and the artifact is not trusted: an ARN that is not strictly one fails start-up at
+/// once. Every outgoing request would pass the proxy (no KMS endpoint is configured, the
+/// credentials are static): it sees nothing.
+#[test]
+fn a_key_arn_with_a_hostile_region_or_account_is_refused_before_any_request() {
+    let proxy = crate::support::loopback::ConnectionRecorder::start();
+    let cases = [
+        ("arn:aws:kms:evil.example/x:111122223333:key/k", "the region is not like eu-west-1"),
+        ("arn:aws:kms:eu-west-1:1111:key/1234abcd-12ab-34cd-56ef-1234567890ab", "the account is not 12 digits"),
+    ];
+    for (index, (key_id, why)) in cases.iter().enumerate() {
+        let kms = crate::support::EnvelopeKms {
+            provider: "aws".into(),
+            key_id: key_id.to_string(),
+            wrapped_key: base64::engine::general_purpose::STANDARD.encode([7u8; 184]),
+            algorithm: "SYMMETRIC_DEFAULT".into(),
+        };
+        let artifact = crate::support::build_envelope_artifact(PLAINTEXT, "rev-1", &[9u8; 32], &kms);
+        let deployment = Deployment::new(&format!("aws-hostile-key-arn-{index}"), &artifact);
+        let mut env = vec![
+            ("CLEF_AGENT_AGE_KEY_FILE", String::new()),
+            ("AWS_REGION", REGION.to_string()),
+            ("AWS_ACCESS_KEY_ID", "AKIACLEFITHOSTILE001".to_string()),
+            ("AWS_SECRET_ACCESS_KEY", "clefItHostileSecretKey/0123456789abcdefgh".to_string()),
+            ("AWS_SESSION_TOKEN", "clefItHostileSessionToken".to_string()),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
+        ];
+        env.extend(proxy.proxy_env());
+        let env: Vec<(&str, &str)> = env.iter().map(|(name, value)| (*name, value.as_str())).collect();
+        let agent = deployment.spawn(&env);
+        super::loopback_kms::assert_key_id_refused_at_once(
+            &agent,
+            &deployment.artifact,
+            AWS_ACCEPTED,
+            &format!("'{key_id}' ({why})"),
+        );
+        assert_eq!(proxy.connections(), Vec::<String>::new(), "{key_id}: a request left the agent");
+    }
+}

@@ -8,15 +8,16 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use base64::Engine as _;
 use serde_json::{json, Value};
 
 use super::loopback_kms::{
-    assert_nothing_leaked, assert_one_line_per_entry, base64url, bearer, data_key, data_key_encodings, ensure,
-    ensure_pairs, form_body, json_body, now_secs, only_fields, split_target, standard, wait_for_poll_error, TokenCheck,
-    Tokens, Violations, FAILED_START_LIMIT, JIT, NO_AGE_KEY, REFRESH_LIMIT, SLOW_POLLING,
+    assert_key_id_refused_at_once, assert_nothing_leaked, assert_one_line_per_entry, base64url, bearer, data_key,
+    data_key_encodings, ensure, ensure_pairs, form_body, json_body, now_secs, only_fields, split_target, standard,
+    wait_for_poll_error, TokenCheck, Tokens, Violations, FAILED_START_LIMIT, JIT, NO_AGE_KEY, REFRESH_LIMIT,
+    SLOW_POLLING,
 };
 use crate::support::loopback::{Answer, Recorded, Server};
 use crate::support::{
@@ -34,7 +35,9 @@ const IDENTITY_HEADER: &str = "clef-it-identity-header-3f9a71c2-8e4d";
 const RESOURCE: &str = "https://vault.azure.net";
 const SCOPE: &str = "https://vault.azure.net/.default";
 const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
-const KEY_PATH: &str = "/keys/clef/v1";
+/// A real-looking key id: the agent reaches the loopback vault through
+/// `CLEF_AGENT_AZURE_KEYVAULT_ENDPOINT`, as it would a private endpoint.
+const KEY_ID: &str = "https://clef-it.vault.azure.net/keys/clef/v1";
 const UNWRAP_PATH: &str = "/keys/clef/v1/unwrapkey";
 const APP_SERVICE_PATH: &str = "/msi/token";
 const IMDS_PATH: &str = "/metadata/identity/oauth2/token";
@@ -116,8 +119,6 @@ struct State {
     violations: Violations,
     /// Key Vault answers 403 Forbidden.
     forbidden: AtomicBool,
-    /// `http://127.0.0.1:<vault port>`, the base of the key's `kid`.
-    vault_url: OnceLock<String>,
 }
 
 /// How the agent gets its token.
@@ -148,7 +149,6 @@ impl Azure {
             tokens: Tokens::new("eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.clef-it-azure-access-token-"),
             violations: Violations::default(),
             forbidden: AtomicBool::new(false),
-            vault_url: OnceLock::new(),
         });
         let vault = {
             let state = Arc::clone(&state);
@@ -158,18 +158,13 @@ impl Azure {
             let state = Arc::clone(&state);
             Server::start(move |request| identity_answer(&state, request))
         };
-        state.vault_url.set(vault.url("")).expect("set once");
         Azure { vault, identity, state, data_key: data_key() }
-    }
-
-    fn key_id(&self) -> String {
-        self.vault.url(KEY_PATH)
     }
 
     fn kms(&self, algorithm: &str, wrapped_key: &str) -> EnvelopeKms {
         EnvelopeKms {
             provider: "azure".into(),
-            key_id: self.key_id(),
+            key_id: KEY_ID.into(),
             wrapped_key: wrapped_key.into(),
             algorithm: algorithm.into(),
         }
@@ -193,6 +188,7 @@ impl Azure {
         let mut env: Vec<(String, String)> = vec![
             (NO_AGE_KEY.0.into(), NO_AGE_KEY.1.into()),
             ("CLEF_AGENT_AZURE_IMDS_ENDPOINT".into(), self.identity.url("")),
+            ("CLEF_AGENT_AZURE_KEYVAULT_ENDPOINT".into(), self.vault.url("")),
         ];
         let mut add = |name: &str, value: String| env.push((name.into(), value));
         match credentials {
@@ -298,10 +294,7 @@ fn unwrap_key(state: &State, request: &Recorded) -> Result<Answer, String> {
         .decode(value)
         .map_err(|_| format!("'value' is not base64url without padding: {value:?}"))?;
     Ok(match rsa_oaep("-decrypt", algorithm, &wrapped) {
-        Ok(data_key) => {
-            let kid = format!("{}{KEY_PATH}", state.vault_url.get().expect("set at start"));
-            Answer::json(200, &json!({"kid": kid, "value": base64url(&data_key)}).to_string())
-        }
+        Ok(data_key) => Answer::json(200, &json!({"kid": KEY_ID, "value": base64url(&data_key)}).to_string()),
         Err(_) => vault_error(400, "BadParameter", "Decryption failed: the ciphertext or the algorithm is wrong."),
     })
 }
@@ -623,4 +616,36 @@ fn the_vault_really_unwraps() {
     let wrapped = rsa_oaep("-encrypt", "RSA-OAEP-256", &key).unwrap();
     assert_eq!(rsa_oaep("-decrypt", "RSA-OAEP-256", &wrapped).unwrap(), key);
     assert!(rsa_oaep("-decrypt", "RSA-OAEP", &wrapped).is_err());
+}
+
+const AZURE_ACCEPTED: &str = "an https:// Key Vault or Managed HSM key URL for provider azure, \
+    https://<name>.<vault.azure.net|managedhsm.azure.net|vault.azure.cn|managedhsm.azure.cn|vault.usgovcloudapi.net|\
+    managedhsm.usgovcloudapi.net|vault.microsoftazure.de>/keys/<key>[/<version>]";
+
+/// `envelope.keyId` decides where the Key Vault token goes, and the artifact is not trusted: a
+/// key id that is not an https:// Key Vault key fails start-up at once, and neither the vault
+/// (reachable through CLEF_AGENT_AZURE_KEYVAULT_ENDPOINT or named by the key id itself) nor the
+/// identity side hears of it.
+#[test]
+fn a_key_id_that_is_not_an_https_key_vault_key_is_refused_before_any_request() {
+    let azure = Azure::start();
+    let vault = azure.vault.url("");
+    let vault_host = vault.trim_start_matches("http://");
+    let cases = [
+        (format!("{vault}/keys/clef/v1"), "not an https:// URL"),
+        (format!("https://{vault_host}/keys/clef/v1"), "not a Key Vault or Managed HSM host"),
+        ("https://clef-it.vault.azure.net.evil.example/keys/clef/v1".into(), "not a Key Vault or Managed HSM host"),
+        ("https://clef-it.vault.azure.net/keys/../secrets/clef".into(), "the path is not /keys/<name>[/<version>]"),
+        ("https://clef-it.vault.azure.net/secrets/clef".into(), "the path is not /keys/<name>[/<version>]"),
+    ];
+    for (index, (key_id, why)) in cases.iter().enumerate() {
+        let wrapped_key = wrap("RSA-OAEP-256", &azure.data_key);
+        let kms = EnvelopeKms { key_id: key_id.clone(), ..azure.kms("RSA-OAEP-256", &wrapped_key) };
+        let artifact = build_envelope_artifact(PLAINTEXT, "rev-1", &azure.data_key, &kms);
+        let deployment = Deployment::new(&format!("azure-hostile-key-id-{index}"), &artifact);
+        let agent = azure.spawn_agent(&deployment, Credentials::ClientSecret, &[]);
+        assert_key_id_refused_at_once(&agent, &deployment.artifact, AZURE_ACCEPTED, &format!("'{key_id}' ({why})"));
+        assert_eq!(azure.vault.requests().len(), 0, "{key_id}: the vault was called");
+        assert_eq!(azure.identity.requests().len(), 0, "{key_id}: a token was asked for");
+    }
 }

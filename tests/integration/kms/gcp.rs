@@ -808,3 +808,56 @@ fn the_token_endpoint_really_verifies_the_jwt() {
     assert!(check_jwt(&sign(&header, &long), uri).is_err(), "an hour at most");
     assert!(check_jwt(&sign(&json!({"alg": "RS256", "typ": "JWT"}), &claims), uri).is_err(), "kid is required");
 }
+
+const GCP_ACCEPTED: &str = "a Cloud KMS key name for provider gcp, \
+    projects/<project>/locations/<location>/keyRings/<ring>/cryptoKeys/<key>[/cryptoKeyVersions/<version>]";
+
+/// `envelope.keyId` becomes the path of the Cloud KMS call that carries the access token, and
+/// the artifact is not trusted: a name with `..` segments or extra segments fails start-up at
+/// once, before the token is even asked for.
+#[test]
+fn a_key_name_with_dot_dot_or_extra_segments_is_refused_before_any_request() {
+    let gcp = Gcp::start();
+    let why = "not a key name of that shape with names of letters, digits, '-', '_', '.', ':'";
+    let cases = [
+        format!("{KEY_ID}/../../../../../../../../other/resource"),
+        "projects/clef-it/locations/global/keyRings/../cryptoKeys/artifacts".to_string(),
+        format!("{KEY_ID}/cryptoKeyVersions/1/extra"),
+        format!("{KEY_ID}?alt=media"),
+    ];
+    for (index, key_id) in cases.iter().enumerate() {
+        let kms = EnvelopeKms { key_id: key_id.clone(), ..gcp.kms_envelope(&gcp.wrapped_key) };
+        let artifact = build_envelope_artifact(PLAINTEXT, "rev-1", &gcp.data_key, &kms);
+        let deployment = Deployment::new(&format!("gcp-hostile-key-name-{index}"), &artifact);
+        let agent = gcp.spawn_agent(&deployment, Credentials::ServiceAccount);
+        super::loopback_kms::assert_key_id_refused_at_once(
+            &agent,
+            &deployment.artifact,
+            GCP_ACCEPTED,
+            &format!("'{key_id}' ({why})"),
+        );
+        assert_eq!(gcp.kms.requests().len(), 0, "{key_id}: Cloud KMS was called");
+        assert_eq!(gcp.identity.requests().len(), 0, "{key_id}: a token was asked for");
+    }
+}
+
+/// The metadata server answers tokens over plain http: a proxy in between would see them. The
+/// address here is the loopback one written as an IPv4-mapped IPv6 literal, which is no
+/// loopback name the agent knows: only its rule "metadata endpoints are reached directly" keeps
+/// the request away from the proxy every other host goes through.
+#[test]
+fn the_metadata_server_is_reached_directly_even_with_a_proxy_configured() {
+    let gcp = Gcp::start();
+    let proxy = crate::support::loopback::ConnectionRecorder::start();
+    let deployment = Deployment::new("gcp-metadata-no-proxy", &gcp.artifact(PLAINTEXT, "rev-1"));
+    let metadata_host = format!("[::ffff:127.0.0.1]:{}", gcp.identity.port);
+    let mut extra: Vec<(&str, String)> = proxy.proxy_env();
+    extra.extend([("GCE_METADATA_HOST", metadata_host), (SLOW_POLLING.0, SLOW_POLLING.1.to_string())]);
+    let extra: Vec<(&str, &str)> = extra.iter().map(|(name, value)| (*name, value.as_str())).collect();
+    let agent = gcp.start_agent(&deployment, Credentials::MetadataServer, &extra);
+    agent.get("/v1/secrets").assert(200, PLAINTEXT);
+
+    assert_eq!(gcp.metadata_requests().len(), 1, "{:?}", gcp.identity.requests());
+    assert_eq!(proxy.connections(), Vec::<String>::new(), "the proxy saw a request");
+    gcp.assert_clean(&agent);
+}

@@ -293,3 +293,28 @@ pub fn wait_for_poll_error(agent: &Agent, needle: &str) -> String {
     assert!(line.contains("poll error: "), "{needle:?} is not in a poll error line:\n{stderr}");
     line
 }
+
+/// How long an agent may take to give up on a configuration-class failure: no retries.
+pub const AT_ONCE: Duration = Duration::from_secs(5);
+/// The hint of a refused `envelope.keyId`.
+pub const KEY_ID_HINT: &str =
+    "The artifact names a KMS key this agent does not send credentials to: pack it again with a key of a supported KMS.";
+
+/// The agent gave up at once (one attempt, exit 1) with this fatal line: `field 'envelope.keyId'
+/// must be <accepted>, found <found>` and the hint.
+pub fn assert_key_id_refused_at_once(agent: &Agent, source: &std::path::Path, accepted: &str, found: &str) {
+    let started = std::time::Instant::now();
+    let status = agent.wait_exit(AT_ONCE).unwrap_or_else(|| panic!("the agent kept trying: {}", agent.stderr()));
+    assert_eq!(status.code(), Some(1), "{}", agent.stderr());
+    assert!(started.elapsed() < Duration::from_secs(2), "a refused key id was retried");
+    let stderr = agent.stderr();
+    assert_eq!(
+        stderr.lines().last().unwrap_or_default(),
+        format!(
+            "[clef-agent] fatal: Failed to fetch artifact from {} after 1 attempt: artifact rejected (invalid_shape): \
+             field 'envelope.keyId' must be {accepted}, found {found}. {KEY_ID_HINT}",
+            source.display()
+        ),
+        "{stderr}"
+    );
+}

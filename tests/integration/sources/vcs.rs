@@ -583,6 +583,81 @@ fn gitlab_file_not_found_fails_start_up_saying_so() {
     assert_token_absent(&agent, GITLAB_TOKEN);
 }
 
+/// A GitLab API that answers 302 to a server on another port: the PRIVATE-TOKEN must not go
+/// there (ureq alone would drop only `Authorization`). The poll fails naming the Location's
+/// origin and the last secrets stay.
+#[test]
+fn gitlab_redirecting_to_another_origin_never_sends_it_the_token() {
+    let published = Published::new(PLAINTEXT, "rev-gl-1");
+    let content = base64::engine::general_purpose::STANDARD.encode(&published.bytes);
+    let file = gitlab_file(&published, "HEAD", &content);
+    let elsewhere = {
+        let file = file.clone();
+        Server::start(move |_| Answer::json(200, &file))
+    };
+    let redirect = Arc::new(AtomicUsize::new(0));
+    let location = elsewhere.url(&format!("{}?ref=HEAD", gitlab_path("")));
+    let server = {
+        let redirect = Arc::clone(&redirect);
+        Server::start(move |request| {
+            if let Some(refusal) = gitlab_refusal(request, "") {
+                return refusal;
+            }
+            match redirect.load(Ordering::SeqCst) {
+                0 => Answer::json(200, &file),
+                _ => Answer::json(302, "").with_header("Location", &location),
+            }
+        })
+    };
+    let api_url = server.url("");
+    let agent = start_ready(&[
+        ("CLEF_AGENT_VCS_PROVIDER", "gitlab"),
+        ("CLEF_AGENT_VCS_TOKEN", GITLAB_TOKEN),
+        ("CLEF_AGENT_VCS_API_URL", &api_url),
+    ]);
+    agent.get("/v1/secrets").assert(200, PLAINTEXT);
+
+    redirect.store(1, Ordering::SeqCst);
+    agent.signal(libc::SIGHUP);
+    let refused = format!(
+        "refused a redirect to another origin (http://127.0.0.1:{}): the request carries credentials, \
+         which go only to http://127.0.0.1:{}",
+        elsewhere.port, server.port
+    );
+    agent.wait_for_stderr(&refused, SIGHUP_LIMIT);
+    assert_eq!(elsewhere.requests().len(), 0, "the other origin was asked: {:#?}", elsewhere.requests());
+    agent.get("/v1/secrets").assert(200, PLAINTEXT);
+    assert_token_absent(&agent, GITLAB_TOKEN);
+}
+
+/// A redirect within the API's origin (a renamed project) keeps the token: it is the server the
+/// configuration named.
+#[test]
+fn gitlab_redirecting_within_its_origin_keeps_the_token() {
+    let published = Published::new(PLAINTEXT, "rev-gl-1");
+    let content = base64::engine::general_purpose::STANDARD.encode(&published.bytes);
+    let file = gitlab_file(&published, "HEAD", &content);
+    let server = Server::start(move |request| {
+        if request.path.starts_with("/old") {
+            let moved = request.path.trim_start_matches("/old");
+            return Answer::json(301, "").with_header("Location", moved);
+        }
+        gitlab_refusal(request, "").unwrap_or_else(|| Answer::json(200, &file))
+    });
+    let api_url = server.url("/old");
+    let agent = start_ready(&[
+        ("CLEF_AGENT_VCS_PROVIDER", "gitlab"),
+        ("CLEF_AGENT_VCS_TOKEN", GITLAB_TOKEN),
+        ("CLEF_AGENT_VCS_API_URL", &api_url),
+    ]);
+    agent.get("/v1/secrets").assert(200, PLAINTEXT);
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2, "{requests:#?}");
+    assert_eq!(requests[0].header("PRIVATE-TOKEN"), Some(GITLAB_TOKEN));
+    assert_gitlab_request(&requests[1], "", "HEAD");
+    assert_token_absent(&agent, GITLAB_TOKEN);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bitbucket
 
