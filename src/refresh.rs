@@ -433,6 +433,7 @@ impl Refresher {
         if let Some(wipe) = wipe {
             self.cell.swap(Served::Wiped(wipe));
             state.pipeline.forget();
+            self.telemetry.secrets_wiped();
         }
     }
 
