@@ -66,7 +66,7 @@ impl SourceConfig {
         match self {
             SourceConfig::File(path) => path.display().to_string(),
             SourceConfig::Http(url) => url.redacted(),
-            SourceConfig::S3 { location, .. } => format!("s3://{}/{}", location.bucket, location.key),
+            SourceConfig::S3 { location, .. } => location.describe(),
             SourceConfig::Vcs(vcs) => format!(
                 "{} {}:{}@{}",
                 vcs.provider.name(),
@@ -384,6 +384,7 @@ fn source_from_text(text: &str, get: &impl Fn(&str) -> Option<String>) -> Result
         let Some(location) = S3Location::parse_s3_scheme(text) else {
             return error("CLEF_AGENT_SOURCE: an S3 source must look like s3://bucket/key");
         };
+        let location = s3_query(location, text.split_once('?').map(|(_, query)| query))?;
         let Some(region) = region_from_env() else {
             return error(
                 "CLEF_AGENT_SOURCE is an s3:// URL but no region is set: set AWS_REGION (or AWS_DEFAULT_REGION)",
@@ -396,7 +397,10 @@ fn source_from_text(text: &str, get: &impl Fn(&str) -> Option<String>) -> Result
         let Some(url) = HttpUrl::parse(text) else {
             return error("CLEF_AGENT_SOURCE is not a valid http(s) URL (expected https://host[:port]/path)");
         };
-        if let Some(location) = S3Location::from_https(&url) {
+        // A pre-signed S3 URL carries its own authorization: it is an HTTP(S) source, sent as given.
+        let presigned = url.query.as_deref().is_some_and(crate::url::is_presigned_query);
+        if let Some(location) = S3Location::from_https(&url).filter(|_| !presigned) {
+            let location = s3_query(location, url.query.as_deref())?;
             let region = location.region_in_host.clone().unwrap_or_else(|| "us-east-1".into());
             return Ok(SourceConfig::S3 { location, region });
         }
@@ -406,6 +410,17 @@ fn source_from_text(text: &str, get: &impl Fn(&str) -> Option<String>) -> Result
         return error("CLEF_AGENT_SOURCE must be an http(s):// URL, an s3:// URL or a file path");
     }
     Ok(SourceConfig::File(text.into()))
+}
+
+/// An S3 URL's query: `versionId` only, since the agent signs S3 requests itself.
+fn s3_query(location: S3Location, query: Option<&str>) -> Result<S3Location, ConfigError> {
+    location.with_query(query).or_else(|why| {
+        error(format!(
+            "CLEF_AGENT_SOURCE: {why}: an S3 URL takes only ?versionId=<version> (the agent signs \
+             S3 requests with its own credentials); a pre-signed URL (X-Amz-Signature=…) is fetched \
+             as given, as an https:// source"
+        ))
+    })
 }
 
 fn vcs(get: &impl Fn(&str) -> Option<String>) -> Result<VcsConfig, ConfigError> {
@@ -618,6 +633,28 @@ mod tests {
         let described =
             config(&[("CLEF_AGENT_SOURCE", "https://u:p@h.example/a.json?sig=x")]).unwrap().source.describe();
         assert_eq!(described, "https://[redacted]@h.example/a.json?[redacted]");
+    }
+
+    #[test]
+    fn s3_urls_keep_a_version_pin_and_refuse_other_query_parameters() {
+        let source = |text| config(&[("CLEF_AGENT_SOURCE", text), ("AWS_REGION", "eu-west-1")]).map(|c| c.source);
+        for text in ["https://b.s3.amazonaws.com/k.json?versionId=v%2B1", "s3://b/k.json?versionId=v%2B1"] {
+            let Ok(SourceConfig::S3 { location, .. }) = source(text) else { panic!("{text} is not an S3 source") };
+            assert_eq!((location.key.as_str(), location.version_id.as_deref()), ("k.json", Some("v+1")), "{text}");
+        }
+        let expected = "CLEF_AGENT_SOURCE: query parameter 'response-content-type' is not supported: an S3 URL \
+             takes only ?versionId=<version> (the agent signs S3 requests with its own credentials); a \
+             pre-signed URL (X-Amz-Signature=…) is fetched as given, as an https:// source";
+        for text in
+            ["https://b.s3.amazonaws.com/k.json?response-content-type=x", "s3://b/k.json?response-content-type=x"]
+        {
+            assert_eq!(source(text).unwrap_err().0, expected, "{text}");
+        }
+        // A pre-signed URL is an HTTP(S) source: sent as given, never signed again.
+        let presigned = "https://b.s3.amazonaws.com/k.json?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=0f";
+        assert!(matches!(source(presigned), Ok(SourceConfig::Http(url)) if url.full == presigned));
+        let described = source("s3://b/k.json?versionId=v1").unwrap().describe();
+        assert_eq!(described, "s3://b/k.json?versionId=v1");
     }
 
     #[test]

@@ -524,6 +524,7 @@ impl Refresher {
             // Purge first: once a request sees the wipe, the disk cache is already empty.
             state.pipeline.forget();
             self.cell.swap(Served::Wiped(wipe));
+            self.telemetry.secrets_wiped();
         }
     }
 

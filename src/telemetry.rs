@@ -270,6 +270,13 @@ impl Telemetry {
         shared.headers = headers;
     }
 
+    /// Forgets the headers the secrets gave: called on every wipe (revocation, expiry, TTL), so
+    /// a revoked or expired secret never authenticates another export.
+    pub fn secrets_wiped(&self) {
+        let Some(inner) = &self.inner else { return };
+        inner.lock().headers.clear();
+    }
+
     /// Sends what is buffered and stops the sender, waiting at most `timeout`.
     pub fn shutdown(&self, timeout: Duration) {
         let (Some(inner), Some(sender)) = (&self.inner, &self.sender) else { return };
@@ -377,6 +384,19 @@ mod tests {
         assert_eq!(Event::ArtifactExpired { expires_at: String::new() }.severity(), (13, "WARN"));
         assert_eq!(Event::CacheExpired { cache_ttl_seconds: 1, disk_cache_purged: false }.severity(), (17, "ERROR"));
         assert_eq!(Event::ArtifactInvalid { reason: "integrity", error: String::new() }.severity(), (17, "ERROR"));
+    }
+
+    #[test]
+    fn a_wipe_forgets_the_headers_the_secrets_gave() {
+        let url = HttpUrl::parse("http://127.0.0.1:9/v1/logs").unwrap();
+        let telemetry = Telemetry::start(&url, Resource::default(), HttpClient::default());
+        let token = vec![("Authorization".to_string(), Secret::new("Bearer revoked".into()))];
+        telemetry.artifact_loaded("api", "prod", token);
+        let headers = || telemetry.inner.as_ref().unwrap().lock().headers.len();
+        assert_eq!(headers(), 1);
+        telemetry.secrets_wiped();
+        assert_eq!(headers(), 0);
+        telemetry.shutdown(Duration::ZERO);
     }
 
     #[test]

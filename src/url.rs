@@ -14,7 +14,8 @@ pub struct HttpUrl {
     pub port: Option<u16>,
     /// Path starting with `/` (`/` when the URL has none).
     pub path: String,
-    pub has_query: bool,
+    /// The query as written, without its `?` (it may carry a credential: never log it).
+    pub query: Option<String>,
 }
 
 impl HttpUrl {
@@ -47,7 +48,7 @@ impl HttpUrl {
             host: host.to_ascii_lowercase(),
             port,
             path: if path.is_empty() { "/".into() } else { path.into() },
-            has_query: query.is_some(),
+            query: query.map(str::to_string),
         })
     }
 
@@ -96,7 +97,7 @@ impl HttpUrl {
     pub fn redacted(&self) -> String {
         let userinfo = if self.has_userinfo { "[redacted]@" } else { "" };
         let port = self.port.map(|port| format!(":{port}")).unwrap_or_default();
-        let query = if self.has_query { "?[redacted]" } else { "" };
+        let query = if self.query.is_some() { "?[redacted]" } else { "" };
         format!("{}://{userinfo}{}{port}{}{query}", self.scheme, self.host, self.path)
     }
 }
@@ -130,18 +131,63 @@ pub struct S3Location {
     pub key: String,
     /// The region named in the URL's host; `None` for `s3://` URLs and region-less hosts.
     pub region_in_host: Option<String>,
+    /// The object version a `?versionId=` pins, percent-decoded; `None`: the latest.
+    pub version_id: Option<String>,
+}
+
+/// Query parameters that make an S3 URL pre-signed (SigV4, then SigV2): it carries its own
+/// authorization, so it is sent as given instead of being signed again.
+const PRESIGNED_PARAMETERS: [&str; 2] = ["X-Amz-Signature", "Signature"];
+
+/// True when `query` holds a pre-signed URL's signature.
+pub fn is_presigned_query(query: &str) -> bool {
+    query.split('&').any(|pair| PRESIGNED_PARAMETERS.contains(&pair.split('=').next().unwrap_or_default()))
 }
 
 impl S3Location {
-    /// Parses `s3://bucket/key`.
+    /// Parses `s3://bucket/key`. A `?` ends the key, as in an https URL: what follows is a
+    /// query for [`S3Location::with_query`] (a key containing `?` is written `%3F` in an S3
+    /// https URL).
     pub fn parse_s3_scheme(text: &str) -> Option<S3Location> {
         let rest = text.strip_prefix("s3://")?;
+        let rest = rest.split_once('?').map_or(rest, |(object, _)| object);
         let (bucket, key) = rest.split_once('/')?;
         (!bucket.is_empty() && !key.is_empty()).then(|| S3Location {
             bucket: bucket.into(),
             key: key.into(),
             region_in_host: None,
+            version_id: None,
         })
+    }
+
+    /// Applies an S3 URL's query: `versionId=<id>` pins that version of the object; any other
+    /// parameter is an error naming it, because the agent signs S3 requests itself and would
+    /// silently drop it (or re-sign a pre-signed URL with its own credentials).
+    pub fn with_query(mut self, query: Option<&str>) -> Result<S3Location, String> {
+        for pair in query.unwrap_or_default().split('&').filter(|pair| !pair.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if name != "versionId" {
+                // Only a plain name is quoted: the query may carry a credential.
+                let plain = name.len() <= 40 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                let named = if plain { format!(" '{name}'") } else { String::new() };
+                return Err(format!("query parameter{named} is not supported"));
+            }
+            if value.is_empty() || self.version_id.is_some() {
+                return Err("versionId must appear once, with a value".into());
+            }
+            let version = percent_decode(value)
+                .map_err(|_| "the versionId has an invalid percent-escape or is not UTF-8".to_string())?;
+            self.version_id = Some(version);
+        }
+        Ok(self)
+    }
+
+    /// `s3://bucket/key`, with `?versionId=…` when one is pinned: for logs (neither is secret).
+    pub fn describe(&self) -> String {
+        match &self.version_id {
+            Some(version) => format!("s3://{}/{}?versionId={version}", self.bucket, self.key),
+            None => format!("s3://{}/{}", self.bucket, self.key),
+        }
     }
 
     /// Recognises `https://<bucket>.s3[.-<region>].amazonaws.com/<key>` (virtual-hosted style)
@@ -162,6 +208,7 @@ impl S3Location {
                 bucket: bucket.into(),
                 key: percent_decode(key).unwrap_or_else(|_| key.into()),
                 region_in_host: region,
+                version_id: None,
             });
         }
         let (bucket, service) = host.split_once(".s3")?;
@@ -170,6 +217,7 @@ impl S3Location {
             bucket: bucket.into(),
             key: percent_decode(path).unwrap_or_else(|_| path.into()),
             region_in_host: region,
+            version_id: None,
         })
     }
 }
@@ -265,5 +313,24 @@ mod tests {
         assert_eq!(virtual_hosted("https://example.com/b/x.json"), None);
         assert_eq!(virtual_hosted("https://sqs.us-east-1.amazonaws.com/b/x"), None);
         assert_eq!(S3Location::parse_s3_scheme("s3://bucket-only"), None);
+    }
+
+    #[test]
+    fn an_s3_query_may_pin_a_version_and_nothing_else() {
+        let location = |text: &str| S3Location::parse_s3_scheme(text).unwrap();
+        let query = |text: &str| text.split_once('?').map(|(_, query)| query.to_string());
+        let pinned = "s3://b/k.json?versionId=3%2FL4kq%2Brm";
+        let pinned = location(pinned).with_query(query(pinned).as_deref()).unwrap();
+        assert_eq!((pinned.key.as_str(), pinned.version_id.as_deref()), ("k.json", Some("3/L4kq+rm")));
+        assert_eq!(location("s3://b/k.json").with_query(None).unwrap().version_id, None);
+        let refused = |query: &str| location("s3://b/k").with_query(Some(query)).unwrap_err();
+        assert_eq!(refused("response-content-type=x"), "query parameter 'response-content-type' is not supported");
+        assert_eq!(refused("versionId=a&X-Amz-Signature=0f"), "query parameter 'X-Amz-Signature' is not supported");
+        assert_eq!(refused("AKIA/secret+x"), "query parameter is not supported", "only plain names are quoted");
+        assert_eq!(refused("versionId="), "versionId must appear once, with a value");
+        assert_eq!(refused("versionId=a&versionId=b"), "versionId must appear once, with a value");
+        assert!(is_presigned_query("X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=0f"));
+        assert!(is_presigned_query("AWSAccessKeyId=AKID&Expires=1&Signature=x"));
+        assert!(!is_presigned_query("versionId=x"));
     }
 }

@@ -1,7 +1,8 @@
 //! The AWS credential chain of SPEC §5, first that applies: environment keys, web identity
 //! (STS `AssumeRoleWithWebIdentity`), container credentials, EC2 instance metadata (IMDSv2).
-//! Temporary credentials are cached until five minutes before they expire. Error messages
-//! name the provider and what to fix, never a key, token or secret.
+//! Temporary credentials are cached until five minutes before they expire, and for five minutes
+//! when their expiry is missing or unreadable; the S3 source forgets them when S3 says they are
+//! no longer good. Error messages name the provider and what to fix, never a key, token or secret.
 
 use std::fmt;
 use std::sync::Mutex;
@@ -12,6 +13,14 @@ use crate::secret::Secret;
 
 /// Temporary credentials are renewed this long before they expire.
 const RENEW_BEFORE_MS: u64 = 5 * 60 * 1000;
+/// Temporary credentials whose `Expiration` is missing or unreadable are looked up again this
+/// long after they were fetched: kept for good, they would outlive their real expiry.
+const UNKNOWN_EXPIRY_LIFE_MS: u64 = 5 * 60 * 1000;
+/// S3 error codes (HTTP 400 or 403) that say the request's credentials, not the request, are
+/// stale: the session token expired or is unknown, or the signature's time is too far from S3's.
+/// Looking the credentials up again is what fixes them (SDKs retry these after a refresh too).
+pub const S3_STALE_CREDENTIAL_CODES: [&str; 4] =
+    ["ExpiredToken", "InvalidToken", "TokenRefreshRequired", "RequestTimeTooSkewed"];
 /// The container credentials host of `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`.
 const CONTAINER_HOST: &str = "http://169.254.170.2";
 const IMDS_DEFAULT: &str = "http://169.254.169.254";
@@ -21,7 +30,8 @@ pub struct Credentials {
     pub access_key_id: String,
     pub secret_access_key: Secret,
     pub session_token: Option<Secret>,
-    /// When temporary credentials expire (epoch ms); `None` for long-term keys.
+    /// When temporary credentials expire (epoch ms); `None` for long-term keys, and for
+    /// temporary ones whose provider sent no readable expiry.
     pub expires_at_ms: Option<u64>,
 }
 
@@ -35,7 +45,14 @@ impl fmt::Debug for Credentials {
 pub struct CredentialChain {
     env: Env,
     http: HttpClient,
-    cached: Mutex<Option<Credentials>>,
+    cached: Mutex<Option<Cached>>,
+}
+
+#[derive(Debug)]
+struct Cached {
+    credentials: Credentials,
+    /// When to look them up again (epoch ms); `None` for long-term keys.
+    renew_at_ms: Option<u64>,
 }
 
 impl CredentialChain {
@@ -46,14 +63,14 @@ impl CredentialChain {
     /// Credentials valid at `now_ms`, from the cache or the first provider that applies.
     pub fn credentials(&self, now_ms: u64) -> Result<Credentials, String> {
         let mut cached = self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(credentials) = cached.as_ref() {
-            let fresh = credentials.expires_at_ms.is_none_or(|expiry| now_ms + RENEW_BEFORE_MS < expiry);
-            if fresh {
-                return Ok(credentials.clone());
+        if let Some(entry) = cached.as_ref() {
+            if entry.renew_at_ms.is_none_or(|renew_at| now_ms < renew_at) {
+                return Ok(entry.credentials.clone());
             }
         }
-        let credentials = self.resolve(now_ms)?;
-        *cached = Some(credentials.clone());
+        let (credentials, long_term) = self.resolve(now_ms)?;
+        let renew_at_ms = (!long_term).then(|| renew_at_ms(credentials.expires_at_ms, now_ms));
+        *cached = Some(Cached { credentials: credentials.clone(), renew_at_ms });
         Ok(credentials)
     }
 
@@ -62,16 +79,28 @@ impl CredentialChain {
         *self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
     }
 
-    fn resolve(&self, now_ms: u64) -> Result<Credentials, String> {
+    /// Forgets cached credentials when an S3 error `code` says they are stale
+    /// ([`S3_STALE_CREDENTIAL_CODES`]), so the next request looks them up again; true if so.
+    pub fn forget_if_stale_for_s3(&self, code: &str) -> bool {
+        let stale = S3_STALE_CREDENTIAL_CODES.contains(&code);
+        if stale {
+            self.forget();
+        }
+        stale
+    }
+
+    /// The first provider's credentials, and whether they are long-term keys (never renewed).
+    fn resolve(&self, now_ms: u64) -> Result<(Credentials, bool), String> {
         let env = &self.env;
         match (env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")) {
             (Some(access_key_id), Some(secret)) => {
-                return Ok(Credentials {
+                let credentials = Credentials {
                     access_key_id,
                     secret_access_key: Secret::new(secret),
                     session_token: env.get("AWS_SESSION_TOKEN").map(Secret::new),
                     expires_at_ms: None,
-                })
+                };
+                return Ok((credentials, true));
             }
             (Some(_), None) => return Err("AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not: set both".into()),
             (None, Some(_)) => return Err("AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not: set both".into()),
@@ -81,7 +110,7 @@ impl CredentialChain {
             let Some(role_arn) = env.get("AWS_ROLE_ARN") else {
                 return Err("AWS_WEB_IDENTITY_TOKEN_FILE is set but AWS_ROLE_ARN is not: set the role to assume".into());
             };
-            return self.web_identity(&token_file, &role_arn, now_ms);
+            return self.web_identity(&token_file, &role_arn, now_ms).map(|credentials| (credentials, false));
         }
         let container_url =
             match (env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"), env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI")) {
@@ -90,13 +119,14 @@ impl CredentialChain {
                 (None, None) => None,
             };
         if let Some(url) = container_url {
-            return self.container(&url);
+            return self.container(&url).map(|credentials| (credentials, false));
         }
         if env.get("AWS_EC2_METADATA_DISABLED").is_some_and(|value| value.eq_ignore_ascii_case("true")) {
             return Err(NO_CREDENTIALS.to_string() + " (instance metadata is off: AWS_EC2_METADATA_DISABLED=true)");
         }
         let endpoint = env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT").unwrap_or_else(|| IMDS_DEFAULT.into());
         self.instance_metadata(endpoint.trim_end_matches('/'))
+            .map(|credentials| (credentials, false))
             .map_err(|why| format!("{NO_CREDENTIALS} (instance metadata at {endpoint}: {why})"))
     }
 
@@ -223,6 +253,15 @@ fn expiry(text: &str) -> Option<u64> {
     crate::time::parse_iso8601_ms(text).map(|ms| ms.max(0) as u64)
 }
 
+/// When temporary credentials fetched at `fetched_at_ms` are looked up again: five minutes
+/// before they expire, or after [`UNKNOWN_EXPIRY_LIFE_MS`] when their expiry is unknown.
+fn renew_at_ms(expires_at_ms: Option<u64>, fetched_at_ms: u64) -> u64 {
+    match expires_at_ms {
+        Some(expiry) => expiry.saturating_sub(RENEW_BEFORE_MS),
+        None => fetched_at_ms.saturating_add(UNKNOWN_EXPIRY_LIFE_MS),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,6 +358,44 @@ mod tests {
             assert!(headers.contains(&"authorization: tok-1".to_string()), "{headers:?}");
         }
         assert_eq!(renewed.expires_at_ms, crate::time::parse_iso8601_ms("2026-11-30T13:00:00Z").map(|ms| ms as u64));
+    }
+
+    #[test]
+    fn credentials_without_a_readable_expiry_are_renewed_after_a_short_life() {
+        let fetched = 1_000_000;
+        let expiry = crate::time::parse_iso8601_ms("2026-11-30T13:00:00Z").unwrap() as u64;
+        assert_eq!(renew_at_ms(Some(expiry), fetched), expiry - RENEW_BEFORE_MS);
+        assert_eq!(renew_at_ms(None, fetched), fetched + UNKNOWN_EXPIRY_LIFE_MS);
+        assert_eq!(renew_at_ms(Some(60_000), fetched), 0, "an expiry in the past renews at once");
+    }
+
+    #[test]
+    fn temporary_credentials_with_an_unparseable_expiry_are_fetched_again_after_five_minutes() {
+        let now = crate::time::parse_iso8601_ms("2026-11-30T12:00:00Z").unwrap() as u64;
+        let (base, seen) = scripted_server(|_, _| credentials_json("in an hour or so"));
+        let url = format!("{base}/v2/credentials/abc");
+        let chain = chain(&[("AWS_CONTAINER_CREDENTIALS_FULL_URI", &url)]);
+        assert_eq!(chain.credentials(now).unwrap().expires_at_ms, None);
+        chain.credentials(now + UNKNOWN_EXPIRY_LIFE_MS - 1).unwrap();
+        assert_eq!(seen.lock().unwrap().len(), 1, "reused within their short life");
+        chain.credentials(now + UNKNOWN_EXPIRY_LIFE_MS).unwrap();
+        assert_eq!(seen.lock().unwrap().len(), 2, "fetched again once it is over, not kept for good");
+    }
+
+    #[test]
+    fn environment_keys_are_kept_and_only_stale_credential_codes_forget_them() {
+        let chain = chain(&[("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"), ("AWS_SECRET_ACCESS_KEY", "secret")]);
+        chain.credentials(0).unwrap();
+        assert!(chain.credentials(u64::MAX).is_ok());
+        for code in ["AccessDenied", "NoSuchKey", "SlowDown", ""] {
+            assert!(!chain.forget_if_stale_for_s3(code), "{code}");
+            assert!(chain.cached.lock().unwrap().is_some(), "{code} keeps the credentials");
+        }
+        for code in S3_STALE_CREDENTIAL_CODES {
+            chain.credentials(0).unwrap();
+            assert!(chain.forget_if_stale_for_s3(code), "{code}");
+            assert!(chain.cached.lock().unwrap().is_none(), "{code} forgets the credentials");
+        }
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub struct S3Source {
     credentials: Arc<CredentialChain>,
     region: String,
     url: HttpUrl,
+    /// `versionId` when the URL pins a version: sent in the URL and signed in the canonical query.
+    version_id: Option<String>,
     description: String,
 }
 
@@ -31,16 +33,21 @@ impl S3Source {
     ) -> Result<S3Source, String> {
         let key = sigv4::encode_path(&location.key);
         let bucket = &location.bucket;
-        let url = match env.aws_endpoint("S3") {
+        let mut url = match env.aws_endpoint("S3") {
             Some(endpoint) => format!("{endpoint}/{bucket}/{key}"),
             None if bucket.contains('.') => format!("https://s3.{region}.amazonaws.com/{bucket}/{key}"),
             None => format!("https://{bucket}.s3.{region}.amazonaws.com/{key}"),
         };
+        if let Some(version) = &location.version_id {
+            // Encoded exactly as SigV4 encodes it in the canonical query, so what is sent is
+            // what is signed.
+            url = format!("{url}?versionId={}", sigv4::encode(version, true));
+        }
         let url = HttpUrl::parse(&url).ok_or_else(|| {
             format!("AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL: {url} is not an http:// or https:// URL with a host")
         })?;
-        let description = format!("s3://{bucket}/{}", location.key);
-        Ok(S3Source { http, credentials, region, url, description })
+        let description = location.describe();
+        Ok(S3Source { http, credentials, region, url, version_id: location.version_id.clone(), description })
     }
 }
 
@@ -59,11 +66,13 @@ impl Source for S3Source {
         if let Some(etag) = if_none_match(last_content_hash) {
             headers.push(("If-None-Match", etag));
         }
+        let version_query: Vec<(&str, &str)> =
+            self.version_id.iter().map(|version| ("versionId", version.as_str())).collect();
         let request = sigv4::Request {
             method: "GET",
             host: &host,
             path: &self.url.path,
-            query: &[],
+            query: &version_query,
             headers: &headers,
             payload_hash: UNSIGNED_PAYLOAD,
             service: "s3",
@@ -73,12 +82,22 @@ impl Source for S3Source {
         let mut all: Vec<(&str, &str)> = headers.clone();
         all.extend(signed.headers.iter().map(|(name, value)| (*name, value.as_str())));
         let get = Get { http: &self.http, url: &self.url, source: &self.description, headers: &all };
-        let answer = get.send(|body| xml_text(&String::from_utf8_lossy(body), "Code")).inspect_err(|error| {
-            // Credentials the service refuses are looked up again on the next poll.
-            if matches!(error, FetchError::Forbidden { .. }) {
-                self.credentials.forget();
-            }
-        })?;
+        let error_code = std::cell::RefCell::new(None);
+        let answer = get
+            .send(|body| {
+                let code = xml_text(&String::from_utf8_lossy(body), "Code");
+                error_code.replace(code.clone());
+                code
+            })
+            .inspect_err(|error| {
+                // Credentials S3 refuses, or says are stale (a 400 `ExpiredToken`), are looked
+                // up again on the next fetch instead of being reused until the agent restarts.
+                let stale =
+                    error_code.borrow().as_deref().is_some_and(|code| self.credentials.forget_if_stale_for_s3(code));
+                if !stale && matches!(error, FetchError::Forbidden { .. }) {
+                    self.credentials.forget();
+                }
+            })?;
         if answer.status == 304 {
             return Ok(Fetched::Unchanged);
         }
@@ -94,11 +113,24 @@ impl Source for S3Source {
 mod tests {
     use super::*;
 
-    fn url_for(env: &[(&str, &str)], bucket: &str, key: &str) -> String {
+    fn source_for(env: &[(&str, &str)], bucket: &str, key: &str, version_id: Option<&str>) -> S3Source {
         let env = Env::from_pairs(env);
         let chain = Arc::new(CredentialChain::new(env.clone(), HttpClient::default()));
-        let location = S3Location { bucket: bucket.into(), key: key.into(), region_in_host: None };
-        S3Source::new(HttpClient::default(), chain, &env, &location, "eu-west-1".into()).unwrap().url.full
+        let version_id = version_id.map(str::to_string);
+        let location = S3Location { bucket: bucket.into(), key: key.into(), region_in_host: None, version_id };
+        S3Source::new(HttpClient::default(), chain, &env, &location, "eu-west-1".into()).unwrap()
+    }
+
+    fn url_for(env: &[(&str, &str)], bucket: &str, key: &str) -> String {
+        source_for(env, bucket, key, None).url.full
+    }
+
+    #[test]
+    fn a_pinned_version_is_sent_encoded_as_sigv4_signs_it() {
+        let source = source_for(&[], "b", "k.json", Some("3/L4kq+rm=x"));
+        assert_eq!(source.url.full, "https://b.s3.eu-west-1.amazonaws.com/k.json?versionId=3%2FL4kq%2Brm%3Dx");
+        assert_eq!(source.url.path, "/k.json");
+        assert_eq!(source.describe(), "s3://b/k.json?versionId=3/L4kq+rm=x");
     }
 
     #[test]

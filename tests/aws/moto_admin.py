@@ -11,6 +11,8 @@ admin user, once IAM checks are on), else dummy ones.
 Commands:
   create-bucket BUCKET
   put-object BUCKET KEY FILE          prints the object's ETag (quoted, as S3 sends it)
+  enable-versioning BUCKET            turns on versioning: every put-object keeps a version
+  put-version BUCKET KEY FILE         put-object in a versioned bucket; prints the VersionId
   delete-object BUCKET KEY
   head-object BUCKET KEY              prints the ETag
   create-user NAME [POLICY_JSON]      prints {"AccessKeyId": …, "SecretAccessKey": …}; the
@@ -69,6 +71,16 @@ def put_object(endpoint, bucket, key, path):
     with open(path, "rb") as body:
         answer = client(endpoint, "s3").put_object(Bucket=bucket, Key=key, Body=body.read())
     print(answer["ETag"])
+
+
+def enable_versioning(endpoint, bucket):
+    client(endpoint, "s3").put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+
+
+def put_version(endpoint, bucket, key, path):
+    with open(path, "rb") as body:
+        answer = client(endpoint, "s3").put_object(Bucket=bucket, Key=key, Body=body.read())
+    print(answer["VersionId"])
 
 
 def delete_object(endpoint, bucket, key):
@@ -182,6 +194,8 @@ def envelope_artifact(endpoint, key_arn, plaintext_file, revision, wrapping_key_
 COMMANDS = {
     "create-bucket": (create_bucket, 1, 1),
     "put-object": (put_object, 3, 3),
+    "enable-versioning": (enable_versioning, 1, 1),
+    "put-version": (put_version, 3, 3),
     "delete-object": (delete_object, 2, 2),
     "head-object": (head_object, 2, 2),
     "create-user": (create_user, 1, 2),

@@ -271,6 +271,21 @@ fn reports_a_revocation_as_artifact_revoked_at_warn_severity() {
 }
 
 #[test]
+fn a_revocation_stops_sending_the_telemetry_token_from_the_revoked_secrets() {
+    let collector = collector();
+    let (deployment, agent) = start("telemetry-revoked-token", PLAINTEXT, &collector);
+    deployment
+        .publish(r#"{"identity":"api-gateway","environment":"production","revokedAt":"2026-11-20T10:00:00.000Z"}"#);
+    refresh_and_expect_poll_error(&agent, 1);
+    assert!(collector.requests().is_empty(), "sent before the revocation: {:#?}", collector.requests());
+    let records = stop_and_collect(&agent, &collector);
+    record_of(&records, "artifact.revoked");
+    for request in collector.requests() {
+        assert_eq!(request.header("Authorization"), None, "a revoked secret authenticated an export");
+    }
+}
+
+#[test]
 fn flushes_as_soon_as_fifty_events_are_buffered() {
     let collector = collector();
     let started = Instant::now();

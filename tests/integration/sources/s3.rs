@@ -15,6 +15,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -860,4 +861,120 @@ fn instance_metadata_credentials_come_through_an_imdsv2_session() {
     let path = format!("/{BUCKET}/{KEY}");
     assert_eq!(moto.wait_for_gets(BUCKET, KEY, 1, &agent), [logged("GET", &path, 200)]);
     assert_never_logged(&agent, &[session, &credentials.secret, &credentials.token]);
+}
+
+/// Writes `text` as a new version of `key` in the versioned [`BUCKET`]; returns its VersionId.
+fn put_version(moto: &Moto, key: &str, text: &str) -> String {
+    let file = moto.scratch.join("version");
+    std::fs::write(&file, text).expect("cannot write the object file");
+    moto.admin(&[&["put-version", BUCKET, key, &file.display().to_string()]]).remove(0)
+}
+
+#[test]
+fn serves_the_object_version_pinned_by_version_id_not_the_latest() {
+    let moto = Moto::start();
+    moto.admin(&[&["create-bucket", BUCKET], &["enable-versioning", BUCKET]]);
+    let pinned = put_version(&moto, KEY, &artifact(PLAINTEXT, "rev-pinned"));
+    let latest = put_version(&moto, KEY, &artifact(PLAINTEXT_ROTATED, "rev-latest"));
+    assert_ne!(pinned, latest);
+    let policy = allow(&["s3:GetObject", "s3:GetObjectVersion"], &format!("arn:aws:s3:::{BUCKET}/*"));
+    let reader = moto.create_user("clef-version-reader", &policy);
+    moto.enforce_auth(0);
+
+    // Moto checks the signature over the query it received: an unsigned versionId fails.
+    let encoded_key = clef_agent::aws::sigv4::encode_path(KEY);
+    let version = clef_agent::aws::sigv4::encode(&pinned, true);
+    let source = format!("https://{BUCKET}.s3.amazonaws.com/{encoded_key}?versionId={version}");
+    let (_deployment, agent) = start_agent("s3-version-id", &moto, &source, &keys_env(&reader));
+    agent.get("/v1/secrets").assert(200, PLAINTEXT);
+    assert_eq!(revision(&agent), "rev-pinned");
+    sighup_and_wait_for_refresh(&agent, SIGHUP_LIMIT);
+    agent.get("/v1/secrets").assert(200, PLAINTEXT);
+    let path = format!("/{BUCKET}/{KEY}");
+    assert_eq!(moto.wait_for_gets(BUCKET, KEY, 2, &agent), [logged("GET", &path, 200), logged("GET", &path, 304)]);
+    assert!(agent.stdout().contains(&format!("s3://{BUCKET}/{KEY}?versionId={pinned}")), "{}", agent.stdout());
+    assert_never_logged(&agent, &[&reader.secret]);
+}
+
+#[test]
+fn an_s3_url_with_another_query_parameter_is_a_config_error() {
+    let deployment = Deployment::new("s3-query", &artifact(PLAINTEXT, "unused"));
+    let source = format!("https://{BUCKET}.s3.amazonaws.com/k.json?versionId=v1&response-content-type=text%2Fplain");
+    let agent = deployment.spawn(&[("CLEF_AGENT_SOURCE", source.as_str())]);
+    let status = agent.wait_exit(Duration::from_secs(5)).expect("the agent did not exit on a configuration error");
+    assert_eq!(status.code(), Some(1), "{}", agent.stderr());
+    assert_eq!(
+        agent.stderr(),
+        "[clef-agent] config error: CLEF_AGENT_SOURCE: query parameter 'response-content-type' is not supported: \
+         an S3 URL takes only ?versionId=<version> (the agent signs S3 requests with its own credentials); \
+         a pre-signed URL (X-Amz-Signature=…) is fetched as given, as an https:// source\n"
+    );
+}
+
+/// S3's answer to a request signed with an expired session token (the documented error shape).
+fn expired_token_answer() -> Answer {
+    let body = concat!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>"#,
+        "<Error><Code>ExpiredToken</Code><Message>The provided token has expired.</Message>",
+        "<RequestId>CLEFIT0EXPIRED</RequestId></Error>"
+    );
+    Answer {
+        status: 400,
+        headers: vec![("Content-Type".into(), "application/xml".into())],
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+#[test]
+fn recovers_without_a_restart_when_s3_says_the_session_token_expired() {
+    let moto = Moto::start();
+    bucket_with(&moto, KEY);
+    let role_arn = reader_role(&moto, "clef-expiring-reader");
+    let (first, second) = (assume_role(&moto, &role_arn), assume_role(&moto, &role_arn));
+    moto.enforce_auth(0);
+    let key_id = |credentials: &TemporaryCredentials| {
+        let value: serde_json::Value = serde_json::from_str(&credentials.json).expect("JSON");
+        value["AccessKeyId"].as_str().expect("AccessKeyId").to_string()
+    };
+    let expired_key = key_id(&first);
+    assert_ne!(expired_key, key_id(&second));
+    // The container endpoint hands out the first session, then the second. Both say they are
+    // good for an hour, so only S3's ExpiredToken can make the agent ask again.
+    let sessions = [first.json.clone(), second.json.clone()];
+    let handed_out = Arc::new(Mutex::new(0usize));
+    let counter = Arc::clone(&handed_out);
+    let endpoint = Server::start(move |_| {
+        let mut count = counter.lock().unwrap();
+        *count += 1;
+        Answer::json(200, &sessions[(*count - 1).min(1)])
+    });
+    // S3 in front of moto: once the first session has "expired", requests signed with it get
+    // 400 ExpiredToken; everything else goes on to moto.
+    let first_expired = Arc::new(AtomicBool::new(false));
+    let (moto_port, expired) = (moto.port, Arc::clone(&first_expired));
+    let credential = format!("Credential={expired_key}/");
+    let s3 = Server::start(move |request| {
+        let signed_with_first = request.header("Authorization").is_some_and(|value| value.contains(&credential));
+        if signed_with_first && expired.load(Ordering::SeqCst) {
+            return expired_token_answer();
+        }
+        forward(moto_port, request)
+    });
+    let (container_url, s3_url) = (endpoint.url("/v2/credentials/task"), s3.url(""));
+    let extra = [("AWS_CONTAINER_CREDENTIALS_FULL_URI", container_url.as_str()), ("AWS_ENDPOINT_URL_S3", &s3_url)];
+    let (_deployment, agent) = start_agent("s3-expired-token", &moto, &format!("s3://{BUCKET}/{KEY}"), &extra);
+    agent.get("/v1/secrets").assert(200, PLAINTEXT);
+    assert_eq!(*handed_out.lock().unwrap(), 1);
+
+    first_expired.store(true, Ordering::SeqCst);
+    agent.signal(libc::SIGHUP);
+    agent.wait_for_stderr("answered HTTP 400", SIGHUP_LIMIT);
+    assert_eq!(*handed_out.lock().unwrap(), 1, "the failed refresh used the cached session");
+    // The next refresh looks the credentials up again and succeeds with the second session.
+    sighup_and_wait_for_refresh(&agent, SIGHUP_LIMIT);
+    assert_eq!(*handed_out.lock().unwrap(), 2, "ExpiredToken made the agent forget the session");
+    agent.get("/v1/secrets").assert(200, PLAINTEXT);
+    let path = format!("/{BUCKET}/{KEY}");
+    assert_eq!(moto.wait_for_gets(BUCKET, KEY, 2, &agent), [logged("GET", &path, 200), logged("GET", &path, 304)]);
+    assert_never_logged(&agent, &[&first.secret, &first.token, &second.secret, &second.token]);
 }
