@@ -132,7 +132,7 @@ impl AzureKms {
 /// `CLEF_AGENT_AZURE_KEYVAULT_ENDPOINT` as a base URL without a trailing `/`.
 fn endpoint_base(endpoint: &str) -> Result<String, String> {
     match crate::url::HttpUrl::parse(endpoint) {
-        Some(url) if !url.has_userinfo && !url.has_query && !endpoint.contains('#') => {
+        Some(url) if !url.has_userinfo && url.query.is_none() && !endpoint.contains('#') => {
             Ok(endpoint.trim_end_matches('/').to_string())
         }
         _ => Err(format!(
