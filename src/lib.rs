@@ -16,6 +16,7 @@ pub mod http;
 pub mod kms;
 pub mod lifecycle;
 pub mod log;
+pub mod pending;
 pub mod refresh;
 pub mod secret;
 pub mod server;

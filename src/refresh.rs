@@ -16,6 +16,7 @@ use crate::cache::DiskCache;
 use crate::config::Mode;
 use crate::decrypt::{DecryptError, Keys, Plaintext};
 use crate::log;
+use crate::pending::Pending;
 use crate::snapshot::{Cell, SealedArtifact, Served, Snapshot, Wipe};
 use crate::source::{FetchError, Fetched, Source};
 use crate::telemetry::{self, Event, Telemetry};
@@ -587,31 +588,39 @@ enum Command {
 pub struct Poller {
     commands: Sender<Command>,
     thread: JoinHandle<()>,
+    /// A refresh asked for and not started yet: more asks meanwhile send nothing.
+    asked: Pending,
 }
 
 impl Poller {
     pub fn spawn(refresher: Arc<Refresher>) -> std::io::Result<Poller> {
         let (commands, inbox) = mpsc::channel();
+        let asked = Pending::default();
+        let taken = asked.clone();
         let thread = std::thread::Builder::new().name("refresh".into()).spawn(move || loop {
             let served = refresher.cell.current();
             let expires_at = served.expires_at().map(|expiry| expiry.epoch_ms);
             drop(served);
             let delay = poll_interval_for(refresher.cell.mode, expires_at, crate::time::now_ms(), random_jitter());
             match inbox.recv_timeout(delay) {
-                Ok(Command::RefreshNow) | Err(RecvTimeoutError::Timeout) => {
+                Ok(Command::RefreshNow) => {
+                    taken.take();
                     refresher.refresh_and_log(crate::time::now_ms())
                 }
+                Err(RecvTimeoutError::Timeout) => refresher.refresh_and_log(crate::time::now_ms()),
                 Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return,
             }
         })?;
-        Ok(Poller { commands, thread })
+        Ok(Poller { commands, thread, asked })
     }
 
-    /// A handle that asks for an immediate refresh.
+    /// A handle that asks for an immediate refresh; asks made before it starts count once.
     pub fn trigger(&self) -> impl Fn() + Send + 'static {
-        let commands = self.commands.clone();
+        let (commands, asked) = (self.commands.clone(), self.asked.clone());
         move || {
-            let _ = commands.send(Command::RefreshNow);
+            if asked.ask() {
+                let _ = commands.send(Command::RefreshNow);
+            }
         }
     }
 

@@ -305,3 +305,38 @@ fn a_client_that_stops_reading_is_dropped_once_a_write_stalls_for_the_write_time
     stalled.read_to_end(&mut received).expect("the stalled connection was not closed");
     assert!(received.len() < 8 * BIG, "{} bytes reached the stalled client", received.len());
 }
+
+#[test]
+fn after_stop_accepting_a_new_connection_is_not_served_while_a_request_in_flight_is_answered() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let (entered, handling) = std::sync::mpsc::channel::<()>();
+    let (held, entered) = (std::sync::Mutex::new(held), std::sync::Mutex::new(entered));
+    let server = Server::from_listener_with_handler(listener, Limits::default(), move |request: Request| {
+        if request.url() == "/held" {
+            let _ = entered.lock().unwrap().send(());
+            let _ = held.lock().unwrap().recv_timeout(Duration::from_secs(10));
+        }
+        let _ = request.respond(Response::from_string("answered"));
+    })
+    .unwrap();
+    let in_flight = std::thread::spawn(move || {
+        exchange(connect(port), "GET /held HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    });
+    handling.recv_timeout(Duration::from_secs(10)).expect("the request never reached the handler");
+    server.stop_accepting();
+    let refused = match TcpStream::connect(("127.0.0.1", port)) {
+        Err(_) => true,
+        Ok(mut stream) => {
+            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = stream.write_all(b"GET /new HTTP/1.1\r\nHost: a\r\n\r\n");
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer);
+            answer.is_empty()
+        }
+    };
+    assert!(refused, "a connection made after stop_accepting was served");
+    release.send(()).unwrap();
+    assert_eq!(answers(&in_flight.join().unwrap()), [(200, "answered".to_string())]);
+}

@@ -31,7 +31,10 @@ pub fn run(config: Config) -> Result<(), Fatal> {
     let tick = watchdog.unwrap_or(Duration::from_secs(3600));
     let (reason, outcome) = loop {
         match running.inbox.recv_timeout(tick) {
-            Ok(Event::Refresh) => refresh_now(),
+            Ok(Event::Refresh) => {
+                running.refresh_asked.take();
+                refresh_now()
+            }
             Ok(Event::Shutdown | Event::LambdaShutdown) | Err(RecvTimeoutError::Disconnected) => {
                 break (StopReason::Signal, Ok(()))
             }

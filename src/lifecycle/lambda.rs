@@ -19,9 +19,12 @@ use crate::telemetry::{self, StopReason};
 pub const EXTENSION_NAME: &str = "clef-agent";
 
 /// Lambda allows an external extension 2 s after SHUTDOWN (less with internal extensions);
-/// stay well inside it.
-const LAMBDA_SHUTDOWN: ShutdownBudget =
-    ShutdownBudget { requests: Duration::from_millis(500), telemetry: Duration::from_millis(1000) };
+/// stay well inside it. There is no poller (refreshes run on this lifecycle's threads).
+const LAMBDA_SHUTDOWN: ShutdownBudget = ShutdownBudget {
+    requests: Duration::from_millis(500),
+    poller: Duration::ZERO,
+    telemetry: Duration::from_millis(1000),
+};
 
 /// Runs as a Lambda extension against the Extensions API at `runtime_api` (`host:port`).
 pub fn run(config: Config, runtime_api: &str) -> Result<(), Fatal> {
@@ -45,7 +48,10 @@ pub fn run(config: Config, runtime_api: &str) -> Result<(), Fatal> {
     }
     let (reason, outcome) = loop {
         match running.inbox.recv() {
-            Ok(Event::Refresh) => running.refresher.refresh_and_log(crate::time::now_ms()),
+            Ok(Event::Refresh) => {
+                running.refresh_asked.take();
+                running.refresher.refresh_and_log(crate::time::now_ms())
+            }
             Ok(Event::LambdaShutdown) => break (StopReason::LambdaShutdown, Ok(())),
             Ok(Event::Shutdown) | Err(_) => break (StopReason::Signal, Ok(())),
             Ok(Event::Failed(message)) => break (StopReason::Error, Err(Fatal::Other(message))),

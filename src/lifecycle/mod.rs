@@ -22,6 +22,7 @@ use crate::decrypt::Keys;
 use crate::http::HttpClient;
 use crate::kms::Kms;
 use crate::log;
+use crate::pending::Pending;
 use crate::refresh::{Pipeline, RefreshError, Refresher};
 use crate::secret::{hex, random_bytes};
 use crate::server::routes::Api;
@@ -34,16 +35,23 @@ use crate::token;
 const STARTUP_ATTEMPTS: u32 = 3;
 /// …waiting this long before the second and the third.
 const STARTUP_BACKOFF: [Duration; 2] = [Duration::from_secs(2), Duration::from_secs(4)];
-/// How long shutdown may take: first for in-flight requests, then for the telemetry flush.
+/// How long each step of shutdown may take, in order: once the listeners are closed, the
+/// requests in flight; then a refresh in progress (the poller); then the telemetry flush. Each
+/// step has its own time, so a fetch that hangs cannot take the requests' grace.
 #[derive(Debug, Clone, Copy)]
 pub struct ShutdownBudget {
     pub requests: Duration,
+    pub poller: Duration,
     pub telemetry: Duration,
 }
 
-/// The daemon: in-flight requests get 3 s, the telemetry flush 2 s (SPEC §7).
-pub const DAEMON_SHUTDOWN: ShutdownBudget =
-    ShutdownBudget { requests: Duration::from_secs(3), telemetry: telemetry::FLUSH_TIMEOUT };
+/// The daemon: in-flight requests get 3 s (SPEC §7), a refresh in progress 1 s more (a stuck
+/// one is left behind when the process exits), the telemetry flush 2 s.
+pub const DAEMON_SHUTDOWN: ShutdownBudget = ShutdownBudget {
+    requests: Duration::from_secs(3),
+    poller: Duration::from_secs(1),
+    telemetry: telemetry::FLUSH_TIMEOUT,
+};
 
 /// How a lifecycle or command ended badly; `main` prints it and exits with status 1.
 #[derive(Debug)]
@@ -82,6 +90,8 @@ pub struct Running {
     pub http: HttpClient,
     pub events: Sender<Event>,
     pub inbox: Receiver<Event>,
+    /// SIGHUP's refresh: take it as the refresh it asked for starts (see [`watch_signals`]).
+    pub refresh_asked: Pending,
     started_at: Instant,
 }
 
@@ -105,7 +115,8 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
     }
     let listeners = bind_listeners(&config)?;
     let (events, inbox) = mpsc::channel();
-    watch_signals(events.clone())?;
+    let refresh_asked = Pending::default();
+    watch_signals(events.clone(), refresh_asked.clone())?;
     let telemetry = start_telemetry(&config, &http)?;
 
     let cell = Arc::new(Cell::new(config.mode));
@@ -136,25 +147,29 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
         servers.push(server);
         log::info(&format!("Agent server listening at {address}"));
     }
-    Ok(Some(Running { config, refresher, servers, telemetry, http, events, inbox, started_at }))
+    Ok(Some(Running { config, refresher, servers, telemetry, http, events, inbox, refresh_asked, started_at }))
 }
 
 impl Running {
-    /// Stops serving, flushes telemetry, each within `budget`, and returns how the lifecycle
-    /// ends. `before_servers` stops what must stop first (the poller) by the requests' deadline.
+    /// Stops serving, then `stop_poller` (given its deadline), then flushes telemetry, each
+    /// step within its part of `budget`, and returns how the lifecycle ends.
     pub fn stop(
         self,
         reason: StopReason,
         outcome: Result<(), Fatal>,
         budget: ShutdownBudget,
-        before_servers: impl FnOnce(Instant),
+        stop_poller: impl FnOnce(Instant),
     ) -> Result<(), Fatal> {
         log::info("Shutting down...");
-        let deadline = Instant::now() + budget.requests;
-        before_servers(deadline);
-        for server in self.servers {
-            server.stop(deadline.saturating_duration_since(Instant::now()));
+        // No new connections first, so that the grace only ever serves what is in flight.
+        for server in &self.servers {
+            server.stop_accepting();
         }
+        let deadline = Instant::now() + budget.requests;
+        for server in self.servers {
+            server.finish_requests(deadline);
+        }
+        stop_poller(Instant::now() + budget.poller);
         if let Some(path) = &self.config.socket {
             let _ = std::fs::remove_file(path);
         }
@@ -200,9 +215,10 @@ fn initial_load(refresher: &Refresher, inbox: &Receiver<Event>) -> Result<bool, 
     }
 }
 
-/// SIGTERM/SIGINT ask for a graceful stop, a second one exits at once; SIGHUP refreshes.
+/// SIGTERM/SIGINT ask for a graceful stop, a second one exits at once; SIGHUP refreshes, and
+/// SIGHUPs that arrive before that refresh is taken from `refresh_asked` send nothing more.
 /// Handlers are installed explicitly, so this works as PID 1 too.
-fn watch_signals(events: Sender<Event>) -> Result<(), Fatal> {
+fn watch_signals(events: Sender<Event>, refresh_asked: Pending) -> Result<(), Fatal> {
     let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
         .map_err(|error| Fatal::Other(format!("cannot install signal handlers: {error}")))?;
     let stops = AtomicUsize::new(0);
@@ -211,7 +227,9 @@ fn watch_signals(events: Sender<Event>) -> Result<(), Fatal> {
         .spawn(move || {
             for signal in signals.forever() {
                 if signal == SIGHUP {
-                    let _ = events.send(Event::Refresh);
+                    if refresh_asked.ask() {
+                        let _ = events.send(Event::Refresh);
+                    }
                     continue;
                 }
                 if stops.fetch_add(1, Ordering::SeqCst) > 0 {

@@ -76,11 +76,16 @@ impl Server {
         !self.watcher.is_finished()
     }
 
-    /// Stops the accept watch and waits up to `grace` for the requests in flight.
-    pub fn stop(self, grace: Duration) {
+    /// Closes the listener: a new connection is refused, while the connections already open
+    /// go on, so a request in flight is answered. The first step of shutdown.
+    pub fn stop_accepting(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+        self.http.stop_accepting();
         self.http.unblock();
-        let deadline = Instant::now() + grace;
+    }
+
+    /// Waits until `deadline` at most for the requests in flight (after [`Server::stop_accepting`]).
+    pub fn finish_requests(self, deadline: Instant) {
         while self.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -5,6 +5,7 @@
 mod api;
 mod fixtures;
 mod hygiene;
+mod in_flight;
 mod kms;
 mod lifecycle;
 mod ops;

@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -377,5 +377,62 @@ impl Drop for ConnectionRecorder {
     fn drop(&mut self) {
         self.stopped.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// The longest a [`HeldSource`] holds a fetch, so its threads end after a failed test too.
+const LONGEST_HOLD: Duration = Duration::from_secs(60);
+
+/// An HTTP artifact source that answers its first fetch (start-up) at once and holds every
+/// later one — a fetch that hangs — until [`HeldSource::release`] (or until it is dropped).
+pub struct HeldSource {
+    pub server: Server,
+    released: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl HeldSource {
+    pub const PATH: &'static str = "/held/artifact.age.json";
+
+    pub fn start(artifact: String) -> HeldSource {
+        let released: Arc<(Mutex<bool>, Condvar)> = Arc::default();
+        let gate = Arc::clone(&released);
+        let first = AtomicBool::new(true);
+        let server = Server::start(move |_| {
+            if !first.swap(false, Ordering::SeqCst) {
+                let (open, changed) = &*gate;
+                let open = open.lock().unwrap();
+                let _ = changed.wait_timeout_while(open, LONGEST_HOLD, |open| !*open).unwrap();
+            }
+            Answer::json(200, &artifact)
+        });
+        HeldSource { server, released }
+    }
+
+    /// `CLEF_AGENT_SOURCE`.
+    pub fn url(&self) -> String {
+        self.server.url(Self::PATH)
+    }
+
+    /// How many fetches arrived (held ones included).
+    pub fn fetches(&self) -> usize {
+        self.server.requests_to("GET", Self::PATH).len()
+    }
+
+    /// Waits until at least `count` fetches arrived; true when they did.
+    pub fn wait_for_fetches(&self, count: usize, timeout: Duration) -> bool {
+        self.server.wait_for_requests("GET", Self::PATH, count, timeout)
+    }
+
+    /// Answers the fetches held and every later one at once.
+    pub fn release(&self) {
+        let (open, changed) = &*self.released;
+        *open.lock().unwrap() = true;
+        changed.notify_all();
+    }
+}
+
+impl Drop for HeldSource {
+    fn drop(&mut self) {
+        self.release();
     }
 }

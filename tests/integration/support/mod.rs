@@ -6,6 +6,7 @@ mod agent;
 mod artifact;
 mod http;
 pub mod loopback;
+mod slow_reader;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,6 +17,7 @@ pub use self::artifact::{
     build_artifact, build_envelope_artifact, epoch_ms_to_iso8601, now_ms, sha256_hex, ArtifactOptions, EnvelopeKms,
 };
 pub use self::http::{get, get_unix, raw, request, request_without_host};
+pub use self::slow_reader::SlowReader;
 
 /// The bearer token the tests configure. Distinctive, so a log line that leaked it would show.
 pub const TOKEN: &str = "clef-it-token-6f1d0c9a2b7e4f5d";

@@ -350,6 +350,9 @@ impl Server {
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
+                    // clef-agent patch: whoever connected after `stop_accepting` (its own
+                    // wake-up or a client) is closed unanswered, and so is the listener
+                    Ok(_) if inside_close_trigger.load(Relaxed) => break,
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
                         // clef-agent patch: past the cap a connection costs one non-blocking
@@ -508,9 +511,14 @@ impl Iterator for IncomingRequests<'_> {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.close.store(true, Relaxed);
+impl Server {
+    /// clef-agent patch: ends the accept loop and closes the listening socket; connections
+    /// already accepted go on (a request in flight is answered). Later calls, and `Drop`
+    /// after it, do nothing more than the first (the Unix socket file is left to `Drop`).
+    pub fn stop_accepting(&self) {
+        if self.close.swap(true, Ordering::SeqCst) {
+            return;
+        }
         // Connect briefly to ourselves to unblock the accept thread
         let maybe_stream = match &self.listening_addr {
             ListenAddr::IP(addr) => TcpStream::connect(addr).map(Connection::from),
@@ -524,6 +532,12 @@ impl Drop for Server {
         if let Ok(stream) = maybe_stream {
             let _ = stream.shutdown(Shutdown::Both);
         }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_accepting();
 
         #[cfg(unix)]
         if let ListenAddr::Unix(addr) = &self.listening_addr {
