@@ -187,13 +187,10 @@ impl DiskCache {
     /// Creates the missing directories (mode 0700) and checks them all.
     fn make_dirs(&self) -> io::Result<()> {
         for dir in [&self.root, &self.dir] {
-            match fs::symlink_metadata(dir) {
-                Err(error) if error.kind() == ErrorKind::NotFound => {
-                    DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|error| {
-                        io::Error::other(format!("CLEF_AGENT_CACHE_PATH: cannot create {}: {error}", dir.display()))
-                    })?;
-                }
-                _ => {}
+            if fs::symlink_metadata(dir).is_err_and(|error| error.kind() == ErrorKind::NotFound) {
+                DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|error| {
+                    io::Error::other(format!("CLEF_AGENT_CACHE_PATH: cannot create {}: {error}", dir.display()))
+                })?;
             }
         }
         self.check_dirs()
@@ -203,10 +200,15 @@ impl DiskCache {
     /// `NotFound`; any other problem names the directory and the fix.
     fn check_dirs(&self) -> io::Result<()> {
         for dir in [&self.root, &self.dir] {
-            let metadata = fs::symlink_metadata(dir)?;
-            check_private_dir(&metadata, agent_user()).map_err(|problem| {
-                io::Error::other(format!("CLEF_AGENT_CACHE_PATH: the cache directory {} {problem}", dir.display()))
-            })?;
+            let problem = |what: String| {
+                io::Error::other(format!("CLEF_AGENT_CACHE_PATH: the cache directory {} {what}", dir.display()))
+            };
+            let metadata = match fs::symlink_metadata(dir) {
+                Err(error) if error.kind() == ErrorKind::NotFound => return Err(error),
+                Err(error) => return Err(problem(format!("cannot be examined: {error}"))),
+                Ok(metadata) => metadata,
+            };
+            check_private_dir(&metadata, agent_user()).map_err(problem)?;
         }
         Ok(())
     }
