@@ -169,12 +169,12 @@ pub struct Pipeline {
 #[allow(clippy::large_enum_variant)]
 enum Outcome {
     Unchanged,
-    /// `fresh_at_ms`: when the source last gave this artifact (now, or the disk cache's time);
-    /// `fell_back`: the fetch error that sent the pipeline to the disk cache.
+    /// `age_ms`: how long ago the source gave this artifact (0, or the disk cache entry's
+    /// age); `fell_back`: the fetch error that sent the pipeline to the disk cache.
     Accepted {
         served: Served,
         loaded: Loaded,
-        fresh_at_ms: u64,
+        age_ms: u64,
         fell_back: Option<FetchError>,
     },
 }
@@ -297,17 +297,28 @@ impl Pipeline {
             return Err(error.into());
         }
         let Some(entry) = cache.load() else { return Err(error.into()) };
-        if let Mode::Cached { ttl } = mode {
-            if u128::from(now_ms.saturating_sub(entry.fetched_at_ms)) > ttl.as_millis() {
+        let age_ms = match usable_cache_age(mode, entry.fetched_at_ms, now_ms) {
+            CacheAge::Usable(age_ms) => age_ms,
+            CacheAge::TooOld => {
                 cache.purge();
                 return Err(RefreshError::DiskCacheExpired(error));
             }
-        }
+            CacheAge::InTheFuture => {
+                log::error(&format!(
+                    "the disk cache entry {} was fetched at {} ms, after now ({now_ms} ms): a clock that was ahead \
+                     when it was written, or a planted file; treated as expired",
+                    cache.artifact_path().display(),
+                    entry.fetched_at_ms
+                ));
+                cache.purge();
+                return Err(RefreshError::DiskCacheExpired(error));
+            }
+        };
         log::error(&format!("{error}; serving the artifact from the disk cache ({})", cache.artifact_path().display()));
         let outcome = self.accept(&entry.bytes, entry.content_hash, mode, now_ms)?;
         Ok(match outcome {
             Outcome::Accepted { served, loaded, .. } => {
-                Outcome::Accepted { served, loaded, fresh_at_ms: entry.fetched_at_ms, fell_back: Some(error) }
+                Outcome::Accepted { served, loaded, age_ms, fell_back: Some(error) }
             }
             Outcome::Unchanged => Outcome::Unchanged,
         })
@@ -363,7 +374,7 @@ impl Pipeline {
             Mode::Jit => Served::Jit(SealedArtifact { artifact: artifact.clone() }),
         };
         self.last = Some(Accepted { content_hash, revision: artifact.revision.clone() });
-        Ok(Outcome::Accepted { served, loaded, fresh_at_ms: now_ms, fell_back: None })
+        Ok(Outcome::Accepted { served, loaded, age_ms: 0, fell_back: None })
     }
 
     /// Every wipe forgets what was accepted, so the next good fetch loads again even when it
@@ -374,6 +385,28 @@ impl Pipeline {
         if let Some(cache) = &self.cache {
             cache.purge();
         }
+    }
+}
+
+/// Whether a disk cache entry may stand in for the source.
+#[derive(Debug, PartialEq, Eq)]
+enum CacheAge {
+    /// Fetched this many milliseconds ago, within the TTL.
+    Usable(u64),
+    TooOld,
+    /// Stamped after now. Counting its age from there would serve it past the TTL by as much
+    /// as the stamp is ahead, so it is expired whatever the mode.
+    InTheFuture,
+}
+
+/// The age of an entry fetched at `fetched_at_ms` by this or an earlier process. Only the wall
+/// clock spans processes, so it alone decides here; once loaded, the entry ages on both clocks
+/// (`Cell::mark_fresh_since`).
+fn usable_cache_age(mode: Mode, fetched_at_ms: u64, now_ms: u64) -> CacheAge {
+    let Some(age_ms) = now_ms.checked_sub(fetched_at_ms) else { return CacheAge::InTheFuture };
+    match mode {
+        Mode::Cached { ttl } if u128::from(age_ms) > ttl.as_millis() => CacheAge::TooOld,
+        _ => CacheAge::Usable(age_ms),
     }
 }
 
@@ -467,12 +500,12 @@ impl Refresher {
                 self.cell.mark_fresh(now_ms);
                 Ok(Change::Unchanged)
             }
-            Ok(Outcome::Accepted { served, loaded, fresh_at_ms, fell_back }) => {
+            Ok(Outcome::Accepted { served, loaded, age_ms, fell_back }) => {
                 if let Some(error) = fell_back {
                     self.telemetry.emit(Event::FetchFailed { error: error.to_string(), disk_cache_available: true });
                 }
                 self.cell.swap(served);
-                self.cell.mark_fresh(fresh_at_ms);
+                self.cell.mark_fresh_since(now_ms, age_ms);
                 self.telemetry.artifact_loaded(&loaded.identity, &loaded.environment, loaded.telemetry_headers);
                 self.telemetry.emit(Event::ArtifactRefreshed {
                     revision: loaded.revision.clone(),
@@ -646,6 +679,30 @@ mod tests {
 
     fn cached(ttl: Duration) -> Mode {
         Mode::Cached { ttl }
+    }
+
+    #[test]
+    fn a_disk_cache_entry_is_usable_within_the_ttl_and_never_when_stamped_in_the_future() {
+        const NOW: u64 = 1_800_000_000_000;
+        let ttl = cached(Duration::from_secs(30));
+        // (fetched at, mode, verdict)
+        let cases = [
+            (NOW, ttl, CacheAge::Usable(0)),
+            (NOW - 30_000, ttl, CacheAge::Usable(30_000)),
+            (NOW - 30_001, ttl, CacheAge::TooOld),
+            (NOW + 1, ttl, CacheAge::InTheFuture),
+            (NOW + 10_000, ttl, CacheAge::InTheFuture),
+            (NOW - 86_400_000, Mode::Jit, CacheAge::Usable(86_400_000)),
+            (NOW + 10_000, Mode::Jit, CacheAge::InTheFuture),
+        ];
+        for (fetched_at, mode, verdict) in cases {
+            assert_eq!(
+                usable_cache_age(mode, fetched_at, NOW),
+                verdict,
+                "fetched at NOW{:+}",
+                fetched_at as i64 - NOW as i64
+            );
+        }
     }
 
     #[test]

@@ -5,8 +5,7 @@
 //! replaced or wiped snapshot leaves no plaintext behind once its last reader is done.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use zeroize::Zeroizing;
@@ -15,6 +14,7 @@ use crate::artifact::{Artifact, Expiry};
 use crate::config::Mode;
 use crate::decrypt::Plaintext;
 use crate::secret::SecretBytes;
+use crate::time::{elapsed_ms, Moment, Monotonic, SystemMonotonic};
 
 /// Decrypted secrets with their pre-rendered bodies.
 pub struct Snapshot {
@@ -211,13 +211,20 @@ impl Served {
 pub struct Cell {
     pub mode: Mode,
     served: RwLock<Arc<Served>>,
-    /// Epoch milliseconds of the last successful fetch, 0 when none.
-    last_refresh_at_ms: AtomicU64,
+    /// The last successful fetch on both clocks, `None` before the first. Its age decides
+    /// expiry; its wall-clock half is only shown (`lastRefreshAt`).
+    fresh_at: Mutex<Option<Moment>>,
+    monotonic: Box<dyn Monotonic>,
 }
 
 impl Cell {
     pub fn new(mode: Mode) -> Cell {
-        Cell { mode, served: RwLock::new(Arc::new(Served::NotLoaded)), last_refresh_at_ms: AtomicU64::new(0) }
+        Cell::with_clock(mode, Box::new(SystemMonotonic))
+    }
+
+    /// A cell measuring freshness with `monotonic` (tests pass a clock they move by hand).
+    pub fn with_clock(mode: Mode, monotonic: Box<dyn Monotonic>) -> Cell {
+        Cell { mode, served: RwLock::new(Arc::new(Served::NotLoaded)), fresh_at: Mutex::new(None), monotonic }
     }
 
     pub fn current(&self) -> Arc<Served> {
@@ -236,12 +243,25 @@ impl Cell {
         }
     }
 
+    /// The source answered now (wall clock `now_ms`).
     pub fn mark_fresh(&self, now_ms: u64) {
-        self.last_refresh_at_ms.store(now_ms.max(1), Ordering::SeqCst);
+        self.mark_fresh_since(now_ms, 0);
     }
 
+    /// The source answered `age_ms` before now: an artifact loaded from the disk cache.
+    pub fn mark_fresh_since(&self, now_ms: u64, age_ms: u64) {
+        *self.lock_fresh_at() = Some(self.moment(now_ms).minus(age_ms));
+    }
+
+    /// Epoch milliseconds of the last successful fetch, for display.
     pub fn last_refresh_at_ms(&self) -> Option<u64> {
-        Some(self.last_refresh_at_ms.load(Ordering::SeqCst)).filter(|&ms| ms != 0)
+        self.lock_fresh_at().map(|moment| moment.wall_ms)
+    }
+
+    /// Milliseconds since the last successful fetch (see [`elapsed_ms`]); `None` before it.
+    pub fn age_ms(&self, now_ms: u64) -> Option<u64> {
+        let fresh_at = (*self.lock_fresh_at())?;
+        Some(elapsed_ms(fresh_at, self.moment(now_ms)))
     }
 
     /// Cached mode: more than TTL since the last successful refresh (or wiped for that reason).
@@ -250,7 +270,15 @@ impl Cell {
         if matches!(*self.current(), Served::Wiped(Wipe::CacheExpired)) {
             return true;
         }
-        self.last_refresh_at_ms().is_some_and(|last| Duration::from_millis(now_ms.saturating_sub(last)) > ttl)
+        self.age_ms(now_ms).is_some_and(|age| Duration::from_millis(age) > ttl)
+    }
+
+    fn moment(&self, wall_ms: u64) -> Moment {
+        Moment { wall_ms, monotonic_ms: self.monotonic.now_ms() }
+    }
+
+    fn lock_fresh_at(&self) -> std::sync::MutexGuard<'_, Option<Moment>> {
+        self.fresh_at.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -305,5 +333,50 @@ mod tests {
         let jit = Cell::new(Mode::Jit);
         jit.mark_fresh(1);
         assert!(!jit.is_expired(u64::MAX));
+    }
+
+    /// A monotonic clock the test moves.
+    #[derive(Clone, Default)]
+    struct HandClock(Arc<std::sync::atomic::AtomicI64>);
+
+    impl Monotonic for HandClock {
+        fn now_ms(&self) -> i64 {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    #[test]
+    fn a_cell_expires_on_time_whichever_way_the_wall_clock_jumps() {
+        const NOW: u64 = 1_800_000_000_000;
+        const HOUR: i64 = 3_600_000;
+        // (what happened, wall clock moved by, monotonic clock moved by, expired with a 30 s TTL)
+        let cases: [(&str, i64, i64, bool); 6] = [
+            ("29 s passed", 29_000, 29_000, false),
+            ("31 s passed", 31_000, 31_000, true),
+            ("the wall clock was set back an hour, then 31 s passed", 31_000 - HOUR, 31_000, true),
+            ("the wall clock was set back an hour, then 29 s passed", 29_000 - HOUR, 29_000, false),
+            ("the wall clock was set forward an hour", HOUR, 1_000, true),
+            ("the machine slept an hour", HOUR, 0, true),
+        ];
+        for (what, wall, monotonic, expired) in cases {
+            let clock = HandClock::default();
+            let cell = Cell::with_clock(Mode::Cached { ttl: Duration::from_secs(30) }, Box::new(clock.clone()));
+            cell.mark_fresh(NOW);
+            clock.0.store(monotonic, std::sync::atomic::Ordering::SeqCst);
+            assert_eq!(cell.is_expired(NOW.checked_add_signed(wall).unwrap()), expired, "{what}");
+            assert_eq!(cell.last_refresh_at_ms(), Some(NOW), "{what}: lastRefreshAt is the wall-clock time");
+        }
+    }
+
+    #[test]
+    fn an_artifact_from_the_disk_cache_is_as_old_as_its_entry() {
+        let clock = HandClock::default();
+        let cell = Cell::with_clock(Mode::Cached { ttl: Duration::from_secs(30) }, Box::new(clock.clone()));
+        cell.mark_fresh_since(1_000_000, 20_000);
+        assert_eq!(cell.last_refresh_at_ms(), Some(980_000));
+        clock.0.store(9_000, std::sync::atomic::Ordering::SeqCst);
+        assert!(!cell.is_expired(0), "29 s old on the monotonic clock, whatever the wall clock says");
+        clock.0.store(11_000, std::sync::atomic::Ordering::SeqCst);
+        assert!(cell.is_expired(0), "31 s old on the monotonic clock although the wall clock went back");
     }
 }

@@ -1,11 +1,62 @@
-//! Wall-clock time as epoch milliseconds, and the ISO-8601 timestamps artifacts carry
-//! (`packedAt`, `expiresAt`). Pure functions; the clock is passed in where decisions are made.
+//! Wall-clock time as epoch milliseconds, the ISO-8601 timestamps artifacts carry (`packedAt`,
+//! `expiresAt`), and how long ago something happened. Pure functions; the clock is passed in
+//! where decisions are made.
+//!
+//! Two clocks: the wall clock can be stepped (NTP, an operator, a VM restored from a snapshot),
+//! the monotonic clock cannot, but it stops while the machine is suspended. Durations measured
+//! within the process ([`elapsed_ms`]) take the longer of the two, so neither a clock set back
+//! nor a suspend can make an old artifact look young.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_millis() as u64).unwrap_or(0)
+}
+
+/// A clock that never steps back, in milliseconds from an arbitrary origin. A trait so that
+/// tests can move it by hand.
+pub trait Monotonic: Send + Sync {
+    fn now_ms(&self) -> i64;
+}
+
+/// The process's monotonic clock ([`Instant`]), counted from its first reading.
+pub struct SystemMonotonic;
+
+impl Monotonic for SystemMonotonic {
+    fn now_ms(&self) -> i64 {
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        i64::try_from(ORIGIN.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
+/// One moment read on both clocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moment {
+    /// Epoch milliseconds, for display and for timestamps from outside the process.
+    pub wall_ms: u64,
+    /// [`Monotonic::now_ms`].
+    pub monotonic_ms: i64,
+}
+
+impl Moment {
+    /// The moment `age_ms` before `self`.
+    pub fn minus(self, age_ms: u64) -> Moment {
+        Moment {
+            wall_ms: self.wall_ms.saturating_sub(age_ms),
+            monotonic_ms: self.monotonic_ms.saturating_sub(i64::try_from(age_ms).unwrap_or(i64::MAX)),
+        }
+    }
+}
+
+/// How long before `now` `then` was: the longer of what the two clocks measured. A wall clock
+/// set back or a suspend shortens only one of them; a wall clock set forward makes `then` look
+/// older than it is, which costs an early refresh, never a late wipe.
+pub fn elapsed_ms(then: Moment, now: Moment) -> u64 {
+    let wall = now.wall_ms.saturating_sub(then.wall_ms);
+    let monotonic = u64::try_from(now.monotonic_ms.saturating_sub(then.monotonic_ms)).unwrap_or(0);
+    wall.max(monotonic)
 }
 
 /// Parses an ISO-8601 / RFC 3339 timestamp such as `2026-11-24T12:00:00.000Z` into epoch
@@ -171,6 +222,41 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const NOW: Moment = Moment { wall_ms: 1_800_000_000_000, monotonic_ms: 5_000 };
+
+    #[test]
+    fn elapsed_time_is_the_longer_of_the_two_clocks() {
+        let then = NOW;
+        // (what happened, wall clock moved by, monotonic clock moved by, elapsed)
+        let cases: [(&str, i64, i64, u64); 6] = [
+            ("nothing", 0, 0, 0),
+            ("both clocks ran 30 s", 30_000, 30_000, 30_000),
+            ("the wall clock was set back an hour during 30 s", -3_600_000 + 30_000, 30_000, 30_000),
+            ("the wall clock was set forward an hour during 30 s", 3_600_000 + 30_000, 30_000, 3_630_000),
+            ("the machine slept an hour (the monotonic clock stopped)", 3_600_000, 0, 3_600_000),
+            ("the wall clock was set back a day, nothing else", -86_400_000, 0, 0),
+        ];
+        for (what, wall, monotonic, elapsed) in cases {
+            let now = Moment {
+                wall_ms: then.wall_ms.checked_add_signed(wall).unwrap(),
+                monotonic_ms: then.monotonic_ms + monotonic,
+            };
+            assert_eq!(elapsed_ms(then, now), elapsed, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_moment_minus_an_age_moves_both_clocks_back() {
+        assert_eq!(NOW.minus(20_000), Moment { wall_ms: 1_799_999_980_000, monotonic_ms: -15_000 });
+        assert_eq!(elapsed_ms(NOW.minus(20_000), NOW), 20_000);
+    }
+
+    #[test]
+    fn the_system_monotonic_clock_does_not_go_back() {
+        let first = SystemMonotonic.now_ms();
+        assert!(SystemMonotonic.now_ms() >= first);
+    }
 
     #[test]
     fn formats_sigv4_dates() {

@@ -125,18 +125,42 @@ fn next_event(http: &HttpClient, base: &str, identifier: &str) -> Result<String,
     event["eventType"].as_str().map(str::to_string).ok_or_else(|| failed("the event has no eventType".into()))
 }
 
-/// On INVOKE: JIT re-validates every time; cached mode when at least TTL has passed since the
-/// last refresh. Failures are logged, never fatal.
+/// On INVOKE: refreshes when [`refresh_due`]. Failures are logged, never fatal.
 fn refresh_if_due(refresher: &Refresher) {
     let now = crate::time::now_ms();
-    let due = match refresher.cell.mode {
-        Mode::Jit => true,
-        Mode::Cached { ttl } => refresher
-            .cell
-            .last_refresh_at_ms()
-            .is_none_or(|last| u128::from(now.saturating_sub(last)) >= ttl.as_millis()),
-    };
-    if due {
+    if refresh_due(refresher.cell.mode, refresher.cell.age_ms(now)) {
         refresher.refresh_and_log(now);
+    }
+}
+
+/// JIT re-validates every time; cached mode once the last refresh is at least TTL old (`age_ms`,
+/// measured on both clocks by the cell, so a wall clock set back cannot stop refreshes) or
+/// there was none.
+fn refresh_due(mode: Mode, age_ms: Option<u64>) -> bool {
+    match mode {
+        Mode::Jit => true,
+        Mode::Cached { ttl } => age_ms.is_none_or(|age| u128::from(age) >= ttl.as_millis()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn an_invoke_refreshes_when_the_ttl_has_passed_or_in_jit_mode() {
+        let cached = Mode::Cached { ttl: Duration::from_secs(30) };
+        // (mode, age of the last refresh, due)
+        let cases = [
+            (cached, None, true),
+            (cached, Some(29_999), false),
+            (cached, Some(30_000), true),
+            (Mode::Jit, Some(0), true),
+        ];
+        for (mode, age_ms, due) in cases {
+            assert_eq!(refresh_due(mode, age_ms), due, "{} mode, age {age_ms:?}", mode.name());
+        }
     }
 }

@@ -106,7 +106,7 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
     let kms = Kms::new(http.clone(), env.clone(), Arc::clone(&credentials));
     let keys = Arc::new(Keys { age: config.load_age_identity()?, kms: Some(kms) });
     let source = crate::source::from_config(&config.source, &http, &env, &credentials).map_err(ConfigError)?;
-    let cache = config.cache_path.as_deref().map(|root| DiskCache::new(root, &config.source));
+    let cache = config.cache_path.as_deref().map(|root| DiskCache::open(root, &config.source)).transpose()?;
     let mut pipeline = Pipeline::new(source, Arc::clone(&keys), config.verify_key.clone(), cache);
     pipeline.restore_rollback_mark().map_err(ConfigError)?;
     let (token, token_line) = token::resolve(&config.token)?;

@@ -1,8 +1,15 @@
 //! A local file source: the whole file is read on every poll, up to the artifact size limit.
 //! Its content hash is the SHA-256 of the bytes, so an unchanged file costs no parsing.
+//!
+//! The path may be a symbolic link — Kubernetes mounts ConfigMaps and Secrets as links that
+//! are swapped on update — so links are followed (unlike the disk cache's files). What it
+//! finally names must be a regular file: it is opened `O_NONBLOCK` and checked on the open
+//! descriptor, so a FIFO or a device (`/dev/zero`) there cannot block the refresh or fill the
+//! memory.
 
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::io::{ErrorKind, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use super::{FetchError, Fetched, Source, MAX_ARTIFACT_BYTES};
@@ -29,7 +36,14 @@ impl Source for FileSource {
             ErrorKind::PermissionDenied => FetchError::Forbidden { source: source.clone(), detail: error.to_string() },
             _ => FetchError::Io { source: source.clone(), detail: error.to_string() },
         };
-        let file = File::open(&self.path).map_err(io_error)?;
+        // O_NONBLOCK: opening a FIFO must not wait for a writer; regular files ignore it.
+        let file = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&self.path).map_err(io_error)?;
+        if !file.metadata().map_err(io_error)?.file_type().is_file() {
+            return Err(FetchError::Io {
+                source,
+                detail: "it is not a regular file (a FIFO, a device or a directory): point CLEF_AGENT_SOURCE at the artifact file".into(),
+            });
+        }
         let mut bytes = Vec::new();
         file.take(MAX_ARTIFACT_BYTES + 1).read_to_end(&mut bytes).map_err(io_error)?;
         if bytes.len() as u64 > MAX_ARTIFACT_BYTES {
@@ -59,6 +73,24 @@ mod tests {
         assert_eq!(source.fetch(Some(&hash)).unwrap(), Fetched::Unchanged);
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(source.fetch(Some(&hash)), Err(FetchError::NotFound { .. })));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn follows_a_link_to_a_file_but_refuses_a_fifo_or_a_device_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("clef-file-source-kinds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("artifact.json"), b"{}").unwrap();
+        std::os::unix::fs::symlink(dir.join("artifact.json"), dir.join("link")).unwrap();
+        assert!(matches!(FileSource::new(dir.join("link")).fetch(None), Ok(Fetched::Content { .. })));
+        let fifo = std::ffi::CString::new(dir.join("fifo").as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        for path in [dir.join("fifo"), "/dev/zero".into()] {
+            let error = FileSource::new(path.clone()).fetch(None).unwrap_err().to_string();
+            assert!(error.ends_with("it is not a regular file (a FIFO, a device or a directory): point CLEF_AGENT_SOURCE at the artifact file"), "{error}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

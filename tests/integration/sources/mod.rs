@@ -3,6 +3,7 @@
 //! compared with botocore's signer.
 
 mod cache;
+mod file;
 mod http;
 pub(crate) mod s3;
 mod sigv4;
