@@ -30,6 +30,7 @@ impl AwsKms {
 
     pub fn decrypt(&self, key_id: &str, algorithm: &str, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, String> {
         let region = region_of(key_id).map(str::to_string).or_else(|| self.env.aws_region()).ok_or_else(|| {
+            let key_id = crate::text::quoted(key_id);
             format!("the key id '{key_id}' is not an ARN with a region: set AWS_REGION or AWS_DEFAULT_REGION")
         })?;
         let endpoint = self.env.aws_endpoint("KMS").unwrap_or_else(|| format!("https://kms.{region}.amazonaws.com"));
