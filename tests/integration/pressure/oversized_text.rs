@@ -31,7 +31,8 @@ fn a_twenty_megabyte_revocation_costs_neither_memory_nor_log_volume() {
     let line = |letter: &str| {
         format!("Artifact revoked: api-gateway/production at {}…(truncated, {TWENTY_MB} bytes)", letter.repeat(200))
     };
-    publish_and_wait(&deployment, &agent, &notice("A"), &line("A"));
+    let logged = |letter: &str| format!("api-gateway/production at {}", letter.repeat(20));
+    publish_and_wait(&deployment, &agent, &notice("A"), &logged("A"));
 
     // The poll that read 20 MB is in the high-water mark already; the requests add nothing.
     let before_kib = proc_status(agent.pid(), "VmHWM");
@@ -48,10 +49,11 @@ fn a_twenty_megabyte_revocation_costs_neither_memory_nor_log_volume() {
     assert!(growth_kib < 16 * 1024, "64 requests grew the peak RSS by {growth_kib} KiB");
 
     // Three polls, each a different notice, each logged at once.
-    publish_and_wait(&deployment, &agent, &notice("B"), &line("B"));
-    publish_and_wait(&deployment, &agent, &notice("C"), &line("C"));
-    let logged = agent.stderr().len();
-    assert!(logged < 64 * 1024, "three polls logged {logged} bytes");
+    publish_and_wait(&deployment, &agent, &notice("B"), &logged("B"));
+    publish_and_wait(&deployment, &agent, &notice("C"), &logged("C"));
+    let stderr = agent.stderr();
+    assert!(stderr.len() < 64 * 1024, "three polls logged {} bytes", stderr.len());
+    assert!(stderr.contains(&line("C")), "{stderr}");
 }
 
 #[test]
@@ -66,18 +68,20 @@ fn a_huge_ciphertext_hash_or_expiry_is_refused_with_a_short_message() {
         artifact.to_string()
     };
 
-    let hash = with("ciphertextHash", "a".repeat(TWENTY_MB));
+    publish_and_wait(&deployment, &agent, &with("ciphertextHash", "a".repeat(TWENTY_MB)), "poll error: ");
+    let stderr = agent.stderr();
+    assert!(stderr.len() < 64 * 1024, "the refusal logged {} bytes", stderr.len());
     let refused = "poll error: artifact rejected (invalid_shape): field 'ciphertextHash' must be at most 200 \
                    characters, found 20971520 bytes";
-    publish_and_wait(&deployment, &agent, &hash, refused);
+    assert!(stderr.contains(refused), "{stderr}");
 
     // Long past, so that without the bound it would wipe and quote all of it.
     let expiry = with("expiresAt", format!("2020-01-01T00:00:00.{}Z", "1".repeat(1_000_000)));
+    publish_and_wait(&deployment, &agent, &expiry, "expiresAt");
+    let stderr = agent.stderr();
+    assert!(stderr.len() < 64 * 1024, "two refusals logged {} bytes", stderr.len());
     let refused = "poll error: artifact rejected (invalid_shape): field 'expiresAt' must be at most 200 \
                    characters, found 1000021 bytes";
-    publish_and_wait(&deployment, &agent, &expiry, refused);
-
+    assert!(stderr.contains(refused), "{stderr}");
     agent.get("/v1/secrets").assert(200, PLAINTEXT);
-    let logged = agent.stderr().len();
-    assert!(logged < 64 * 1024, "two refusals logged {logged} bytes");
 }
