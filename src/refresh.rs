@@ -470,7 +470,7 @@ impl Refresher {
         let last_failure_at_ms = state.last_result.as_ref().err().map(|failure| failure.at_ms);
         if !shared && retry::should_attempt(last_failure_at_ms, now_ms) {
             let result = self.refresh_locked(&mut state, now_ms);
-            self.log_result(&mut state, &result, now_ms);
+            self.log_result(&mut state, &result, now_ms, false);
         } else if let Err(failure) = state.last_result.clone() {
             // No fetch, but the TTL still wipes on time.
             self.after_failure(&mut state, &failure.error, now_ms);
@@ -552,18 +552,27 @@ impl Refresher {
         }
     }
 
-    /// Refresh and log the result: the poll thread's and SIGHUP's way in.
+    /// Refresh and log the result: the poll thread's way in.
     pub fn refresh_and_log(&self, now_ms: u64) {
         let mut state = self.lock();
         let result = self.refresh_locked(&mut state, now_ms);
-        self.log_result(&mut state, &result, now_ms);
+        self.log_result(&mut state, &result, now_ms, false);
     }
 
-    /// A failure is logged at once, then once per [`retry::REPEAT_LOG_WINDOW`] while it repeats.
-    fn log_result(&self, state: &mut PipelineState, result: &Result<Change, RefreshError>, now_ms: u64) {
+    /// SIGHUP's way in: like [`Refresher::refresh_and_log`], but whoever sent the signal reads
+    /// the result, so a failure is logged even when it repeats the last one.
+    pub fn refresh_on_signal(&self, now_ms: u64) {
+        let mut state = self.lock();
+        let result = self.refresh_locked(&mut state, now_ms);
+        self.log_result(&mut state, &result, now_ms, true);
+    }
+
+    /// A failure is logged at once, then once per [`retry::REPEAT_LOG_WINDOW`] while it repeats
+    /// (`asked`: always, see [`FailureLog::failed`]).
+    fn log_result(&self, state: &mut PipelineState, result: &Result<Change, RefreshError>, now_ms: u64, asked: bool) {
         let owed = match result {
             Ok(_) => state.failure_log.succeeded().into_iter().collect(),
-            Err(error) => state.failure_log.failed(&error.to_string(), now_ms),
+            Err(error) => state.failure_log.failed(&error.to_string(), now_ms, asked),
         };
         for line in owed {
             log::error(&format!("poll error: {line}"));
@@ -628,9 +637,8 @@ impl Poller {
             drop(served);
             let delay = poll_interval_for(refresher.cell.mode, expires_at, crate::time::now_ms(), random_jitter());
             match inbox.recv_timeout(delay) {
-                Ok(Command::RefreshNow) | Err(RecvTimeoutError::Timeout) => {
-                    refresher.refresh_and_log(crate::time::now_ms())
-                }
+                Ok(Command::RefreshNow) => refresher.refresh_on_signal(crate::time::now_ms()),
+                Err(RecvTimeoutError::Timeout) => refresher.refresh_and_log(crate::time::now_ms()),
                 Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return,
             }
         })?;

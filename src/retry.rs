@@ -39,11 +39,13 @@ struct Logged {
 impl FailureLog {
     /// The lines to log for a failure that says `message` at `now_ms`: the message at once when
     /// it is new, nothing when it repeats within the window, else the message with a count.
-    pub fn failed(&mut self, message: &str, now_ms: u64) -> Vec<String> {
+    /// `asked`: someone asked for this refresh (SIGHUP) and is waiting to read its result, so it
+    /// is logged even within the window.
+    pub fn failed(&mut self, message: &str, now_ms: u64, asked: bool) -> Vec<String> {
         if let Some(last) = self.last.as_mut().filter(|last| last.message == message) {
             let within = now_ms >= last.logged_at_ms
                 && u128::from(now_ms - last.logged_at_ms) < REPEAT_LOG_WINDOW.as_millis();
-            if within {
+            if within && !asked {
                 last.unlogged += 1;
                 return Vec::new();
             }
@@ -60,15 +62,19 @@ impl FailureLog {
     /// A refresh succeeded or failed differently: the count still owed for the last failure.
     pub fn succeeded(&mut self) -> Option<String> {
         let last = self.last.take()?;
-        (last.unlogged > 0).then(|| format!("{} (repeated {} more times)", last.message, last.unlogged))
+        (last.unlogged > 0).then(|| format!("{} (repeated {})", last.message, times(last.unlogged)))
     }
 }
 
 fn with_count(message: &str, unlogged: u64) -> String {
     match unlogged {
         0 => message.to_string(),
-        count => format!("{message} (repeated {count} more times since it was last logged)"),
+        count => format!("{message} (repeated {} since it was last logged)", times(count)),
     }
+}
+
+fn times(count: u64) -> String {
+    format!("{count} more {}", if count == 1 { "time" } else { "times" })
 }
 
 #[cfg(test)]
@@ -96,41 +102,51 @@ mod tests {
     #[test]
     fn a_repeated_failure_is_logged_once_per_window_with_its_count() {
         let mut log = FailureLog::default();
-        assert_eq!(log.failed("down", T), ["down"]);
+        assert_eq!(log.failed("down", T, false), ["down"]);
         for offset in 1..=199 {
-            assert!(log.failed("down", T + offset * 100).is_empty(), "repeat {offset} logged");
+            assert!(log.failed("down", T + offset * 100, false).is_empty(), "repeat {offset} logged");
         }
-        assert_eq!(log.failed("down", T + 30_000), ["down (repeated 199 more times since it was last logged)"]);
-        assert!(log.failed("down", T + 31_000).is_empty());
-        assert_eq!(log.failed("down", T + 60_000), ["down (repeated 1 more times since it was last logged)"]);
-        assert_eq!(log.failed("down", T + 95_000), ["down"], "nothing unlogged in between");
+        assert_eq!(log.failed("down", T + 30_000, false), ["down (repeated 199 more times since it was last logged)"]);
+        assert!(log.failed("down", T + 31_000, false).is_empty());
+        assert_eq!(log.failed("down", T + 60_000, false), ["down (repeated 1 more time since it was last logged)"]);
+        assert_eq!(log.failed("down", T + 95_000, false), ["down"], "nothing unlogged in between");
     }
 
     #[test]
     fn a_different_failure_is_logged_at_once_after_the_count_owed_for_the_last() {
         let mut log = FailureLog::default();
-        assert_eq!(log.failed("down", T), ["down"]);
-        assert!(log.failed("down", T + 1).is_empty());
-        assert_eq!(log.failed("forbidden", T + 2), ["down (repeated 1 more times)", "forbidden"]);
-        assert_eq!(log.failed("down", T + 3), ["down"]);
+        assert_eq!(log.failed("down", T, false), ["down"]);
+        assert!(log.failed("down", T + 1, false).is_empty());
+        assert_eq!(log.failed("forbidden", T + 2, false), ["down (repeated 1 more time)", "forbidden"]);
+        assert_eq!(log.failed("down", T + 3, false), ["down"]);
     }
 
     #[test]
     fn a_success_ends_the_run_so_the_same_failure_is_logged_again_at_once() {
         let mut log = FailureLog::default();
-        assert_eq!(log.failed("down", T), ["down"]);
+        assert_eq!(log.failed("down", T, false), ["down"]);
         assert_eq!(log.succeeded(), None);
-        assert_eq!(log.failed("down", T + 1), ["down"]);
-        assert!(log.failed("down", T + 2).is_empty());
-        assert_eq!(log.succeeded().as_deref(), Some("down (repeated 1 more times)"));
+        assert_eq!(log.failed("down", T + 1, false), ["down"]);
+        assert!(log.failed("down", T + 2, false).is_empty());
+        assert_eq!(log.succeeded().as_deref(), Some("down (repeated 1 more time)"));
         assert_eq!(log.succeeded(), None);
+    }
+
+    #[test]
+    fn a_refresh_someone_asked_for_logs_its_failure_even_when_it_repeats() {
+        let mut log = FailureLog::default();
+        assert_eq!(log.failed("down", T, false), ["down"]);
+        assert!(log.failed("down", T + 1, false).is_empty());
+        assert_eq!(log.failed("down", T + 2, true), ["down (repeated 1 more time since it was last logged)"]);
+        assert_eq!(log.failed("down", T + 3, true), ["down"]);
+        assert!(log.failed("down", T + 4, false).is_empty(), "the window starts again");
     }
 
     #[test]
     fn a_clock_stepped_back_ends_the_window() {
         let mut log = FailureLog::default();
-        log.failed("down", T);
-        assert!(log.failed("down", T + 1).is_empty());
-        assert_eq!(log.failed("down", T - 60_000), ["down (repeated 1 more times since it was last logged)"]);
+        log.failed("down", T, false);
+        assert!(log.failed("down", T + 1, false).is_empty());
+        assert_eq!(log.failed("down", T - 60_000, false), ["down (repeated 1 more time since it was last logged)"]);
     }
 }

@@ -45,7 +45,7 @@ pub fn run(config: Config, runtime_api: &str) -> Result<(), Fatal> {
     }
     let (reason, outcome) = loop {
         match running.inbox.recv() {
-            Ok(Event::Refresh) => running.refresher.refresh_and_log(crate::time::now_ms()),
+            Ok(Event::Refresh) => running.refresher.refresh_on_signal(crate::time::now_ms()),
             Ok(Event::LambdaShutdown) => break (StopReason::LambdaShutdown, Ok(())),
             Ok(Event::Shutdown) | Err(_) => break (StopReason::Signal, Ok(())),
             Ok(Event::Failed(message)) => break (StopReason::Error, Err(Fatal::Other(message))),
