@@ -18,9 +18,8 @@ pub const REPEAT_LOG_WINDOW: Duration = Duration::from_secs(30);
 /// [`RETRY_AFTER_FAILURE`] old, or the clock went back past it (a stepped clock must not stop
 /// retries for as long as it stepped).
 pub fn should_attempt(last_failure_at_ms: Option<u64>, now_ms: u64) -> bool {
-    last_failure_at_ms.is_none_or(|failed_at| {
-        now_ms < failed_at || u128::from(now_ms - failed_at) >= RETRY_AFTER_FAILURE.as_millis()
-    })
+    last_failure_at_ms
+        .is_none_or(|failed_at| now_ms < failed_at || u128::from(now_ms - failed_at) >= RETRY_AFTER_FAILURE.as_millis())
 }
 
 /// The failure last logged and how often it came again without being logged.
@@ -43,8 +42,8 @@ impl FailureLog {
     /// is logged even within the window.
     pub fn failed(&mut self, message: &str, now_ms: u64, asked: bool) -> Vec<String> {
         if let Some(last) = self.last.as_mut().filter(|last| last.message == message) {
-            let within = now_ms >= last.logged_at_ms
-                && u128::from(now_ms - last.logged_at_ms) < REPEAT_LOG_WINDOW.as_millis();
+            let within =
+                now_ms >= last.logged_at_ms && u128::from(now_ms - last.logged_at_ms) < REPEAT_LOG_WINDOW.as_millis();
             if within && !asked {
                 last.unlogged += 1;
                 return Vec::new();

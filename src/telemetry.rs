@@ -128,9 +128,8 @@ struct Record {
 impl Record {
     /// The bytes this record is charged in the buffer.
     fn size(&self) -> usize {
-        let field = |(key, value): &(&str, Field)| {
-            key.len() + if let Field::Text(text) = value { text.len() } else { 20 }
-        };
+        let field =
+            |(key, value): &(&str, Field)| key.len() + if let Field::Text(text) = value { text.len() } else { 20 };
         RECORD_OVERHEAD + self.event.fields().iter().map(field).sum::<usize>()
     }
 }

@@ -22,7 +22,8 @@ fn publish_and_wait(deployment: &Deployment, agent: &crate::support::Agent, docu
 
 #[test]
 fn a_twenty_megabyte_revocation_costs_neither_memory_nor_log_volume() {
-    let deployment = Deployment::new("huge-revocation", &build_artifact(PLAINTEXT, "rev-1", &ArtifactOptions::default()));
+    let deployment =
+        Deployment::new("huge-revocation", &build_artifact(PLAINTEXT, "rev-1", &ArtifactOptions::default()));
     let agent = deployment.start(&[SLOW_POLLING]);
     let notice = |letter: &str| {
         serde_json::json!({"identity": "api-gateway", "environment": "production", "revokedAt": letter.repeat(TWENTY_MB)})
