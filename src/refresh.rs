@@ -17,7 +17,8 @@ use crate::config::Mode;
 use crate::decrypt::{DecryptError, Keys, Plaintext};
 use crate::log;
 use crate::pending::Pending;
-use crate::snapshot::{Cell, SealedArtifact, Served, Snapshot, Wipe};
+use crate::retry::{self, FailureLog};
+use crate::snapshot::{Cell, Refusal, SealedArtifact, Served, Snapshot, Wipe};
 use crate::source::{FetchError, Fetched, Source};
 use crate::telemetry::{self, Event, Telemetry};
 
@@ -446,7 +447,17 @@ fn decrypt(artifact: &Artifact, keys: &Keys) -> Result<Plaintext, RefreshError> 
 
 struct PipelineState {
     pipeline: Pipeline,
-    last_result: Result<Change, RefreshError>,
+    last_result: Result<Change, Failure>,
+    failure_log: FailureLog,
+}
+
+/// A failed refresh as requests get it until they may try again (`retry.rs`).
+#[derive(Clone)]
+struct Failure {
+    at_ms: u64,
+    error: RefreshError,
+    /// The 503 answer, rendered once for every request that shares this failure.
+    refusal: Refusal,
 }
 
 /// Serialises refreshes and applies their outcome to the [`Cell`].
@@ -462,7 +473,11 @@ impl Refresher {
         Refresher {
             cell,
             telemetry,
-            state: Mutex::new(PipelineState { pipeline, last_result: Ok(Change::Unchanged) }),
+            state: Mutex::new(PipelineState {
+                pipeline,
+                last_result: Ok(Change::Unchanged),
+                failure_log: FailureLog::default(),
+            }),
             completed: AtomicU64::new(0),
         }
     }
@@ -482,16 +497,22 @@ impl Refresher {
     }
 
     /// A refresh on behalf of a request that found the cache expired: requests that arrive
-    /// while one is running wait for it and share its result instead of starting another.
-    pub fn refresh_for_request(&self, now_ms: u64) -> Result<Change, RefreshError> {
+    /// while one is running wait for it and share its result instead of starting another, and
+    /// for [`retry::RETRY_AFTER_FAILURE`] after a failure they get that failure instead of
+    /// fetching again. The answer to give on failure is rendered already.
+    pub fn refresh_for_request(&self, now_ms: u64) -> Result<Change, Refusal> {
         let seen = self.completed.load(Ordering::SeqCst);
         let mut state = self.lock();
-        if self.completed.load(Ordering::SeqCst) != seen {
-            return state.last_result.clone();
+        let shared = self.completed.load(Ordering::SeqCst) != seen;
+        let last_failure_at_ms = state.last_result.as_ref().err().map(|failure| failure.at_ms);
+        if !shared && retry::should_attempt(last_failure_at_ms, now_ms) {
+            let result = self.refresh_locked(&mut state, now_ms);
+            self.log_result(&mut state, &result, now_ms, false);
+        } else if let Err(failure) = state.last_result.clone() {
+            // No fetch, but the TTL still wipes on time.
+            self.after_failure(&mut state, &failure.error, now_ms);
         }
-        let result = self.refresh_locked(&mut state, now_ms);
-        log_result(&result);
-        result
+        state.last_result.clone().map_err(|failure| failure.refusal)
     }
 
     fn refresh_locked(&self, state: &mut PipelineState, now_ms: u64) -> Result<Change, RefreshError> {
@@ -526,7 +547,11 @@ impl Refresher {
                 Err(error)
             }
         };
-        state.last_result = result.clone();
+        state.last_result = result.clone().map_err(|error| Failure {
+            at_ms: now_ms,
+            refusal: Refusal::new("Refresh failed", &error.to_string()),
+            error,
+        });
         self.completed.fetch_add(1, Ordering::SeqCst);
         result
     }
@@ -534,14 +559,17 @@ impl Refresher {
     /// Revocation and expiry wipe at once; other failures keep serving until the TTL is up.
     fn after_failure(&self, state: &mut PipelineState, error: &RefreshError, now_ms: u64) {
         let wipe = match error {
-            RefreshError::Revoked(_) => Some(Wipe::Revoked(error.to_string())),
-            RefreshError::Expired { .. } => Some(Wipe::ArtifactExpired(error.to_string())),
+            RefreshError::Revoked(_) => Some(Wipe::Revoked(Refusal::new("Artifact revoked", &error.to_string()))),
+            RefreshError::Expired { .. } => {
+                Some(Wipe::ArtifactExpired(Refusal::new("Artifact expired", &error.to_string())))
+            }
             _ => {
                 let served = self.cell.current();
                 let artifact_expired = served.expires_at().filter(|expiry| expiry.epoch_ms <= now_ms as i64);
                 if let Some(expiry) = artifact_expired {
                     self.telemetry.emit(Event::ArtifactExpired { expires_at: expiry.text.clone() });
-                    Some(Wipe::ArtifactExpired(format!("Artifact expired at {}", expiry.text)))
+                    let message = format!("Artifact expired at {}", expiry.text);
+                    Some(Wipe::ArtifactExpired(Refusal::new("Artifact expired", &message)))
                 } else if self.cell.is_expired(now_ms) && !matches!(*served, Served::Wiped(_)) {
                     log::error("cache expired: no successful refresh within CLEF_AGENT_CACHE_TTL; secrets wiped");
                     if let Mode::Cached { ttl } = self.cell.mode {
@@ -562,9 +590,34 @@ impl Refresher {
         }
     }
 
-    /// Refresh and log the result: the poll thread's and SIGHUP's way in.
+    /// Refresh and log the result: the poll thread's way in.
     pub fn refresh_and_log(&self, now_ms: u64) {
-        log_result(&self.refresh(now_ms));
+        let mut state = self.lock();
+        let result = self.refresh_locked(&mut state, now_ms);
+        self.log_result(&mut state, &result, now_ms, false);
+    }
+
+    /// SIGHUP's way in: like [`Refresher::refresh_and_log`], but whoever sent the signal reads
+    /// the result, so a failure is logged even when it repeats the last one.
+    pub fn refresh_on_signal(&self, now_ms: u64) {
+        let mut state = self.lock();
+        let result = self.refresh_locked(&mut state, now_ms);
+        self.log_result(&mut state, &result, now_ms, true);
+    }
+
+    /// A failure is logged at once, then once per [`retry::REPEAT_LOG_WINDOW`] while it repeats
+    /// (`asked`: always, see [`FailureLog::failed`]).
+    fn log_result(&self, state: &mut PipelineState, result: &Result<Change, RefreshError>, now_ms: u64, asked: bool) {
+        let owed = match result {
+            Ok(_) => state.failure_log.succeeded().into_iter().collect(),
+            Err(error) => state.failure_log.failed(&error.to_string(), now_ms, asked),
+        };
+        for line in owed {
+            log::error(&format!("poll error: {line}"));
+        }
+        if let Ok(Change::Loaded { revision, key_count }) = result {
+            log::info(&format!("refreshed: revision {revision} ({key_count} keys)"));
+        }
     }
 }
 
@@ -580,16 +633,6 @@ fn failure_event(error: &RefreshError, disk_cache_available: bool) -> Event {
         }
         RefreshError::Revoked(revocation) => Event::ArtifactRevoked { revoked_at: revocation.revoked_at.clone() },
         RefreshError::Expired { expires_at } => Event::ArtifactExpired { expires_at: expires_at.clone() },
-    }
-}
-
-fn log_result(result: &Result<Change, RefreshError>) {
-    match result {
-        Ok(Change::Loaded { revision, key_count }) => {
-            log::info(&format!("refreshed: revision {revision} ({key_count} keys)"))
-        }
-        Ok(Change::Unchanged) => {}
-        Err(error) => log::error(&format!("poll error: {error}")),
     }
 }
 
@@ -638,7 +681,7 @@ impl Poller {
             match inbox.recv_timeout(delay) {
                 Ok(Command::RefreshNow) => {
                     taken.take();
-                    refresher.refresh_and_log(crate::time::now_ms())
+                    refresher.refresh_on_signal(crate::time::now_ms())
                 }
                 Err(RecvTimeoutError::Timeout) => refresher.refresh_and_log(crate::time::now_ms()),
                 Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return,

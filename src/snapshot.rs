@@ -175,9 +175,39 @@ pub enum Wipe {
     /// No successful refresh within the TTL.
     CacheExpired,
     /// The source published a revocation (the message of SPEC §1).
-    Revoked(String),
+    Revoked(Refusal),
     /// The artifact's `expiresAt` passed (the message of SPEC §2).
-    ArtifactExpired(String),
+    ArtifactExpired(Refusal),
+}
+
+/// A 503 answer that quotes the artifact, rendered once where the state it describes is made
+/// (a wipe, a failed refresh), so that no request formats artifact text again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    body: Arc<str>,
+}
+
+impl Refusal {
+    /// `{"error": error, "detail": detail}`.
+    pub fn new(error: &str, detail: &str) -> Refusal {
+        Refusal { body: error_body(error, Some(detail)).into() }
+    }
+
+    /// The JSON body, shared by every request that gets it.
+    pub fn body(&self) -> Arc<str> {
+        Arc::clone(&self.body)
+    }
+}
+
+/// The JSON body of an error answer: `{"error": …}` with an optional `"detail"`.
+pub fn error_body(error: &str, detail: Option<&str>) -> String {
+    let json_string = |text: &str| serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into());
+    let mut body = format!("{{\"error\":{}", json_string(error));
+    if let Some(detail) = detail {
+        body.push_str(&format!(",\"detail\":{}", json_string(detail)));
+    }
+    body.push('}');
+    body
 }
 
 /// What the agent has to serve.

@@ -18,6 +18,12 @@ const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 const BATCH_SIZE: usize = 50;
 /// Events beyond this many undelivered ones push out the oldest.
 const BUFFER_LIMIT: usize = 1000;
+/// Undelivered events take at most this many bytes of field text (plus [`RECORD_OVERHEAD`]
+/// each): an event that would go past it is dropped and counted. Fields quote artifacts and
+/// peers, so a count alone does not bound the memory a collector that is down can cost.
+const BUFFER_BYTES: usize = 256 * 1024;
+/// What one record costs beside its fields: its timestamp, severity and OTLP framing.
+const RECORD_OVERHEAD: usize = 128;
 /// The shutdown flush, and each delivery, take at most this long.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -119,6 +125,48 @@ struct Record {
     event: Event,
 }
 
+impl Record {
+    /// The bytes this record is charged in the buffer.
+    fn size(&self) -> usize {
+        let field =
+            |(key, value): &(&str, Field)| key.len() + if let Field::Text(text) = value { text.len() } else { 20 };
+        RECORD_OVERHEAD + self.event.fields().iter().map(field).sum::<usize>()
+    }
+}
+
+/// The undelivered records, bounded by [`BUFFER_LIMIT`] and [`BUFFER_BYTES`].
+#[derive(Default)]
+struct Buffer {
+    records: Vec<Record>,
+    bytes: usize,
+    /// Events dropped since the last delivery.
+    dropped: u64,
+}
+
+impl Buffer {
+    fn push(&mut self, record: Record) {
+        let size = record.size();
+        if self.bytes + size > BUFFER_BYTES {
+            self.dropped += 1;
+            return;
+        }
+        if self.records.len() >= BUFFER_LIMIT {
+            let oldest = self.records.remove(0);
+            self.bytes -= oldest.size();
+            self.dropped += 1;
+        }
+        self.bytes += size;
+        self.records.push(record);
+    }
+
+    /// Everything buffered and the count of events dropped meanwhile; empties the buffer.
+    fn take(&mut self) -> (Vec<Record>, u64) {
+        let taken = (std::mem::take(&mut self.records), self.dropped);
+        (self.bytes, self.dropped) = (0, 0);
+        taken
+    }
+}
+
 /// Renders one OTLP/HTTP JSON logs request.
 fn render(resource: &Resource, records: &[Record]) -> String {
     let mut body = String::from(r#"{"resourceLogs":[{"resource":{"attributes":["#);
@@ -205,7 +253,7 @@ pub fn headers_from(plaintext: &Plaintext) -> Vec<(String, Secret)> {
 }
 
 struct Shared {
-    buffer: Vec<Record>,
+    buffer: Buffer,
     resource: Resource,
     headers: Vec<(String, Secret)>,
     stopping: bool,
@@ -239,7 +287,7 @@ impl Telemetry {
             url: url.full.clone(),
             host: url.host.clone(),
             http,
-            shared: Mutex::new(Shared { buffer: Vec::new(), resource, headers: Vec::new(), stopping: false }),
+            shared: Mutex::new(Shared { buffer: Buffer::default(), resource, headers: Vec::new(), stopping: false }),
             wake: Condvar::new(),
         });
         let worker = Arc::clone(&inner);
@@ -252,11 +300,8 @@ impl Telemetry {
         let Some(inner) = &self.inner else { return };
         let time_unix_nano = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_nanos());
         let mut shared = inner.lock();
-        if shared.buffer.len() >= BUFFER_LIMIT {
-            shared.buffer.remove(0);
-        }
         shared.buffer.push(Record { time_unix_nano, event });
-        if shared.buffer.len() >= BATCH_SIZE {
+        if shared.buffer.records.len() >= BATCH_SIZE {
             inner.wake.notify_one();
         }
     }
@@ -296,7 +341,7 @@ fn send_loop(inner: &Inner) {
     loop {
         let mut shared = inner.lock();
         let deadline = Instant::now() + FLUSH_INTERVAL;
-        while !shared.stopping && shared.buffer.len() < BATCH_SIZE {
+        while !shared.stopping && shared.buffer.records.len() < BATCH_SIZE {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else { break };
             shared = inner
                 .wake
@@ -304,10 +349,17 @@ fn send_loop(inner: &Inner) {
                 .map_or_else(|poisoned| poisoned.into_inner().0, |(guard, _)| guard);
         }
         let stopping = shared.stopping;
-        let batch = std::mem::take(&mut shared.buffer);
+        let (batch, dropped) = shared.buffer.take();
         let resource = shared.resource.clone();
         let headers = shared.headers.clone();
         drop(shared);
+        if dropped > 0 {
+            crate::log::error(&format!(
+                "telemetry: dropped {dropped} events: more than {BUFFER_LIMIT} events or {} KiB waited for \
+                 delivery (is CLEF_AGENT_TELEMETRY_URL reachable?)",
+                BUFFER_BYTES / 1024
+            ));
+        }
         if !batch.is_empty() {
             deliver(inner, &resource, &headers, &batch);
         }
@@ -377,6 +429,37 @@ mod tests {
                 {"key":"clef.kmsEnvelope","value":{"boolValue":false}},
             ])
         );
+    }
+
+    #[test]
+    fn the_buffer_is_bounded_in_bytes_and_counts_what_it_drops() {
+        let mut buffer = Buffer::default();
+        let failed = |error: String| Record {
+            time_unix_nano: 1,
+            event: Event::FetchFailed { error, disk_cache_available: false },
+        };
+        for _ in 0..200 {
+            buffer.push(failed("e".repeat(4096)));
+        }
+        assert!(buffer.bytes <= BUFFER_BYTES, "{} bytes", buffer.bytes);
+        let kept = buffer.records.len();
+        assert_eq!(kept, BUFFER_BYTES / failed("e".repeat(4096)).size());
+        assert_eq!(buffer.dropped, 200 - kept as u64);
+        buffer.push(Record { time_unix_nano: 2, event: Event::AgentStarted });
+        assert_eq!(buffer.records.len(), kept + 1, "a small event still fits");
+        let (taken, dropped) = buffer.take();
+        assert_eq!((taken.len(), dropped), (kept + 1, 200 - kept as u64));
+        assert_eq!((buffer.bytes, buffer.dropped), (0, 0));
+    }
+
+    #[test]
+    fn the_buffer_pushes_out_the_oldest_beyond_its_event_limit() {
+        let mut buffer = Buffer::default();
+        for time_unix_nano in 0..BUFFER_LIMIT as u128 + 5 {
+            buffer.push(Record { time_unix_nano, event: Event::AgentStarted });
+        }
+        assert_eq!((buffer.records.len(), buffer.dropped), (BUFFER_LIMIT, 5));
+        assert_eq!(buffer.records[0].time_unix_nano, 5);
     }
 
     #[test]

@@ -9,7 +9,12 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
+use crate::text::{fits, quoted};
 use crate::time::parse_iso8601_ms;
+
+/// What a refused over-long field should have been ([`crate::text::MAX_QUOTED_CHARS`]).
+const TOO_LONG_EXPECTED: &str = "at most 200 characters";
+const _: () = assert!(crate::text::MAX_QUOTED_CHARS == 200, "TOO_LONG_EXPECTED names the limit");
 
 /// A parsed artifact whose fields have the right types and whose required fields are present.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -184,17 +189,20 @@ pub fn revoked_artifact(bytes: &[u8]) -> Option<Artifact> {
     }
 }
 
+/// A notice is honoured whatever else it holds, so its fields are cut to quotable length here
+/// rather than refused: the message is logged on every poll and answered to every request.
 fn revocation(object: &Map<String, Value>, revoked_at: &Value) -> Revocation {
     let text = |field: &str| match object.get(field) {
-        Some(Value::String(text)) => text.clone(),
+        Some(Value::String(text)) => quoted(text).into_owned(),
         _ => "unknown".to_string(),
     };
     Revocation {
         identity: text("identity"),
         environment: text("environment"),
         revoked_at: match revoked_at {
-            Value::String(text) => text.clone(),
-            other => other.to_string(),
+            Value::String(text) => quoted(text).into_owned(),
+            // Numbers are bounded by serde_json's own types; arrays and objects are not.
+            other => quoted(&other.to_string()).into_owned(),
         },
     }
 }
@@ -227,6 +235,27 @@ fn shape_check(object: &Map<String, Value>) -> Result<Artifact, Rejection> {
         }
     }
     let envelope = envelope.map(envelope_check).transpose()?;
+    // The fields that log lines, replies and telemetry quote. Real ones are names, timestamps
+    // and a hash; a longer one is refused rather than cut, since each is also signed or
+    // compared, and a cut value would be a different one.
+    let quotable = [
+        ("identity", Some(&identity)),
+        ("environment", Some(&environment)),
+        ("packedAt", Some(&packed_at)),
+        ("revision", Some(&revision)),
+        ("ciphertextHash", Some(&ciphertext_hash)),
+        ("expiresAt", expires_at.as_ref()),
+        ("envelope.provider", envelope.as_ref().map(|envelope| &envelope.provider)),
+    ];
+    for (field, value) in quotable {
+        if let Some(value) = value.filter(|value| !fits(value)) {
+            return Err(Rejection::InvalidShape {
+                field,
+                expected: TOO_LONG_EXPECTED,
+                found: format!("{} bytes", value.len()),
+            });
+        }
+    }
     let expires_at = expires_at
         .map(|text| match parse_iso8601_ms(&text) {
             Some(epoch_ms) => Ok(Expiry { text, epoch_ms }),
@@ -381,6 +410,54 @@ mod tests {
         let at = crate::time::parse_iso8601_ms("2026-11-24T12:00:00.000Z").unwrap() as u64;
         assert!(!is_expired(&artifact, at - 1));
         assert!(is_expired(&artifact, at));
+    }
+
+    #[test]
+    fn a_huge_revocation_notice_is_honoured_with_a_short_message() {
+        let notice = serde_json::json!({
+            "revokedAt": "9".repeat(20 * 1024 * 1024), "identity": "api", "environment": "e".repeat(1_000_000),
+        });
+        let Ok(Parsed::Revoked(revocation)) = parse_value(&notice) else { panic!("not a revocation") };
+        let environment = format!("{}…(truncated, 1000000 bytes)", "e".repeat(200));
+        let revoked_at = format!("{}…(truncated, 20971520 bytes)", "9".repeat(200));
+        assert_eq!(revocation.to_string(), format!("Artifact revoked: api/{environment} at {revoked_at}"));
+        let notice = serde_json::json!({"revokedAt": vec![serde_json::Value::Null; 100_000]});
+        let Ok(Parsed::Revoked(revocation)) = parse_value(&notice) else { panic!("not a revocation") };
+        assert!(revocation.revoked_at.ends_with("…(truncated, 500001 bytes)"), "{}", revocation.revoked_at);
+    }
+
+    #[test]
+    fn a_huge_ciphertext_hash_or_expiry_is_refused_with_a_short_message() {
+        let mut huge_hash = minimal();
+        huge_hash["ciphertextHash"] = "a".repeat(20 * 1024 * 1024).into();
+        let mut endless_fraction = minimal();
+        endless_fraction["expiresAt"] = format!("2099-01-01T00:00:00.{}Z", "1".repeat(1_000_000)).into();
+        let mut long_provider = minimal();
+        long_provider["envelope"] = serde_json::json!({
+            "provider": "p".repeat(201), "keyId": "k".repeat(5000), "wrappedKey": "w".repeat(5000),
+            "algorithm": "a", "iv": "i", "authTag": "t",
+        });
+        for (value, expected) in [
+            (huge_hash, "field 'ciphertextHash' must be at most 200 characters, found 20971520 bytes"),
+            (endless_fraction, "field 'expiresAt' must be at most 200 characters, found 1000021 bytes"),
+            (long_provider, "field 'envelope.provider' must be at most 200 characters, found 201 bytes"),
+        ] {
+            assert_eq!(parse_value(&value).unwrap_err().to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn long_key_ids_wrapped_keys_ciphertexts_and_signatures_are_kept_whole() {
+        let mut value = minimal();
+        value["signature"] = "s".repeat(10_000).into();
+        value["envelope"] = serde_json::json!({
+            "provider": "gcp", "keyId": "k".repeat(300), "wrappedKey": "w".repeat(5000),
+            "algorithm": "a", "iv": "i", "authTag": "t",
+        });
+        let Ok(Parsed::Artifact(artifact)) = parse_value(&value) else { panic!("not accepted") };
+        assert_eq!(artifact.signature.map(|signature| signature.len()), Some(10_000));
+        let envelope = artifact.envelope.unwrap();
+        assert_eq!((envelope.key_id.len(), envelope.wrapped_key.len()), (300, 5000));
     }
 
     #[test]

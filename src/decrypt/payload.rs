@@ -9,6 +9,8 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use zeroize::Zeroizing;
 
+use crate::text::quoted;
+
 /// The secrets, in plaintext order.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plaintext {
@@ -44,20 +46,27 @@ impl Plaintext {
         let mut namespace_names: HashSet<String> = HashSet::with_capacity(members.len());
         for (name, node) in members {
             if !namespace_names.insert(name.clone()) {
-                return Err(format!("namespace '{name}' appears twice"));
+                return Err(format!("namespace '{}' appears twice", quoted(&name)));
             }
             let JsonNode::Object(members) = node else {
-                return Err(format!("namespace '{name}' must be an object of string values, found {}", node.kind()));
+                return Err(format!(
+                    "namespace '{}' must be an object of string values, found {}",
+                    quoted(&name),
+                    node.kind()
+                ));
             };
             let mut entries: Vec<(String, Zeroizing<String>)> = Vec::with_capacity(members.len());
             let mut keys: HashSet<String> = HashSet::with_capacity(members.len());
             for (key, value) in members {
                 if !keys.insert(key.clone()) {
-                    return Err(format!("key '{name}.{key}' appears twice"));
+                    return Err(format!("key '{}' appears twice", quoted(&format!("{name}.{key}"))));
                 }
                 match value {
                     JsonNode::String(value) => entries.push((key, value)),
-                    other => return Err(format!("value of '{name}.{key}' must be a string, found {}", other.kind())),
+                    other => {
+                        let at = format!("{name}.{key}");
+                        return Err(format!("value of '{}' must be a string, found {}", quoted(&at), other.kind()));
+                    }
                 }
             }
             namespaces.push(Namespace { name, entries });

@@ -42,6 +42,7 @@ impl AwsKms {
             Some(found) => found,
             None => AwsRegion {
                 region: self.env.aws_region().ok_or_else(|| {
+                    let key_id = crate::text::quoted(key_id);
                     format!("the key id '{key_id}' is not an ARN with a region: set AWS_REGION or AWS_DEFAULT_REGION")
                 })?,
                 dns_suffix: "amazonaws.com",

@@ -48,7 +48,7 @@ impl AzureKms {
             "value": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(wrapped),
         });
         let fetch = || self.fetch_token();
-        let what = format!("Key Vault {key_id}");
+        let what = format!("Key Vault {}", crate::text::quoted(&key_id));
         let (status, answer) = post_with_token(&self.http, &self.token, fetch, &url, &body.to_string(), &what)?;
         if status != 200 {
             return Err(format!("Key Vault unwrapkey answered HTTP {status}: {}", azure_error(&answer)));

@@ -50,7 +50,7 @@ pub fn run(config: Config, runtime_api: &str) -> Result<(), Fatal> {
         match running.inbox.recv() {
             Ok(Event::Refresh) => {
                 running.refresh_asked.take();
-                running.refresher.refresh_and_log(crate::time::now_ms())
+                running.refresher.refresh_on_signal(crate::time::now_ms())
             }
             Ok(Event::LambdaShutdown) => break (StopReason::LambdaShutdown, Ok(())),
             Ok(Event::Shutdown) | Err(_) => break (StopReason::Signal, Ok(())),

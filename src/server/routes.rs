@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::decrypt::{Keys, Plaintext};
 use crate::refresh::Refresher;
 use crate::secret::{constant_time_eq, Secret, SecretBytes};
-use crate::snapshot::{Cell, Part, Served, Snapshot, Wipe};
+use crate::snapshot::{error_body, Cell, Part, Refusal, Served, Snapshot, Wipe};
 use crate::url::percent_decode;
 
 /// The parts of an HTTP request the API looks at.
@@ -27,6 +27,8 @@ pub struct Request<'a> {
 pub enum Body {
     Json(String),
     Static(&'static str),
+    /// A body rendered once and shared by every request that gets it ([`Refusal`]).
+    Shared(Arc<str>),
     /// A part of a snapshot, served from the shared snapshot without copying it.
     Snapshot(Arc<Snapshot>, Part),
 }
@@ -36,6 +38,7 @@ impl Body {
         match self {
             Body::Json(text) => text.as_bytes(),
             Body::Static(text) => text.as_bytes(),
+            Body::Shared(text) => text.as_bytes(),
             Body::Snapshot(snapshot, part) => snapshot.body(*part),
         }
     }
@@ -61,12 +64,11 @@ impl Reply {
     }
 
     fn error(status: u16, error: &str, detail: Option<&str>) -> Reply {
-        let mut body = format!("{{\"error\":{}", json_string(error));
-        if let Some(detail) = detail {
-            body.push_str(&format!(",\"detail\":{}", json_string(detail)));
-        }
-        body.push('}');
-        Reply::json(status, Body::Json(body))
+        Reply::json(status, Body::Json(error_body(error, detail)))
+    }
+
+    fn refused(refusal: &Refusal) -> Reply {
+        Reply::json(503, Body::Shared(refusal.body()))
     }
 
     /// The answer when a handler panicked.
@@ -201,8 +203,8 @@ impl Api {
         // answered as such until the poller finds a new one.
         let aged_out = matches!(*served, Served::Cached(_) | Served::Wiped(Wipe::CacheExpired));
         if aged_out && self.cell.is_expired(now_ms) {
-            if let Err(error) = self.refresher.refresh_for_request(now_ms) {
-                return Err(Reply::error(503, "Refresh failed", Some(&error.to_string())));
+            if let Err(refusal) = self.refresher.refresh_for_request(now_ms) {
+                return Err(Reply::refused(&refusal));
             }
             served = self.cell.current();
         }
@@ -216,8 +218,7 @@ impl Api {
             Served::Wiped(Wipe::CacheExpired) => {
                 Err(Reply::error(503, "Refresh failed", Some("no successful refresh within CLEF_AGENT_CACHE_TTL")))
             }
-            Served::Wiped(Wipe::Revoked(message)) => Err(Reply::error(503, "Artifact revoked", Some(message))),
-            Served::Wiped(Wipe::ArtifactExpired(message)) => Err(Reply::error(503, "Artifact expired", Some(message))),
+            Served::Wiped(Wipe::Revoked(refusal) | Wipe::ArtifactExpired(refusal)) => Err(Reply::refused(refusal)),
         }
     }
 

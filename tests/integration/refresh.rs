@@ -279,9 +279,10 @@ fn serves_stale_secrets_until_the_ttl_then_refuses_and_recovers_on_the_next_requ
     get(agent.port(), "/v1/ready", &[]).assert(503, r#"{"ready":false,"reason":"cache_expired"}"#);
     assert_eq!(get(agent.port(), "/v1/health", &[]).json()["expired"], true);
 
-    // The artifact is back: the next request refreshes and is served, no signal needed.
+    // The artifact is back: a request refreshes and is served, no signal needed — the first
+    // one at most 5 s (the pause after a failure) after the last failed refresh.
     deployment.publish(&build_artifact(PLAINTEXT, "rev-1", &unsigned()));
-    agent.get("/v1/secrets").assert(200, PLAINTEXT);
+    assert!(wait_for_secrets(&agent, 200, PLAINTEXT, Duration::from_secs(7)), "{}", agent.stderr());
     get(agent.port(), "/v1/ready", &[]).assert(200, r#"{"ready":true}"#);
     assert_eq!(get(agent.port(), "/v1/health", &[]).json()["expired"], false);
 

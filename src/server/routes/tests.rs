@@ -231,10 +231,49 @@ fn an_expired_cache_whose_refresh_fails_answers_503_and_is_wiped() {
     assert!(matches!(*fixture.api.cell.current(), Served::Wiped(Wipe::CacheExpired)));
     let ready = fixture.api.handle(&get("/v1/ready", None), NOW + 61_000);
     assert_eq!(body(&ready), r#"{"ready":false,"reason":"cache_expired"}"#);
-    // The source comes back with the very same artifact: the wipe forgot it, so it loads again.
+    // The source comes back with the very same artifact: the wipe forgot it, so it loads again
+    // on the first request after the pause that follows a failure.
     *fixture.source.0.lock().unwrap() = Ok(artifact(PLAINTEXT, "r1", None, &fixture.recipient));
-    let recovered = fixture.api.handle(&get("/v1/secrets", BEARER), NOW + 62_000);
+    let paused = fixture.api.handle(&get("/v1/secrets", BEARER), NOW + 61_000 + 4_999);
+    assert_eq!((paused.status, body(&paused)), (503, body(&reply)), "the stored failure, no fetch");
+    let recovered = fixture.api.handle(&get("/v1/secrets", BEARER), NOW + 61_000 + 5_000);
     assert_eq!((recovered.status, body(&recovered)), (200, PLAINTEXT));
+}
+
+#[test]
+fn requests_after_a_failure_share_it_for_five_seconds_instead_of_fetching() {
+    let fixture = cached();
+    let fetches = Arc::new(Mutex::new(0));
+    let failing = CountingSource(Arc::clone(&fetches));
+    let refresher = Refresher::new(
+        Arc::clone(&fixture.api.cell),
+        Pipeline::new(Box::new(failing), Arc::clone(&fixture.api.keys), None, None),
+        Default::default(),
+    );
+    let api = Api { refresher: Arc::new(refresher), cell: Arc::clone(&fixture.api.cell), ..fixture.api };
+    let first = api.handle(&get("/v1/secrets", BEARER), NOW + 61_000);
+    assert_eq!(first.status, 503);
+    for offset in (0..5_000).step_by(25) {
+        let reply = api.handle(&get("/v1/secrets", BEARER), NOW + 61_000 + offset);
+        assert_eq!((reply.status, body(&reply)), (503, body(&first)));
+    }
+    assert_eq!(*fetches.lock().unwrap(), 1, "200 requests in 5 s, one fetch");
+    assert_eq!(api.handle(&get("/v1/secrets", BEARER), NOW + 66_000).status, 503);
+    assert_eq!(*fetches.lock().unwrap(), 2);
+}
+
+/// A source that is down, counting how often it is asked.
+struct CountingSource(Arc<Mutex<u32>>);
+
+impl Source for CountingSource {
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+
+    fn fetch(&mut self, _: Option<&str>) -> Result<Fetched, FetchError> {
+        *self.0.lock().unwrap() += 1;
+        Err(FetchError::Network { source: "memory".into(), detail: "down".into() })
+    }
 }
 
 #[test]

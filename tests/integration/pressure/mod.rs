@@ -8,8 +8,10 @@
 //! a time off a connection, so that keep-alive and pipelined answers can be told apart (the
 //! support client reads to EOF, one request per connection).
 
+mod backoff;
 mod hostile;
 mod limits;
+mod oversized_text;
 mod rotation;
 
 use std::io::{self, BufRead, BufReader, Write};
