@@ -28,7 +28,7 @@ run: build ## Serve the bundled DEMO artifact (demo key, demo secrets) on 127.0.
 	CLEF_AGENT_SOURCE=demo/demo.age.json CLEF_AGENT_AGE_KEY_FILE=demo/demo.agekey \
 	CLEF_AGENT_TOKEN=$(DEMO_TOKEN) CLEF_AGENT_PORT=$(DEMO_PORT) ./$(BIN)
 
-deps: ## Install what the tests need (age and openssl CLIs, moto_server/boto3/cryptography in .venv) and check the toolchain
+deps: ## Install what the tests need (age, openssl and node, moto_server/boto3/cryptography in .venv) and check the toolchain
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo is required (https://rustup.rs)"; exit 1; }
 	@$(CARGO) fmt --version >/dev/null 2>&1 || rustup component add rustfmt
 	@$(CARGO) clippy --version >/dev/null 2>&1 || rustup component add clippy
@@ -44,6 +44,12 @@ deps: ## Install what the tests need (age and openssl CLIs, moto_server/boto3/cr
 	  else echo "error: the openssl CLI is required by the Azure Key Vault tests: install the 'openssl' package"; exit 1; fi; \
 	fi
 	@command -v openssl >/dev/null || { echo "error: installing the openssl CLI failed"; exit 1; }
+	@if ! command -v node >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs >/dev/null; \
+	  else echo "error: node is required by the HTTP client tests: install the 'nodejs' package"; exit 1; fi; \
+	fi
+	@command -v node >/dev/null || { echo "error: installing nodejs failed"; exit 1; }
 	@if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null; \

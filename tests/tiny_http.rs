@@ -340,3 +340,33 @@ fn after_stop_accepting_a_new_connection_is_not_served_while_a_request_in_flight
     release.send(()).unwrap();
     assert_eq!(answers(&in_flight.join().unwrap()), [(200, "answered".to_string())]);
 }
+
+#[test]
+fn an_answer_after_which_the_connection_closes_says_connection_close() {
+    let (_server, port) = tcp_server(Limits::default());
+    let connection_header = |text: &str| {
+        text.split("\r\n\r\n")
+            .next()
+            .unwrap_or_default()
+            .lines()
+            .find_map(|line| line.to_ascii_lowercase().strip_prefix("connection: ").map(str::to_owned))
+    };
+    let closed = exchange(connect(port), "GET /a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    assert_eq!(connection_header(&closed).as_deref(), Some("close"), "{closed:?}");
+    let old = exchange(connect(port), "GET /a HTTP/1.0\r\n\r\n");
+    assert!(old.starts_with("HTTP/1.0 200 OK\r\n"), "{old:?}");
+    assert_eq!(connection_header(&old).as_deref(), Some("close"), "{old:?}");
+    // Kept open: HTTP/1.0 is told it got its keep-alive, HTTP/1.1 needs no header.
+    let mut kept = connect(port);
+    kept.write_all(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let mut received = String::new();
+    let mut buffer = [0u8; 4096];
+    while !received.ends_with("hello /b") {
+        let count = kept.read(&mut buffer).unwrap();
+        assert!(count > 0, "closed early: {received:?}");
+        received.push_str(&String::from_utf8_lossy(&buffer[..count]));
+    }
+    let (first, second) = received.split_once("hello /a").unwrap();
+    assert_eq!(connection_header(first).as_deref(), Some("keep-alive"), "{first:?}");
+    assert_eq!(connection_header(second), None, "{second:?}");
+}

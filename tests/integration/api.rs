@@ -524,3 +524,25 @@ fn get_within(port: u16, path: &str, limit: Duration) -> Option<Vec<u8>> {
     stream.read_to_end(&mut answer).ok()?;
     Some(answer)
 }
+
+/// clef's end-to-end suite sends `Connection: close` through Node's keep-alive agent; unless the
+/// answer says `Connection: close`, Node puts the socket back in its pool and the next request
+/// fails with ECONNRESET. A real Node client, never skipped: `make test` installs `nodejs`.
+#[test]
+fn node_clients_sending_connection_close_through_a_keep_alive_agent_get_every_answer() {
+    let (_deployment, agent) = serving("api-node-connection-close");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/node_keep_alive_close.js");
+    let output = std::process::Command::new("node")
+        .arg(&script)
+        .arg(agent.port().to_string())
+        .arg(TOKEN)
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run node (make deps installs nodejs): {error}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "node: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let answers: Vec<&str> = stdout.lines().collect();
+    assert_eq!(answers.len(), 12, "{stdout}");
+    for answer in answers {
+        assert!(answer.contains(r#""status":200,"connection":"close""#), "{answer}");
+    }
+}

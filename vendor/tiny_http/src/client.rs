@@ -374,8 +374,20 @@ impl Iterator for ClientConnection {
                     self.no_more_requests = true
                 }
                 None if *rq.http_version() == HTTPVersion(1, 0) => self.no_more_requests = true,
+                // clef-agent patch: an HTTP/0.9 request line has no keep-alive either
+                _ if *rq.http_version() < (1, 0) => self.no_more_requests = true,
                 _ => (),
             };
+
+            // clef-agent patch: the answer says what happens to the connection after it, so a
+            // pooling client never reuses a socket the server is closing (RFC 9112 §9.6), and
+            // an HTTP/1.0 client that asked for keep-alive knows it got it
+            let mut rq = rq;
+            if self.no_more_requests {
+                rq.set_connection_header(Some("close"));
+            } else if *rq.http_version() == HTTPVersion(1, 0) {
+                rq.set_connection_header(Some("keep-alive"));
+            }
 
             // returning the request
             return Some(rq);

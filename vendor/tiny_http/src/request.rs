@@ -74,6 +74,9 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    // clef-agent patch: the `Connection` header of the answer (see `set_connection_header`)
+    connection_header: Option<&'static str>,
 }
 
 struct NotifyOnDrop<R> {
@@ -238,10 +241,18 @@ where
         body_length: content_length,
         must_send_continue: expects_continue,
         notify_when_responded: None,
+        connection_header: None,
     })
 }
 
 impl Request {
+    /// clef-agent patch: the connection reader decides, once it has read the request, whether
+    /// the connection ends after the answer (`close`) or stays open for an HTTP/1.0 client that
+    /// asked for it (`keep-alive`); the answer says so.
+    pub(crate) fn set_connection_header(&mut self, value: Option<&'static str>) {
+        self.connection_header = value;
+    }
+
     /// Returns true if the request was made through HTTPS.
     #[inline]
     pub fn secure(&self) -> bool {
@@ -448,12 +459,13 @@ impl Request {
 
         let do_not_send_body = self.method == Method::Head;
 
-        Self::ignore_client_closing_errors(response.raw_print(
+        Self::ignore_client_closing_errors(response.raw_print_with_connection(
             writer.by_ref(),
             self.http_version.clone(),
             &self.headers,
             do_not_send_body,
             None,
+            self.connection_header,
         ))?;
 
         Self::ignore_client_closing_errors(writer.flush())

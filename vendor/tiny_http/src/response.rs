@@ -102,6 +102,7 @@ fn write_message_header(
     headers: &[Header],
     static_headers: &[(&'static str, &'static str)],
     framing: Option<(&str, &str)>,
+    connection: Option<&str>,
 ) {
     let line = |head: &mut Vec<u8>, name: &str, value: &str| {
         head.extend_from_slice(name.as_bytes());
@@ -136,6 +137,9 @@ fn write_message_header(
     }
     if let Some((name, value)) = framing {
         line(head, name, value);
+    }
+    if let Some(value) = connection {
+        line(head, "Connection", value);
     }
     head.extend_from_slice(b"\r\n");
 }
@@ -395,12 +399,28 @@ where
     ///
     /// Note: does not flush the writer.
     pub fn raw_print<W: Write>(
+        self,
+        writer: W,
+        http_version: HTTPVersion,
+        request_headers: &[Header],
+        do_not_send_body: bool,
+        upgrade: Option<&str>,
+    ) -> IoResult<()> {
+        self.raw_print_with_connection(writer, http_version, request_headers, do_not_send_body, upgrade, None)
+    }
+
+    /// clef-agent patch: [`Response::raw_print`] with the `Connection` header the server owes
+    /// the client: `close` when it closes the connection after this answer (RFC 9112 §9.6; a
+    /// pooling client would otherwise reuse a closed socket), `keep-alive` for an HTTP/1.0
+    /// client whose connection stays open.
+    pub(crate) fn raw_print_with_connection<W: Write>(
         mut self,
         mut writer: W,
         http_version: HTTPVersion,
         request_headers: &[Header],
         do_not_send_body: bool,
         upgrade: Option<&str>,
+        connection: Option<&'static str>,
     ) -> IoResult<()> {
         let mut transfer_encoding = Some(choose_transfer_encoding(
             self.status_code,
@@ -467,6 +487,7 @@ where
             &self.headers,
             &self.static_headers,
             framing,
+            if upgrade.is_some() { None } else { connection },
         );
 
         // sending the head and the body
