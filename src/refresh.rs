@@ -929,8 +929,16 @@ mod tests {
         const NOW: u64 = 1_800_000_000_000;
         const CACHED: Mode = Mode::Cached { ttl: Duration::from_secs(60) };
 
+        /// Serves the bytes published; while held, a fetch hangs until released.
         #[derive(Clone, Default)]
-        struct MemorySource(Arc<Mutex<Vec<u8>>>);
+        pub(in super::super) struct MemorySource(Arc<Mutex<Vec<u8>>>, Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+        impl MemorySource {
+            pub(in super::super) fn hold(&self, held: bool) {
+                *self.1 .0.lock().unwrap() = held;
+                self.1 .1.notify_all();
+            }
+        }
 
         impl Source for MemorySource {
             fn describe(&self) -> String {
@@ -938,19 +946,21 @@ mod tests {
             }
 
             fn fetch(&mut self, _: Option<&str>) -> Result<Fetched, FetchError> {
+                let (held, released) = &*self.1;
+                drop(released.wait_while(held.lock().unwrap(), |held| *held).unwrap());
                 Ok(Fetched::Content { bytes: self.0.lock().unwrap().clone(), content_hash: None })
             }
         }
 
-        struct Fixture {
-            pipeline: Pipeline,
-            source: MemorySource,
+        pub(in super::super) struct Fixture {
+            pub(in super::super) pipeline: Pipeline,
+            pub(in super::super) source: MemorySource,
             recipient: age::x25519::Recipient,
             signer: ring::signature::Ed25519KeyPair,
         }
 
         impl Fixture {
-            fn new() -> Fixture {
+            pub(in super::super) fn new() -> Fixture {
                 let identity = age::x25519::Identity::generate();
                 let age = AgeIdentity::parse(identity.to_string().expose_secret()).unwrap();
                 let keys = Arc::new(Keys { age: Some(age), kms: None });
@@ -963,7 +973,7 @@ mod tests {
             }
 
             /// A signed artifact packed at `packed_at`, as a JSON value.
-            fn artifact(&self, revision: &str, packed_at: &str) -> serde_json::Value {
+            pub(in super::super) fn artifact(&self, revision: &str, packed_at: &str) -> serde_json::Value {
                 let encryptor =
                     age::Encryptor::with_recipients(std::iter::once(&self.recipient as &dyn age::Recipient)).unwrap();
                 let mut sealed = Vec::new();
@@ -986,7 +996,7 @@ mod tests {
                 })
             }
 
-            fn publish(&self, document: &serde_json::Value) {
+            pub(in super::super) fn publish(&self, document: &serde_json::Value) {
                 *self.source.0.lock().unwrap() = document.to_string().into_bytes();
             }
 
@@ -1008,7 +1018,7 @@ mod tests {
             }
         }
 
-        const OLDER: &str = "2026-11-24T12:00:00.000Z";
+        pub(in super::super) const OLDER: &str = "2026-11-24T12:00:00.000Z";
         const NEWER: &str = "2026-11-25T12:00:00.000Z";
         const NEWEST: &str = "2026-11-26T12:00:00.000Z";
 
@@ -1055,6 +1065,109 @@ mod tests {
         fn a_signed_packed_at_that_is_not_a_timestamp_is_refused() {
             let mut fixture = Fixture::new();
             assert_eq!(fixture.offer(&fixture.artifact("r1", "last tuesday")), "invalid_shape");
+        }
+    }
+
+    #[test]
+    fn a_request_waits_for_the_refresh_in_flight_only_until_five_seconds_after_it_began() {
+        const NOW: u64 = 1_800_000_000_000;
+        let second = Duration::from_secs(1);
+        // (refresh running for, last failure at, request step)
+        let cases = [
+            (None, None, RequestStep::Start),
+            (Some(Duration::ZERO), None, RequestStep::Wait(REQUEST_WAIT)),
+            (Some(2 * second), None, RequestStep::Wait(REQUEST_WAIT - 2 * second)),
+            (Some(REQUEST_WAIT), None, RequestStep::Wait(Duration::ZERO)),
+            (Some(60 * second), None, RequestStep::Wait(Duration::ZERO)),
+            // a failure stored: shared until RETRY_AFTER_FAILURE, whatever is running
+            (None, Some(NOW - 1_000), RequestStep::Answer),
+            (None, Some(NOW - 5_000), RequestStep::Start),
+            (Some(second), Some(NOW - 1_000), RequestStep::Wait(REQUEST_WAIT - second)),
+        ];
+        for (running_for, last_failure_at_ms, step) in cases {
+            assert_eq!(
+                request_step(running_for, last_failure_at_ms, NOW),
+                step,
+                "{running_for:?}, {last_failure_at_ms:?}"
+            );
+        }
+    }
+
+    /// A fetch that hangs, through the real refresher and cell.
+    mod hanging {
+        use std::sync::Arc;
+        use std::time::{Duration, Instant};
+
+        use super::rollback::{Fixture, OLDER};
+        use crate::config::Mode;
+        use crate::refresh::{Refresher, REQUEST_WAIT};
+        use crate::snapshot::{Cell, Served, Wipe};
+
+        const NOW: u64 = 1_800_000_000_000;
+        const TTL: Duration = Duration::from_secs(60);
+
+        fn body(refusal: &crate::snapshot::Refusal) -> String {
+            refusal.body().to_string()
+        }
+
+        #[test]
+        fn a_request_gives_up_on_a_hung_refresh_after_five_seconds_and_the_ttl_wipes_without_it() {
+            let fixture = Fixture::new();
+            fixture.publish(&fixture.artifact("r1", OLDER));
+            let Fixture { pipeline, source, .. } = fixture;
+            let cell = Arc::new(Cell::new(Mode::Cached { ttl: TTL }));
+            let refresher = Arc::new(Refresher::new(Arc::clone(&cell), pipeline, Default::default()));
+            refresher.refresh(NOW).unwrap();
+            source.hold(true);
+            let after_ttl = NOW + TTL.as_millis() as u64 + 1;
+
+            let asked = Instant::now();
+            let refusal = refresher.refresh_for_request(after_ttl).unwrap_err();
+            let waited = asked.elapsed();
+            assert!(waited >= REQUEST_WAIT && waited < REQUEST_WAIT + Duration::from_secs(2), "waited {waited:?}");
+            assert!(body(&refusal).contains("has not finished within 5 s"), "{}", body(&refusal));
+            assert!(matches!(*cell.current(), Served::Wiped(Wipe::CacheExpired)), "not wiped at the TTL");
+            assert!(refresher.refresh_running_for().is_some_and(|ran| ran >= REQUEST_WAIT));
+
+            let asked = Instant::now();
+            assert_eq!(refresher.refresh_for_request(after_ttl).map_err(|refusal| body(&refusal)), Err(body(&refusal)));
+            assert!(asked.elapsed() < Duration::from_secs(1), "a later request waited {:?}", asked.elapsed());
+
+            // The fetch ends with the artifact it had: wiped meanwhile, it is loaded in full again.
+            source.hold(false);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while refresher.refresh_running_for().is_some() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(matches!(*cell.current(), Served::Cached(_)), "the refresh that hung did not serve again");
+            assert!(!cell.is_expired(after_ttl));
+        }
+
+        #[test]
+        fn the_ttl_wipes_on_its_own_timer_while_a_refresh_hangs() {
+            let fixture = Fixture::new();
+            fixture.publish(&fixture.artifact("r1", OLDER));
+            let Fixture { pipeline, source, .. } = fixture;
+            let cell = Arc::new(Cell::new(Mode::Cached { ttl: TTL }));
+            let refresher = Arc::new(Refresher::new(Arc::clone(&cell), pipeline, Default::default()));
+            // Fresh as of a minute and a half ago: the timer's first look wipes.
+            refresher.refresh(crate::time::now_ms() - 90_000).unwrap();
+            source.hold(true);
+            let hung = Arc::clone(&refresher);
+            let polling = std::thread::spawn(move || hung.refresh(crate::time::now_ms()));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while refresher.refresh_running_for().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            crate::refresh::spawn_expiry_timer(Arc::clone(&refresher)).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !matches!(*cell.current(), Served::Wiped(_)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(matches!(*cell.current(), Served::Wiped(Wipe::CacheExpired)), "not wiped while the fetch hangs");
+            assert!(refresher.refresh_running_for().is_some(), "the fetch ended first: this proves nothing");
+            source.hold(false);
+            assert!(polling.join().unwrap().is_ok());
         }
     }
 

@@ -118,13 +118,7 @@ mod tests {
     fn a_refresh_is_stuck_after_twice_the_poll_interval_and_never_before_a_minute() {
         let cached = |seconds| Mode::Cached { ttl: Duration::from_secs(seconds) };
         // (mode, bound): the poll interval is a tenth of the TTL, at least 5 s
-        let cases = [
-            (Mode::Jit, 60),
-            (cached(30), 60),
-            (cached(300), 60),
-            (cached(600), 120),
-            (cached(3600), 720),
-        ];
+        let cases = [(Mode::Jit, 60), (cached(30), 60), (cached(300), 60), (cached(600), 120), (cached(3600), 720)];
         for (mode, seconds) in cases {
             assert_eq!(stuck_refresh_bound(mode), Duration::from_secs(seconds), "{mode:?}");
         }
