@@ -615,8 +615,7 @@ impl Refresher {
         let result = result.unwrap_or(Ok(Change::Unchanged));
         let mut flight = self.lock_flight();
         flight.last_result = result
-            .as_ref()
-            .map(Change::clone)
+            .clone()
             .map_err(|error| Failure { at_ms: now_ms, refusal: Refusal::new("Refresh failed", &error.to_string()) });
         flight.begun = None;
         flight.completed += 1;
