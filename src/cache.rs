@@ -37,6 +37,8 @@ pub struct Entry {
     pub fetched_at_ms: u64,
 }
 
+/// Cloned only to purge from outside a refresh (the TTL wipe); the files are the same.
+#[derive(Clone)]
 pub struct DiskCache {
     root: PathBuf,
     /// The directory holding this source's files: `root`, or `root/<identity>` for VCS.

@@ -3,11 +3,11 @@
 //! expired all go through [`Refresher`], one at a time.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::artifact::rollback::{self, HighWaterMark, PackedAt};
 use crate::artifact::signature::VerifyKey;
@@ -24,6 +24,9 @@ use crate::telemetry::{self, Event, Telemetry};
 
 /// JIT mode polls at this fixed interval; it is also the floor of cached mode's schedule.
 pub const POLL_FLOOR: Duration = Duration::from_secs(5);
+/// A refresh is never taken for a stuck one before it has run this long (the systemd
+/// watchdog's check, `lifecycle/systemd.rs`).
+pub const REFRESH_OVERDUE_FLOOR: Duration = Duration::from_secs(60);
 /// Cached mode polls at this fraction of the TTL when the artifact has no `expiresAt`.
 const TTL_POLL_DIVISOR: u32 = 10;
 /// With an `expiresAt`, poll after this fraction of the time it has left.
@@ -447,7 +450,6 @@ fn decrypt(artifact: &Artifact, keys: &Keys) -> Result<Plaintext, RefreshError> 
 
 struct PipelineState {
     pipeline: Pipeline,
-    last_result: Result<Change, Failure>,
     failure_log: FailureLog,
 }
 
@@ -455,9 +457,42 @@ struct PipelineState {
 #[derive(Clone)]
 struct Failure {
     at_ms: u64,
-    error: RefreshError,
     /// The 503 answer, rendered once for every request that shares this failure.
     refusal: Refusal,
+}
+
+/// A request that needs a refresh waits for it at most this long, counted from when the
+/// refresh began; then it answers without it and the refresh goes on alone. Requests never
+/// take the pipeline's lock, so a fetch that hangs holds no request's thread longer than this.
+pub const REQUEST_WAIT: Duration = Duration::from_secs(5);
+
+/// The refresh in flight and the result of the last one: what requests wait on.
+struct Flight {
+    /// When the refresh running now began (or a request asked for one), if any.
+    begun: Option<Instant>,
+    /// Refreshes completed so far: a change tells a waiting request that a refresh landed.
+    completed: u64,
+    last_result: Result<Change, Failure>,
+}
+
+/// What a request that found the cache expired does.
+#[derive(Debug, PartialEq, Eq)]
+enum RequestStep {
+    /// A refresh is running: wait this long for it at most.
+    Wait(Duration),
+    /// Start one on its own thread, then wait [`REQUEST_WAIT`] for it.
+    Start,
+    /// Answer with the stored failure, too recent to fetch again for (`retry.rs`).
+    Answer,
+}
+
+/// Pure: `running_for` is how long the refresh in flight has run, if one is.
+fn request_step(running_for: Option<Duration>, last_failure_at_ms: Option<u64>, now_ms: u64) -> RequestStep {
+    match running_for {
+        Some(running_for) => RequestStep::Wait(REQUEST_WAIT.saturating_sub(running_for)),
+        None if retry::should_attempt(last_failure_at_ms, now_ms) => RequestStep::Start,
+        None => RequestStep::Answer,
+    }
 }
 
 /// Serialises refreshes and applies their outcome to the [`Cell`].
@@ -465,20 +500,39 @@ pub struct Refresher {
     pub cell: Arc<Cell>,
     telemetry: Telemetry,
     state: Mutex<PipelineState>,
-    completed: AtomicU64,
+    flight: Mutex<Flight>,
+    /// Signalled whenever a refresh completes.
+    landed: Condvar,
+    /// The pipeline's disk cache, for the TTL wipe: it must not wait for a fetch to end.
+    disk_cache: Option<DiskCache>,
+    /// The TTL wiped the secrets while a fetch may have run: the pipeline forgets the artifact
+    /// it accepted before its next fetch, so that fetch loads the artifact again in full.
+    forget_asked: AtomicBool,
+    source: String,
+    /// The answer of a request whose refresh outlasted [`REQUEST_WAIT`], rendered once.
+    still_running: Refusal,
 }
 
 impl Refresher {
     pub fn new(cell: Arc<Cell>, pipeline: Pipeline, telemetry: Telemetry) -> Refresher {
+        let still_running = Refusal::new(
+            "Refresh failed",
+            &format!(
+                "no successful refresh within CLEF_AGENT_CACHE_TTL, and the refresh running has not finished \
+                 within {} s; it goes on in the background",
+                REQUEST_WAIT.as_secs()
+            ),
+        );
         Refresher {
             cell,
             telemetry,
-            state: Mutex::new(PipelineState {
-                pipeline,
-                last_result: Ok(Change::Unchanged),
-                failure_log: FailureLog::default(),
-            }),
-            completed: AtomicU64::new(0),
+            disk_cache: pipeline.cache.clone(),
+            source: pipeline.describe_source(),
+            state: Mutex::new(PipelineState { pipeline, failure_log: FailureLog::default() }),
+            flight: Mutex::new(Flight { begun: None, completed: 0, last_result: Ok(Change::Unchanged) }),
+            landed: Condvar::new(),
+            forget_asked: AtomicBool::new(false),
+            still_running,
         }
     }
 
@@ -486,8 +540,17 @@ impl Refresher {
         self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    fn lock_flight(&self) -> MutexGuard<'_, Flight> {
+        self.flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     pub fn describe_source(&self) -> String {
-        self.lock().pipeline.describe_source()
+        self.source.clone()
+    }
+
+    /// How long the refresh in flight has been running, if one is (the watchdog's check).
+    pub fn refresh_running_for(&self) -> Option<Duration> {
+        self.lock_flight().begun.map(|begun| begun.elapsed())
     }
 
     /// One refresh: fetch, validate, swap or wipe.
@@ -496,37 +559,91 @@ impl Refresher {
         self.refresh_locked(&mut state, now_ms)
     }
 
-    /// A refresh on behalf of a request that found the cache expired: requests that arrive
-    /// while one is running wait for it and share its result instead of starting another, and
-    /// for [`retry::RETRY_AFTER_FAILURE`] after a failure they get that failure instead of
+    /// A refresh on behalf of a request that found the cache expired. It runs on its own
+    /// thread, one at a time: requests that arrive while one is running wait for it and share
+    /// its result, but only until [`REQUEST_WAIT`] after it began; then they get a 503 saying
+    /// so. For [`retry::RETRY_AFTER_FAILURE`] after a failure they get that failure instead of
     /// fetching again. The answer to give on failure is rendered already.
-    pub fn refresh_for_request(&self, now_ms: u64) -> Result<Change, Refusal> {
-        let seen = self.completed.load(Ordering::SeqCst);
-        let mut state = self.lock();
-        let shared = self.completed.load(Ordering::SeqCst) != seen;
-        let last_failure_at_ms = state.last_result.as_ref().err().map(|failure| failure.at_ms);
-        if !shared && retry::should_attempt(last_failure_at_ms, now_ms) {
-            let result = self.refresh_locked(&mut state, now_ms);
-            self.log_result(&mut state, &result, now_ms, false);
-        } else if let Err(failure) = state.last_result.clone() {
-            // No fetch, but the TTL still wipes on time.
-            self.after_failure(&mut state, &failure.error, now_ms);
+    pub fn refresh_for_request(self: &Arc<Self>, now_ms: u64) -> Result<Change, Refusal> {
+        self.wipe_if_expired(now_ms);
+        let mut flight = self.lock_flight();
+        let seen = flight.completed;
+        let last_failure_at_ms = flight.last_result.as_ref().err().map(|failure| failure.at_ms);
+        let wait = match request_step(flight.begun.map(|begun| begun.elapsed()), last_failure_at_ms, now_ms) {
+            RequestStep::Answer => return flight.last_result.clone().map_err(|failure| failure.refusal),
+            RequestStep::Wait(wait) => wait,
+            RequestStep::Start => {
+                let refresher = Arc::clone(self);
+                let spawned = std::thread::Builder::new()
+                    .name("request-refresh".into())
+                    .spawn(move || refresher.refresh_unless_done_since(seen, now_ms));
+                if let Err(error) = spawned {
+                    let detail = format!("cannot start a refresh thread: {error}");
+                    return Err(Refusal::new("Refresh failed", &detail));
+                }
+                flight.begun = Some(Instant::now());
+                REQUEST_WAIT
+            }
+        };
+        let (flight, _) = self
+            .landed
+            .wait_timeout_while(flight, wait, |flight| flight.completed == seen)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if flight.completed == seen {
+            return Err(self.still_running.clone());
         }
-        state.last_result.clone().map_err(|failure| failure.refusal)
+        flight.last_result.clone().map_err(|failure| failure.refusal)
+    }
+
+    /// A request's refresh, skipped when another one landed since the request looked.
+    fn refresh_unless_done_since(&self, seen: u64, now_ms: u64) {
+        let mut state = self.lock();
+        if self.lock_flight().completed != seen {
+            return;
+        }
+        let result = self.refresh_locked(&mut state, now_ms);
+        self.log_result(&mut state, &result, now_ms, false);
     }
 
     fn refresh_locked(&self, state: &mut PipelineState, now_ms: u64) -> Result<Change, RefreshError> {
-        let result = match state.pipeline.run(self.cell.mode, now_ms) {
+        self.lock_flight().begun.get_or_insert_with(Instant::now);
+        let mut result = self.run_and_apply(state, now_ms);
+        if result.is_none() {
+            // The TTL wiped the artifact this fetch found unchanged: fetch it in full.
+            result = self.run_and_apply(state, now_ms);
+        }
+        let result = result.unwrap_or(Ok(Change::Unchanged));
+        let mut flight = self.lock_flight();
+        flight.last_result = result
+            .clone()
+            .map_err(|error| Failure { at_ms: now_ms, refusal: Refusal::new("Refresh failed", &error.to_string()) });
+        flight.begun = None;
+        flight.completed += 1;
+        self.landed.notify_all();
+        result
+    }
+
+    /// One run of the pipeline and its effect on the cell; `None` when the source gave the
+    /// artifact accepted before but the TTL wiped it meanwhile (it is forgotten now).
+    fn run_and_apply(&self, state: &mut PipelineState, now_ms: u64) -> Option<Result<Change, RefreshError>> {
+        if self.forget_asked.swap(false, Ordering::SeqCst) {
+            state.pipeline.last = None;
+        }
+        Some(match state.pipeline.run(self.cell.mode, now_ms) {
             Ok(Outcome::Unchanged) => {
-                self.cell.mark_fresh(now_ms);
+                if !self.cell.mark_fresh_unless_aged_out(now_ms) {
+                    state.pipeline.last = None;
+                    return None;
+                }
                 Ok(Change::Unchanged)
             }
             Ok(Outcome::Accepted { served, loaded, age_ms, fell_back }) => {
                 if let Some(error) = fell_back {
                     self.telemetry.emit(Event::FetchFailed { error: error.to_string(), disk_cache_available: true });
                 }
-                self.cell.swap(served);
-                self.cell.mark_fresh_since(now_ms, age_ms);
+                self.cell.load(served, now_ms, age_ms);
+                // A wipe asked for during this fetch concerned the artifact just replaced.
+                self.forget_asked.store(false, Ordering::SeqCst);
                 self.telemetry.artifact_loaded(&loaded.identity, &loaded.environment, loaded.telemetry_headers);
                 self.telemetry.emit(Event::ArtifactRefreshed {
                     revision: loaded.revision.clone(),
@@ -546,14 +663,7 @@ impl Refresher {
                 self.after_failure(state, &error, now_ms);
                 Err(error)
             }
-        };
-        state.last_result = result.clone().map_err(|error| Failure {
-            at_ms: now_ms,
-            refusal: Refusal::new("Refresh failed", &error.to_string()),
-            error,
-        });
-        self.completed.fetch_add(1, Ordering::SeqCst);
-        result
+        })
     }
 
     /// Revocation and expiry wipe at once; other failures keep serving until the TTL is up.
@@ -570,14 +680,8 @@ impl Refresher {
                     self.telemetry.emit(Event::ArtifactExpired { expires_at: expiry.text.clone() });
                     let message = format!("Artifact expired at {}", expiry.text);
                     Some(Wipe::ArtifactExpired(Refusal::new("Artifact expired", &message)))
-                } else if self.cell.is_expired(now_ms) && !matches!(*served, Served::Wiped(_)) {
-                    log::error("cache expired: no successful refresh within CLEF_AGENT_CACHE_TTL; secrets wiped");
-                    if let Mode::Cached { ttl } = self.cell.mode {
-                        self.telemetry
-                            .emit(Event::CacheExpired { cache_ttl_seconds: ttl.as_secs(), disk_cache_purged: false });
-                    }
-                    Some(Wipe::CacheExpired)
                 } else {
+                    self.wipe_if_expired(now_ms);
                     None
                 }
             }
@@ -586,6 +690,25 @@ impl Refresher {
             // Purge first: once a request sees the wipe, the disk cache is already empty.
             state.pipeline.forget();
             self.cell.swap(Served::Wiped(wipe));
+            self.telemetry.secrets_wiped();
+        }
+    }
+
+    /// Cached mode: wipes the secrets once the TTL has passed since the last successful
+    /// refresh — the disk cache first — without waiting for the pipeline, so a fetch that
+    /// hangs cannot keep them (see [`spawn_expiry_timer`]).
+    pub fn wipe_if_expired(&self, now_ms: u64) {
+        let wiped = self.cell.wipe_if_expired(now_ms, || {
+            if let Some(cache) = &self.disk_cache {
+                cache.purge();
+            }
+            self.forget_asked.store(true, Ordering::SeqCst);
+        });
+        if wiped {
+            log::error("cache expired: no successful refresh within CLEF_AGENT_CACHE_TTL; secrets wiped");
+            if let Mode::Cached { ttl } = self.cell.mode {
+                self.telemetry.emit(Event::CacheExpired { cache_ttl_seconds: ttl.as_secs(), disk_cache_purged: false });
+            }
             self.telemetry.secrets_wiped();
         }
     }
@@ -653,6 +776,23 @@ pub fn poll_interval_for(mode: Mode, expires_at_ms: Option<i64>, now_ms: u64, ji
 fn random_jitter() -> f64 {
     crate::secret::random_bytes::<4>()
         .map_or(0.0, |bytes| f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0))
+}
+
+/// The expiry timer looks again at least this often: nothing served yet, or a wall clock
+/// that jumped forward (which ages the secrets early, see `time::elapsed_ms`).
+const EXPIRY_RECHECK: Duration = Duration::from_secs(1);
+
+/// The TTL's own timer: wipes the secrets when the TTL passes without a successful refresh,
+/// whatever the refresh thread is doing (a fetch that hangs holds the pipeline, not this).
+pub fn spawn_expiry_timer(refresher: Arc<Refresher>) -> std::io::Result<()> {
+    std::thread::Builder::new().name("ttl".into()).spawn(move || loop {
+        let now_ms = crate::time::now_ms();
+        refresher.wipe_if_expired(now_ms);
+        // Just past the TTL: expiry is strictly more than the TTL.
+        let left = refresher.cell.time_to_expiry(now_ms).map(|left| left + Duration::from_millis(1));
+        std::thread::sleep(left.map_or(EXPIRY_RECHECK, |left| left.min(EXPIRY_RECHECK)));
+    })?;
+    Ok(())
 }
 
 enum Command {
@@ -788,8 +928,16 @@ mod tests {
         const NOW: u64 = 1_800_000_000_000;
         const CACHED: Mode = Mode::Cached { ttl: Duration::from_secs(60) };
 
+        /// Serves the bytes published; while held, a fetch hangs until released.
         #[derive(Clone, Default)]
-        struct MemorySource(Arc<Mutex<Vec<u8>>>);
+        pub(in super::super) struct MemorySource(Arc<Mutex<Vec<u8>>>, Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+        impl MemorySource {
+            pub(in super::super) fn hold(&self, held: bool) {
+                *self.1 .0.lock().unwrap() = held;
+                self.1 .1.notify_all();
+            }
+        }
 
         impl Source for MemorySource {
             fn describe(&self) -> String {
@@ -797,19 +945,21 @@ mod tests {
             }
 
             fn fetch(&mut self, _: Option<&str>) -> Result<Fetched, FetchError> {
+                let (held, released) = &*self.1;
+                drop(released.wait_while(held.lock().unwrap(), |held| *held).unwrap());
                 Ok(Fetched::Content { bytes: self.0.lock().unwrap().clone(), content_hash: None })
             }
         }
 
-        struct Fixture {
-            pipeline: Pipeline,
-            source: MemorySource,
+        pub(in super::super) struct Fixture {
+            pub(in super::super) pipeline: Pipeline,
+            pub(in super::super) source: MemorySource,
             recipient: age::x25519::Recipient,
             signer: ring::signature::Ed25519KeyPair,
         }
 
         impl Fixture {
-            fn new() -> Fixture {
+            pub(in super::super) fn new() -> Fixture {
                 let identity = age::x25519::Identity::generate();
                 let age = AgeIdentity::parse(identity.to_string().expose_secret()).unwrap();
                 let keys = Arc::new(Keys { age: Some(age), kms: None });
@@ -822,7 +972,7 @@ mod tests {
             }
 
             /// A signed artifact packed at `packed_at`, as a JSON value.
-            fn artifact(&self, revision: &str, packed_at: &str) -> serde_json::Value {
+            pub(in super::super) fn artifact(&self, revision: &str, packed_at: &str) -> serde_json::Value {
                 let encryptor =
                     age::Encryptor::with_recipients(std::iter::once(&self.recipient as &dyn age::Recipient)).unwrap();
                 let mut sealed = Vec::new();
@@ -845,7 +995,7 @@ mod tests {
                 })
             }
 
-            fn publish(&self, document: &serde_json::Value) {
+            pub(in super::super) fn publish(&self, document: &serde_json::Value) {
                 *self.source.0.lock().unwrap() = document.to_string().into_bytes();
             }
 
@@ -867,7 +1017,7 @@ mod tests {
             }
         }
 
-        const OLDER: &str = "2026-11-24T12:00:00.000Z";
+        pub(in super::super) const OLDER: &str = "2026-11-24T12:00:00.000Z";
         const NEWER: &str = "2026-11-25T12:00:00.000Z";
         const NEWEST: &str = "2026-11-26T12:00:00.000Z";
 
@@ -914,6 +1064,109 @@ mod tests {
         fn a_signed_packed_at_that_is_not_a_timestamp_is_refused() {
             let mut fixture = Fixture::new();
             assert_eq!(fixture.offer(&fixture.artifact("r1", "last tuesday")), "invalid_shape");
+        }
+    }
+
+    #[test]
+    fn a_request_waits_for_the_refresh_in_flight_only_until_five_seconds_after_it_began() {
+        const NOW: u64 = 1_800_000_000_000;
+        let second = Duration::from_secs(1);
+        // (refresh running for, last failure at, request step)
+        let cases = [
+            (None, None, RequestStep::Start),
+            (Some(Duration::ZERO), None, RequestStep::Wait(REQUEST_WAIT)),
+            (Some(2 * second), None, RequestStep::Wait(REQUEST_WAIT - 2 * second)),
+            (Some(REQUEST_WAIT), None, RequestStep::Wait(Duration::ZERO)),
+            (Some(60 * second), None, RequestStep::Wait(Duration::ZERO)),
+            // a failure stored: shared until RETRY_AFTER_FAILURE, whatever is running
+            (None, Some(NOW - 1_000), RequestStep::Answer),
+            (None, Some(NOW - 5_000), RequestStep::Start),
+            (Some(second), Some(NOW - 1_000), RequestStep::Wait(REQUEST_WAIT - second)),
+        ];
+        for (running_for, last_failure_at_ms, step) in cases {
+            assert_eq!(
+                request_step(running_for, last_failure_at_ms, NOW),
+                step,
+                "{running_for:?}, {last_failure_at_ms:?}"
+            );
+        }
+    }
+
+    /// A fetch that hangs, through the real refresher and cell.
+    mod hanging {
+        use std::sync::Arc;
+        use std::time::{Duration, Instant};
+
+        use super::rollback::{Fixture, OLDER};
+        use crate::config::Mode;
+        use crate::refresh::{Refresher, REQUEST_WAIT};
+        use crate::snapshot::{Cell, Served, Wipe};
+
+        const NOW: u64 = 1_800_000_000_000;
+        const TTL: Duration = Duration::from_secs(60);
+
+        fn body(refusal: &crate::snapshot::Refusal) -> String {
+            refusal.body().to_string()
+        }
+
+        #[test]
+        fn a_request_gives_up_on_a_hung_refresh_after_five_seconds_and_the_ttl_wipes_without_it() {
+            let fixture = Fixture::new();
+            fixture.publish(&fixture.artifact("r1", OLDER));
+            let Fixture { pipeline, source, .. } = fixture;
+            let cell = Arc::new(Cell::new(Mode::Cached { ttl: TTL }));
+            let refresher = Arc::new(Refresher::new(Arc::clone(&cell), pipeline, Default::default()));
+            refresher.refresh(NOW).unwrap();
+            source.hold(true);
+            let after_ttl = NOW + TTL.as_millis() as u64 + 1;
+
+            let asked = Instant::now();
+            let refusal = refresher.refresh_for_request(after_ttl).unwrap_err();
+            let waited = asked.elapsed();
+            assert!(waited >= REQUEST_WAIT && waited < REQUEST_WAIT + Duration::from_secs(2), "waited {waited:?}");
+            assert!(body(&refusal).contains("has not finished within 5 s"), "{}", body(&refusal));
+            assert!(matches!(*cell.current(), Served::Wiped(Wipe::CacheExpired)), "not wiped at the TTL");
+            assert!(refresher.refresh_running_for().is_some_and(|ran| ran >= REQUEST_WAIT));
+
+            let asked = Instant::now();
+            assert_eq!(refresher.refresh_for_request(after_ttl).map_err(|refusal| body(&refusal)), Err(body(&refusal)));
+            assert!(asked.elapsed() < Duration::from_secs(1), "a later request waited {:?}", asked.elapsed());
+
+            // The fetch ends with the artifact it had: wiped meanwhile, it is loaded in full again.
+            source.hold(false);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while refresher.refresh_running_for().is_some() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(matches!(*cell.current(), Served::Cached(_)), "the refresh that hung did not serve again");
+            assert!(!cell.is_expired(after_ttl));
+        }
+
+        #[test]
+        fn the_ttl_wipes_on_its_own_timer_while_a_refresh_hangs() {
+            let fixture = Fixture::new();
+            fixture.publish(&fixture.artifact("r1", OLDER));
+            let Fixture { pipeline, source, .. } = fixture;
+            let cell = Arc::new(Cell::new(Mode::Cached { ttl: TTL }));
+            let refresher = Arc::new(Refresher::new(Arc::clone(&cell), pipeline, Default::default()));
+            // Fresh as of a minute and a half ago: the timer's first look wipes.
+            refresher.refresh(crate::time::now_ms() - 90_000).unwrap();
+            source.hold(true);
+            let hung = Arc::clone(&refresher);
+            let polling = std::thread::spawn(move || hung.refresh(crate::time::now_ms()));
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while refresher.refresh_running_for().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            crate::refresh::spawn_expiry_timer(Arc::clone(&refresher)).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !matches!(*cell.current(), Served::Wiped(_)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(matches!(*cell.current(), Served::Wiped(Wipe::CacheExpired)), "not wiped while the fetch hangs");
+            assert!(refresher.refresh_running_for().is_some(), "the fetch ended first: this proves nothing");
+            source.hold(false);
+            assert!(polling.join().unwrap().is_ok());
         }
     }
 

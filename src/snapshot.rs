@@ -278,6 +278,52 @@ impl Cell {
         self.mark_fresh_since(now_ms, 0);
     }
 
+    /// A refresh accepted `next`, given by the source `age_ms` before now: swapped in and
+    /// marked fresh at once, so that [`Cell::wipe_if_expired`] sees both or neither.
+    pub fn load(&self, next: Served, now_ms: u64, age_ms: u64) {
+        let mut fresh_at = self.lock_fresh_at();
+        *fresh_at = Some(self.moment(now_ms).minus(age_ms));
+        self.swap(next);
+    }
+
+    /// The source gave the artifact served again: fresh now, unless the TTL wiped it meanwhile
+    /// (false: then there is nothing to keep fresh, and the artifact must be fetched in full).
+    pub fn mark_fresh_unless_aged_out(&self, now_ms: u64) -> bool {
+        let mut fresh_at = self.lock_fresh_at();
+        if matches!(*self.current(), Served::Wiped(Wipe::CacheExpired)) {
+            return false;
+        }
+        *fresh_at = Some(self.moment(now_ms));
+        true
+    }
+
+    /// Cached mode: wipes the secrets once more than the TTL has passed since the last
+    /// successful refresh, calling `before` first (under the same lock as [`Cell::load`], so a
+    /// refresh landing now is never wiped). True when this call wiped them. Whether a refresh
+    /// is running does not matter: a fetch that hangs cannot keep secrets past the TTL.
+    pub fn wipe_if_expired(&self, now_ms: u64, before: impl FnOnce()) -> bool {
+        let fresh_at = self.lock_fresh_at();
+        let Mode::Cached { ttl } = self.mode else { return false };
+        let Some(fresh_at) = *fresh_at else { return false };
+        let aged_out = Duration::from_millis(elapsed_ms(fresh_at, self.moment(now_ms))) > ttl;
+        if !aged_out || !matches!(*self.current(), Served::Cached(_)) {
+            return false;
+        }
+        before();
+        self.swap(Served::Wiped(Wipe::CacheExpired));
+        true
+    }
+
+    /// How long until [`Cell::wipe_if_expired`] wipes, when secrets are served in cached mode.
+    pub fn time_to_expiry(&self, now_ms: u64) -> Option<Duration> {
+        let Mode::Cached { ttl } = self.mode else { return None };
+        if !matches!(*self.current(), Served::Cached(_)) {
+            return None;
+        }
+        let age = Duration::from_millis(self.age_ms(now_ms)?);
+        Some(ttl.saturating_sub(age))
+    }
+
     /// The source answered `age_ms` before now: an artifact loaded from the disk cache.
     pub fn mark_fresh_since(&self, now_ms: u64, age_ms: u64) {
         *self.lock_fresh_at() = Some(self.moment(now_ms).minus(age_ms));

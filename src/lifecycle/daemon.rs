@@ -29,6 +29,7 @@ pub fn run(config: Config) -> Result<(), Fatal> {
     let watchdog = running.config.watchdog_interval;
     // Without a watchdog this only wakes for events.
     let tick = watchdog.unwrap_or(Duration::from_secs(3600));
+    let stuck_after = systemd::stuck_refresh_bound(running.config.mode);
     let (reason, outcome) = loop {
         match running.inbox.recv_timeout(tick) {
             Ok(Event::Refresh) => {
@@ -39,10 +40,14 @@ pub fn run(config: Config) -> Result<(), Fatal> {
                 break (StopReason::Signal, Ok(()))
             }
             Ok(Event::Failed(message)) => break (StopReason::Error, Err(Fatal::Other(message))),
-            Err(RecvTimeoutError::Timeout) => {}
+            Ok(Event::InitialFetched(_)) | Err(RecvTimeoutError::Timeout) => {}
         }
-        // The self-check: this loop, the refresh thread and every HTTP worker are alive.
-        if watchdog.is_some() && poller.is_alive() && running.servers.iter().all(|server| server.is_healthy()) {
+        let check = systemd::SelfCheck {
+            poller_alive: poller.is_alive(),
+            servers_healthy: running.servers.iter().all(|server| server.is_healthy()),
+            refresh_running_for: running.refresher.refresh_running_for(),
+        };
+        if watchdog.is_some() && check.passes(stuck_after) {
             notify(&notifier, "WATCHDOG=1");
         }
     };

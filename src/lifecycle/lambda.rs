@@ -55,6 +55,7 @@ pub fn run(config: Config, runtime_api: &str) -> Result<(), Fatal> {
             Ok(Event::LambdaShutdown) => break (StopReason::LambdaShutdown, Ok(())),
             Ok(Event::Shutdown) | Err(_) => break (StopReason::Signal, Ok(())),
             Ok(Event::Failed(message)) => break (StopReason::Error, Err(Fatal::Other(message))),
+            Ok(Event::InitialFetched(_)) => {}
         }
     };
     running.stop(reason, outcome, LAMBDA_SHUTDOWN, |_| {})

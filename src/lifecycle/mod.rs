@@ -78,6 +78,8 @@ pub enum Event {
     LambdaShutdown,
     /// Something the agent cannot serve without (the HTTP accept loop, the Lambda API).
     Failed(String),
+    /// A start-up fetch ended (see [`initial_load`]).
+    InitialFetched(Result<(), RefreshError>),
 }
 
 /// A started agent: serving, with its first artifact loaded.
@@ -123,7 +125,7 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
     let refresher = Arc::new(Refresher::new(Arc::clone(&cell), pipeline, telemetry.clone()));
     log::info(&format!("source: {}", refresher.describe_source()));
     log::info("fetching initial artifact...");
-    let loaded = initial_load(&refresher, &inbox).inspect_err(|_| {
+    let loaded = initial_load(&refresher, &events, &inbox).inspect_err(|_| {
         telemetry.emit(telemetry::Event::AgentStopped { reason: StopReason::Error, uptime_seconds: 0 });
         telemetry.shutdown(telemetry::FLUSH_TIMEOUT);
     })?;
@@ -132,6 +134,8 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
         log::info("Shutdown complete.");
         return Ok(None);
     }
+    crate::refresh::spawn_expiry_timer(Arc::clone(&refresher))
+        .map_err(|error| Fatal::Other(format!("cannot start the TTL timer thread: {error}")))?;
     log::info(&format!("mode: {}", config.mode.name()));
     log::info(&token_line);
     log::info(&format!("lifecycle: {lifecycle}"));
@@ -182,13 +186,26 @@ impl Running {
 }
 
 /// Loads the first artifact with the retries of SPEC §4. `Ok(false)` when a signal asked to
-/// stop meanwhile.
-fn initial_load(refresher: &Refresher, inbox: &Receiver<Event>) -> Result<bool, Fatal> {
+/// stop meanwhile — also during a fetch: each runs on its own thread, so one that hangs does not
+/// keep SIGTERM waiting (it is left behind when the process exits).
+fn initial_load(refresher: &Arc<Refresher>, events: &Sender<Event>, inbox: &Receiver<Event>) -> Result<bool, Fatal> {
     let mut attempt = 1;
     loop {
-        let error: RefreshError = match refresher.refresh(crate::time::now_ms()) {
-            Ok(_) => return Ok(true),
-            Err(error) => error,
+        let (fetching, fetched) = (Arc::clone(refresher), events.clone());
+        std::thread::Builder::new()
+            .name("initial-fetch".into())
+            .spawn(move || {
+                let result = fetching.refresh(crate::time::now_ms()).map(|_| ());
+                let _ = fetched.send(Event::InitialFetched(result));
+            })
+            .map_err(|error| Fatal::Other(format!("cannot start the initial fetch thread: {error}")))?;
+        let error: RefreshError = loop {
+            match inbox.recv() {
+                Ok(Event::InitialFetched(Ok(()))) => return Ok(true),
+                Ok(Event::InitialFetched(Err(error))) => break error,
+                Ok(Event::Shutdown | Event::LambdaShutdown) | Err(_) => return Ok(false),
+                Ok(_) => continue,
+            }
         };
         if error.is_configuration_problem() || attempt == STARTUP_ATTEMPTS {
             let attempts = if attempt == 1 { "1 attempt".to_string() } else { format!("{attempt} attempts") };

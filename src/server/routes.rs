@@ -165,6 +165,8 @@ impl Api {
     }
 
     fn health(&self, now_ms: u64) -> Reply {
+        // A TTL that passed wipes here at the latest, so `expired` and what is served agree.
+        self.refresher.wipe_if_expired(now_ms);
         let served = self.cell.current();
         let revision = served.revision().map_or("null".to_string(), json_string);
         let last_refresh_at = self.cell.last_refresh_at_ms().map_or("null".to_string(), |ms| ms.to_string());

@@ -4,6 +4,7 @@
 
 mod api;
 mod fixtures;
+mod hung_source;
 mod hygiene;
 mod in_flight;
 mod kms;

@@ -388,24 +388,45 @@ const LONGEST_HOLD: Duration = Duration::from_secs(60);
 pub struct HeldSource {
     pub server: Server,
     released: Arc<(Mutex<bool>, Condvar)>,
+    /// Later fetches are held; until then ([`HeldSource::failing`]) they fail at once.
+    holding: Arc<AtomicBool>,
 }
 
 impl HeldSource {
     pub const PATH: &'static str = "/held/artifact.age.json";
 
     pub fn start(artifact: String) -> HeldSource {
+        Self::with_later_fetches(artifact, true)
+    }
+
+    /// Like [`HeldSource::start`], but later fetches fail at once (HTTP 500) until
+    /// [`HeldSource::hold`].
+    pub fn failing(artifact: String) -> HeldSource {
+        Self::with_later_fetches(artifact, false)
+    }
+
+    fn with_later_fetches(artifact: String, held: bool) -> HeldSource {
         let released: Arc<(Mutex<bool>, Condvar)> = Arc::default();
-        let gate = Arc::clone(&released);
+        let holding = Arc::new(AtomicBool::new(held));
+        let (gate, hold) = (Arc::clone(&released), Arc::clone(&holding));
         let first = AtomicBool::new(true);
         let server = Server::start(move |_| {
             if !first.swap(false, Ordering::SeqCst) {
+                if !hold.load(Ordering::SeqCst) {
+                    return Answer::json(500, r#"{"error":"down"}"#);
+                }
                 let (open, changed) = &*gate;
                 let open = open.lock().unwrap();
                 let _ = changed.wait_timeout_while(open, LONGEST_HOLD, |open| !*open).unwrap();
             }
             Answer::json(200, &artifact)
         });
-        HeldSource { server, released }
+        HeldSource { server, released, holding }
+    }
+
+    /// From now on, later fetches are held.
+    pub fn hold(&self) {
+        self.holding.store(true, Ordering::SeqCst);
     }
 
     /// `CLEF_AGENT_SOURCE`.
