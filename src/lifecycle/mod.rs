@@ -125,7 +125,7 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
     let refresher = Arc::new(Refresher::new(Arc::clone(&cell), pipeline, telemetry.clone()));
     log::info(&format!("source: {}", refresher.describe_source()));
     log::info("fetching initial artifact...");
-    let loaded = initial_load(&refresher, &events, &inbox).inspect_err(|_| {
+    let loaded = initial_load(&refresher, &events, &inbox, &refresh_asked).inspect_err(|_| {
         telemetry.emit(telemetry::Event::AgentStopped { reason: StopReason::Error, uptime_seconds: 0 });
         telemetry.shutdown(telemetry::FLUSH_TIMEOUT);
     })?;
@@ -188,7 +188,15 @@ impl Running {
 /// Loads the first artifact with the retries of SPEC §4. `Ok(false)` when a signal asked to
 /// stop meanwhile — also during a fetch: each runs on its own thread, so one that hangs does not
 /// keep SIGTERM waiting (it is left behind when the process exits).
-fn initial_load(refresher: &Arc<Refresher>, events: &Sender<Event>, inbox: &Receiver<Event>) -> Result<bool, Fatal> {
+///
+/// A SIGHUP meanwhile is taken from `refresh_asked` (or no later SIGHUP would refresh): during a
+/// fetch that fetch answers it, between attempts it starts the next attempt at once.
+fn initial_load(
+    refresher: &Arc<Refresher>,
+    events: &Sender<Event>,
+    inbox: &Receiver<Event>,
+    refresh_asked: &Pending,
+) -> Result<bool, Fatal> {
     let mut attempt = 1;
     loop {
         let (fetching, fetched) = (Arc::clone(refresher), events.clone());
@@ -204,6 +212,7 @@ fn initial_load(refresher: &Arc<Refresher>, events: &Sender<Event>, inbox: &Rece
                 Ok(Event::InitialFetched(Ok(()))) => return Ok(true),
                 Ok(Event::InitialFetched(Err(error))) => break error,
                 Ok(Event::Shutdown | Event::LambdaShutdown) | Err(_) => return Ok(false),
+                Ok(Event::Refresh) => refresh_asked.take(),
                 Ok(_) => continue,
             }
         };
@@ -224,6 +233,10 @@ fn initial_load(refresher: &Arc<Refresher>, events: &Sender<Event>, inbox: &Rece
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match inbox.recv_timeout(left) {
                 Ok(Event::Shutdown | Event::LambdaShutdown) | Err(RecvTimeoutError::Disconnected) => return Ok(false),
+                Ok(Event::Refresh) => {
+                    refresh_asked.take();
+                    break;
+                }
                 Ok(_) => continue,
                 Err(RecvTimeoutError::Timeout) => break,
             }

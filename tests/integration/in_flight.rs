@@ -154,3 +154,30 @@ fn in_lambda_a_burst_of_sighups_costs_one_more_fetch_and_shutdown_stays_quick() 
     assert!(released.elapsed() < Duration::from_secs(2), "SHUTDOWN took {:?}", released.elapsed());
     assert!(source.fetches() <= 3, "{} fetches", source.fetches());
 }
+
+/// A SIGHUP while the first artifact is still being fetched must not use up SIGHUP for good:
+/// between start-up attempts it starts the next attempt at once, and once serving, the next
+/// SIGHUP refreshes as always.
+#[test]
+fn a_sighup_during_start_up_retries_at_once_and_later_sighups_still_refresh() {
+    let deployment = Deployment::new("in-flight-sighup-start", "");
+    std::fs::remove_file(&deployment.artifact).unwrap();
+    let agent = deployment.spawn(&[]);
+    agent.wait_for_stderr("initial fetch failed (attempt 1 of 3)", Duration::from_secs(10));
+    deployment.publish(&build_artifact(crate::support::PLAINTEXT, "rev-1", &ArtifactOptions::default()));
+    let asked = Instant::now();
+    agent.signal(libc::SIGHUP);
+    agent.wait_for_stdout(READY_LINE, Duration::from_secs(10));
+    let started_after = asked.elapsed();
+    assert!(
+        started_after < Duration::from_millis(1500),
+        "the SIGHUP did not retry at once: ready after {started_after:?}"
+    );
+
+    deployment.publish(&build_artifact(crate::support::PLAINTEXT_ROTATED, "rev-2", &ArtifactOptions::default()));
+    agent.signal(libc::SIGHUP);
+    let refreshed = wait_until(Duration::from_secs(5), || {
+        agent.get("/v1/secrets").body == crate::support::PLAINTEXT_ROTATED.as_bytes()
+    });
+    assert!(refreshed, "a SIGHUP after start-up did not refresh: {}", agent.stderr());
+}
