@@ -10,6 +10,7 @@ mod kms;
 mod lifecycle;
 mod ops;
 mod pressure;
+mod readme_recipe;
 mod refresh;
 mod resilience;
 mod rollback;
