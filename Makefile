@@ -6,7 +6,8 @@ BIN := target/release/clef-agent
 # The shipped executable: musl, fully static (packaging/README.md has the musl/glibc numbers).
 STATIC_TARGET := x86_64-unknown-linux-musl
 STATIC_BIN := target/static/clef-agent
-DEMO_PORT ?= 7779
+# `make run` listens on CLEF_AGENT_PORT when it is set, like the agent itself.
+DEMO_PORT ?= $(or $(CLEF_AGENT_PORT),7779)
 DEMO_TOKEN ?= demo-token-not-secret
 # The Python environment of the AWS tests (moto_server, boto3, botocore), git-ignored.
 VENV := .venv
@@ -20,7 +21,7 @@ help: ## List the targets
 build: ## Build the release binary (target/release/clef-agent)
 	$(CARGO) build --release --locked
 
-run: build ## Serve the bundled DEMO artifact (demo key, demo secrets) on 127.0.0.1:7779
+run: build ## Serve the bundled DEMO artifact (demo key, demo secrets) on 127.0.0.1:7779 (or CLEF_AGENT_PORT)
 	@echo "Serving demo/demo.age.json (DEMO ONLY: its key is public in this repository)."
 	@echo "In another terminal:"
 	@echo "  curl -H 'Authorization: Bearer $(DEMO_TOKEN)' http://127.0.0.1:$(DEMO_PORT)/v1/secrets"

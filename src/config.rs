@@ -11,6 +11,8 @@ use crate::decrypt::AgeIdentity;
 use crate::secret::Secret;
 use crate::url::{HttpUrl, S3Location};
 
+pub mod variables;
+
 pub const DEFAULT_PORT: u16 = 7779;
 pub const DEFAULT_CACHE_TTL_SECONDS: u64 = 300;
 /// The shortest TTL of cached mode: below it the 5 s poll floor would poll at every chance.

@@ -25,6 +25,14 @@ fn main() -> ExitCode {
         }
     };
     let environment = |name: &str| std::env::var(name).ok();
+    // Before the configuration is loaded, so that a misspelt required variable is explained
+    // next to the configuration error it causes.
+    if matches!(command, Command::Run | Command::Check | Command::Exec { .. }) {
+        let names = std::env::vars_os().map(|(name, _)| name.to_string_lossy().into_owned());
+        for warning in clef_agent::config::variables::unknown_variables(names) {
+            log::error(&warning);
+        }
+    }
     let result = match command {
         Command::Version => {
             println!("clef-agent {VERSION}");

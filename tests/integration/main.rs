@@ -11,6 +11,7 @@ mod kms;
 mod lifecycle;
 mod ops;
 mod pressure;
+mod readme_recipe;
 mod refresh;
 mod resilience;
 mod rollback;

@@ -102,6 +102,30 @@ fn check_with_a_wrong_key_exits_1_naming_the_source() {
     assert!(stdout(&output).is_empty(), "{}", stdout(&output));
 }
 
+/// A typo leaves the token unset, so the agent makes one up and every call gets 401: the
+/// start-up warning names the typo and the real name, and never the value.
+#[test]
+fn a_misspelt_variable_is_warned_about_once_without_its_value_by_the_agent_check_and_exec() {
+    const VALUE: &str = "typo-value-5c2e9f7a1b";
+    const WARNING: &str = "[clef-agent] warning: CLEF_AGENT_TOKN is not a variable clef-agent reads, so it is ignored: did you mean CLEF_AGENT_TOKEN?\n";
+    let deployment = deployment("typo-warning");
+    let env = deployment.env(&[("CLEF_AGENT_TOKEN", ""), ("CLEF_AGENT_TOKN", VALUE)]);
+
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+    let agent = crate::support::Agent::start_ready(&pairs);
+    assert_eq!(agent.stderr().matches(WARNING).count(), 1, "{}", agent.stderr());
+    assert_eq!(crate::support::get(deployment.port, "/v1/health", &[]).status, 200);
+    assert!(!agent.stderr().contains(VALUE) && !agent.stdout().contains(VALUE));
+    drop(agent);
+
+    for arguments in [&["check"][..], &["exec", "--", "true"][..]] {
+        let output = run(&env, arguments);
+        assert_eq!(output.status.code(), Some(0), "{arguments:?}: {}", stderr(&output));
+        assert_eq!(stderr(&output).matches(WARNING).count(), 1, "{arguments:?}: {}", stderr(&output));
+        assert!(!stderr(&output).contains(VALUE) && !stdout(&output).contains(VALUE));
+    }
+}
+
 #[test]
 fn exec_gives_the_command_every_secret_in_its_environment() {
     let deployment = deployment("exec-env");

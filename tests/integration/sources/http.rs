@@ -255,6 +255,31 @@ fn https_with_a_private_ca_needs_ssl_cert_file_which_adds_to_the_bundled_roots()
     assert!(stderr.to_lowercase().contains("certificate"), "the error names the certificate problem: {stderr}");
 }
 
+/// `check` fetches once without retries, so the hint shows at once.
+#[test]
+fn a_certificate_from_an_unknown_ca_suggests_ssl_cert_file() {
+    let deployment = http_deployment("https-unknown-issuer");
+    let body = deployment.dir.join("served.age.json");
+    std::fs::write(&body, artifact(PLAINTEXT, "rev-1")).unwrap();
+    let server = HttpsServer::start(&body);
+    let url = format!("https://localhost:{}/app.age.json", server.port);
+    let output = Command::new(env!("CARGO_BIN_EXE_clef-agent"))
+        .arg("check")
+        .env_clear()
+        .envs(deployment.env(&[("CLEF_AGENT_SOURCE", &url)]))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("UnknownIssuer"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "The server's certificate is not signed by a CA the agent trusts: for a private CA, set SSL_CERT_FILE to a PEM file holding its certificate."
+        ),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn an_unreadable_ssl_cert_file_is_a_config_error() {
     let deployment = http_deployment("https-bad-ca");
