@@ -229,16 +229,9 @@ fn json_string(text: &str) -> String {
 }
 
 /// The telemetry request headers named by the secrets: `CLEF_TELEMETRY_HEADERS` (`k=v,k2=v2`),
-/// else `CLEF_TELEMETRY_TOKEN` as a bearer token; the first match in any namespace.
+/// else `CLEF_TELEMETRY_TOKEN` as a bearer token; the first match in any namespace, or among a flat plaintext's keys.
 pub fn headers_from(plaintext: &Plaintext) -> Vec<(String, Secret)> {
-    let find = |wanted: &str| {
-        plaintext
-            .namespaces
-            .iter()
-            .flat_map(|namespace| namespace.entries.iter())
-            .find(|(key, _)| key == wanted)
-            .map(|(_, value)| value.as_str())
-    };
+    let find = |wanted: &str| plaintext.entries().find(|(key, _)| *key == wanted).map(|(_, value)| value);
     if let Some(list) = find("CLEF_TELEMETRY_HEADERS") {
         return list
             .split(',')
