@@ -6,7 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::artifact::signature::VerifyKey;
+use crate::artifact::signature::{VerifyKey, ACCEPTED_FORMS};
 use crate::decrypt::AgeIdentity;
 use crate::secret::Secret;
 use crate::url::{HttpUrl, S3Location};
@@ -225,9 +225,9 @@ impl Config {
             },
         };
         let verify_key = get("CLEF_AGENT_VERIFY_KEY")
-            .map(|text| VerifyKey::from_base64_spki(&text))
+            .map(|text| VerifyKey::parse(&text))
             .transpose()
-            .map_err(|why| ConfigError(format!("CLEF_AGENT_VERIFY_KEY {why}")))?;
+            .map_err(|why| ConfigError(format!("CLEF_AGENT_VERIFY_KEY {why}; it takes {ACCEPTED_FORMS}")))?;
         let telemetry_url = get("CLEF_AGENT_TELEMETRY_URL")
             .map(|text| {
                 HttpUrl::parse(&text).ok_or_else(|| {
@@ -684,7 +684,12 @@ mod tests {
     #[test]
     fn verify_key_and_telemetry_url_are_checked() {
         let error = message(&[("CLEF_AGENT_SOURCE", "a.json"), ("CLEF_AGENT_VERIFY_KEY", "***")]);
-        assert!(error.starts_with("CLEF_AGENT_VERIFY_KEY is not valid base64"), "{error}");
+        assert_eq!(
+            error,
+            "CLEF_AGENT_VERIFY_KEY is neither PEM nor valid base64; it takes a \
+             PEM public key ('-----BEGIN PUBLIC KEY-----', as `openssl pkey -pubout` writes it) or base64 of its DER \
+             SubjectPublicKeyInfo, Ed25519 or ECDSA P-256"
+        );
         let error = message(&[("CLEF_AGENT_SOURCE", "a.json"), ("CLEF_AGENT_TELEMETRY_URL", "collector:4318")]);
         assert!(error.starts_with("CLEF_AGENT_TELEMETRY_URL must be an http"), "{error}");
     }

@@ -26,8 +26,8 @@ pub struct Snapshot {
     keys_body: Vec<u8>,
     namespace_bodies: Vec<SecretBytes>,
     namespace_index: HashMap<String, usize>,
-    /// `<namespace>__<key>` → (namespace, entry) positions.
-    flat_index: HashMap<String, (usize, usize)>,
+    /// Names in `/v1/keys` (`<namespace>__<key>`, or a flat plaintext's keys) → value parts.
+    flat_index: HashMap<String, Part>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -42,41 +42,38 @@ pub enum Part {
     Secrets,
     Keys,
     Namespace(usize),
+    /// A nested plaintext's value: (namespace, entry) positions.
     Value(usize, usize),
+    /// A flat plaintext's value: its position.
+    Flat(usize),
 }
 
 impl Snapshot {
     pub fn build(artifact: &Artifact, plaintext: Plaintext) -> Snapshot {
         let mut namespace_bodies = Vec::with_capacity(plaintext.namespaces.len());
         let mut namespace_index = HashMap::with_capacity(plaintext.namespaces.len());
-        let mut flat_index = HashMap::new();
+        let mut flat_index = HashMap::with_capacity(plaintext.key_count());
         let mut keys_body = b"[".to_vec();
         for (ns_index, namespace) in plaintext.namespaces.iter().enumerate() {
-            namespace_bodies.push(render_namespace(&namespace.entries));
+            namespace_bodies.push(render_object(&namespace.entries));
             namespace_index.entry(namespace.name.clone()).or_insert(ns_index);
             for (entry_index, (key, _)) in namespace.entries.iter().enumerate() {
                 let flat = format!("{}__{key}", namespace.name);
-                if keys_body.len() > 1 {
-                    keys_body.push(b',');
-                }
-                push_json_string(&mut keys_body, &flat);
-                flat_index.entry(flat).or_insert((ns_index, entry_index));
+                push_list_item(&mut keys_body, &flat);
+                flat_index.entry(flat).or_insert(Part::Value(ns_index, entry_index));
             }
+        }
+        for (index, (key, _)) in plaintext.flat.iter().enumerate() {
+            push_list_item(&mut keys_body, key);
+            flat_index.entry(key.clone()).or_insert(Part::Flat(index));
         }
         keys_body.push(b']');
-        let total: usize = namespace_bodies.iter().map(|body| body.len() + 8).sum::<usize>()
-            + plaintext.namespaces.iter().map(|namespace| namespace.name.len()).sum::<usize>();
-        let mut secrets_body = Zeroizing::new(Vec::with_capacity(total + 2));
-        secrets_body.push(b'{');
-        for (index, namespace) in plaintext.namespaces.iter().enumerate() {
-            if index > 0 {
-                secrets_body.push(b',');
-            }
-            push_json_string(&mut secrets_body, &namespace.name);
-            secrets_body.push(b':');
-            secrets_body.extend_from_slice(&namespace_bodies[index]);
-        }
-        secrets_body.push(b'}');
+        let secrets_body = if plaintext.namespaces.is_empty() {
+            // A flat plaintext is one object of strings, rendered as a namespace is.
+            render_object(&plaintext.flat)
+        } else {
+            render_nested(&plaintext, &namespace_bodies)
+        };
         Snapshot {
             revision: artifact.revision.clone(),
             expires_at: artifact.expires_at.clone(),
@@ -96,13 +93,29 @@ impl Snapshot {
             Part::Secrets => &self.secrets_body,
             Part::Keys => &self.keys_body,
             Part::Namespace(index) => self.namespace_bodies.get(index).map_or(&[], |body| body.as_slice()),
-            Part::Value(ns, entry) => self
-                .plaintext
-                .namespaces
-                .get(ns)
-                .and_then(|namespace| namespace.entries.get(entry))
-                .map_or(&[], |(_, value)| value.as_bytes()),
+            Part::Value(..) | Part::Flat(_) => self.value_of(part).map_or(&[], str::as_bytes),
         }
+    }
+
+    /// A value part as `{"value":"…"}`, rendered now into a buffer of exactly its size (so no
+    /// growth leaves an unzeroed copy behind) that zeroes itself when the answer is dropped.
+    pub fn value_json(&self, part: Part) -> Option<SecretBytes> {
+        let value = self.value_of(part)?;
+        const OPEN: &[u8] = br#"{"value":"#;
+        let mut body = Zeroizing::new(Vec::with_capacity(OPEN.len() + json_string_len(value) + 1));
+        body.extend_from_slice(OPEN);
+        push_json_string(&mut body, value);
+        body.push(b'}');
+        Some(body)
+    }
+
+    fn value_of(&self, part: Part) -> Option<&str> {
+        let entry = match part {
+            Part::Value(ns, entry) => self.plaintext.namespaces.get(ns)?.entries.get(entry)?,
+            Part::Flat(index) => self.plaintext.flat.get(index)?,
+            Part::Secrets | Part::Keys | Part::Namespace(_) => return None,
+        };
+        Some(entry.1.as_str())
     }
 
     pub fn namespace(&self, name: &str) -> Option<Part> {
@@ -115,15 +128,18 @@ impl Snapshot {
         Some(Part::Value(ns, entry))
     }
 
-    /// A value by its flat `<namespace>__<key>` name from `/v1/keys`.
+    /// A value by its name in `/v1/keys`: `<namespace>__<key>` of a nested plaintext, the key of
+    /// a flat one.
     pub fn flat_value(&self, flat_name: &str) -> Option<Part> {
-        self.flat_index.get(flat_name).map(|&(ns, entry)| Part::Value(ns, entry))
+        self.flat_index.get(flat_name).copied()
     }
 }
 
-fn render_namespace(entries: &[(String, Zeroizing<String>)]) -> SecretBytes {
-    let capacity = entries.iter().map(|(key, value)| key.len() + value.len() + 6).sum::<usize>() + 2;
-    let mut body = Zeroizing::new(Vec::with_capacity(capacity * 2));
+/// `{"key":"value",…}`, in a buffer sized exactly so that it never grows (a grown `Vec`
+/// leaves its old, unzeroed copy in freed memory).
+fn render_object(entries: &[(String, Zeroizing<String>)]) -> SecretBytes {
+    let pairs: usize = entries.iter().map(|(key, value)| json_string_len(key) + 1 + json_string_len(value)).sum();
+    let mut body = Zeroizing::new(Vec::with_capacity(object_len(pairs, entries.len())));
     body.push(b'{');
     for (index, (key, value)) in entries.iter().enumerate() {
         if index > 0 {
@@ -135,6 +151,54 @@ fn render_namespace(entries: &[(String, Zeroizing<String>)]) -> SecretBytes {
     }
     body.push(b'}');
     body
+}
+
+/// `{"namespace":{…},…}` from the namespaces' rendered bodies.
+fn render_nested(plaintext: &Plaintext, namespace_bodies: &[SecretBytes]) -> SecretBytes {
+    let members: usize = plaintext
+        .namespaces
+        .iter()
+        .zip(namespace_bodies)
+        .map(|(namespace, body)| json_string_len(&namespace.name) + 1 + body.len())
+        .sum();
+    let mut secrets_body = Zeroizing::new(Vec::with_capacity(object_len(members, namespace_bodies.len())));
+    secrets_body.push(b'{');
+    for (index, (namespace, body)) in plaintext.namespaces.iter().zip(namespace_bodies).enumerate() {
+        if index > 0 {
+            secrets_body.push(b',');
+        }
+        push_json_string(&mut secrets_body, &namespace.name);
+        secrets_body.push(b':');
+        secrets_body.extend_from_slice(body);
+    }
+    secrets_body.push(b'}');
+    secrets_body
+}
+
+/// The length of `{member,member,…}` whose `count` members take `members` bytes together.
+fn object_len(members: usize, count: usize) -> usize {
+    2 + members + count.saturating_sub(1)
+}
+
+/// Appends `,` (after the first item) and `"text"`, for the key list.
+fn push_list_item(list: &mut Vec<u8>, text: &str) {
+    if list.len() > 1 {
+        list.push(b',');
+    }
+    push_json_string(list, text);
+}
+
+/// The length of `text` as [`push_json_string`] writes it, quotes included.
+fn json_string_len(text: &str) -> usize {
+    let escaped: usize = text
+        .bytes()
+        .map(|byte| match byte {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0x00..=0x1f => 6,
+            _ => 1,
+        })
+        .sum();
+    escaped + 2
 }
 
 /// Appends `text` as a JSON string literal, escaped as `JSON.stringify` does.
@@ -383,6 +447,38 @@ mod tests {
         assert_eq!(snapshot.key_count, 3);
         assert_eq!(snapshot.namespace("missing"), None);
         assert_eq!(snapshot.value("zeta", "missing"), None);
+    }
+
+    #[test]
+    fn renders_a_flat_plaintext_as_the_same_object_in_the_same_order() {
+        let json = r#"{"Z_KEY":"1","db__PASS":"q\"\n\u0001é","A":""}"#;
+        let snapshot = snapshot(json);
+        assert_eq!(std::str::from_utf8(snapshot.body(Part::Secrets)).unwrap(), json);
+        assert_eq!(snapshot.body(Part::Keys), br#"["Z_KEY","db__PASS","A"]"#);
+        assert_eq!(snapshot.body(snapshot.flat_value("db__PASS").unwrap()), "q\"\n\u{1}é".as_bytes());
+        assert_eq!(snapshot.flat_value("Z_KEY"), Some(Part::Flat(0)));
+        assert_eq!((snapshot.namespace("db"), snapshot.value("db", "PASS")), (None, None));
+        assert_eq!(snapshot.key_count, 3);
+    }
+
+    #[test]
+    fn renders_one_value_as_a_json_object_in_a_buffer_of_its_exact_size() {
+        let snapshot = snapshot(r#"{"n":{"k":"q\"\\\n\u0001\u001fé\u2028"}}"#);
+        let body = snapshot.value_json(snapshot.value("n", "k").unwrap()).unwrap();
+        assert_eq!(std::str::from_utf8(&body).unwrap(), "{\"value\":\"q\\\"\\\\\\n\\u0001\\u001fé\u{2028}\"}");
+        assert_eq!(body.capacity(), body.len(), "a buffer that grew left an unzeroed copy behind");
+        assert_eq!(snapshot.value_json(Part::Secrets), None);
+    }
+
+    #[test]
+    fn rendered_bodies_never_grow_past_their_first_buffer() {
+        for json in [r#"{"n\"":{"k\u0000":"\u0001\u0002\n\"x"},"m":{}}"#, r#"{"K\t":"\u0003\\"}"#] {
+            let snapshot = snapshot(json);
+            assert_eq!(snapshot.secrets_body.capacity(), snapshot.secrets_body.len(), "{json}");
+            for body in &snapshot.namespace_bodies {
+                assert_eq!(body.capacity(), body.len(), "{json}");
+            }
+        }
     }
 
     #[test]

@@ -118,6 +118,20 @@ pub struct Resource {
     pub source_type: &'static str,
     pub identity: Option<String>,
     pub environment: Option<String>,
+    /// `identity` and `environment` were configured (`CLEF_AGENT_VCS_IDENTITY`/`_ENVIRONMENT`
+    /// name the artifact a VCS source reads): they are what the operator set and what
+    /// dashboards filter on, so an artifact does not replace them (the TypeScript agent's rule).
+    pub configured_names: bool,
+}
+
+impl Resource {
+    /// Takes the names a newly loaded artifact gives, unless the configuration gave them.
+    pub fn artifact_loaded(&mut self, identity: &str, environment: &str) {
+        if !self.configured_names {
+            self.identity = Some(identity.to_string());
+            self.environment = Some(environment.to_string());
+        }
+    }
 }
 
 struct Record {
@@ -229,16 +243,9 @@ fn json_string(text: &str) -> String {
 }
 
 /// The telemetry request headers named by the secrets: `CLEF_TELEMETRY_HEADERS` (`k=v,k2=v2`),
-/// else `CLEF_TELEMETRY_TOKEN` as a bearer token; the first match in any namespace.
+/// else `CLEF_TELEMETRY_TOKEN` as a bearer token; the first match in any namespace, or among a flat plaintext's keys.
 pub fn headers_from(plaintext: &Plaintext) -> Vec<(String, Secret)> {
-    let find = |wanted: &str| {
-        plaintext
-            .namespaces
-            .iter()
-            .flat_map(|namespace| namespace.entries.iter())
-            .find(|(key, _)| key == wanted)
-            .map(|(_, value)| value.as_str())
-    };
+    let find = |wanted: &str| plaintext.entries().find(|(key, _)| *key == wanted).map(|(_, value)| value);
     if let Some(list) = find("CLEF_TELEMETRY_HEADERS") {
         return list
             .split(',')
@@ -310,8 +317,7 @@ impl Telemetry {
     pub fn artifact_loaded(&self, identity: &str, environment: &str, headers: Vec<(String, Secret)>) {
         let Some(inner) = &self.inner else { return };
         let mut shared = inner.lock();
-        shared.resource.identity = Some(identity.to_string());
-        shared.resource.environment = Some(environment.to_string());
+        shared.resource.artifact_loaded(identity, environment);
         shared.headers = headers;
     }
 
@@ -390,12 +396,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn configured_names_outlive_every_artifact_and_others_follow_it() {
+        let mut configured = Resource {
+            identity: Some("payments".into()),
+            environment: Some("production".into()),
+            configured_names: true,
+            ..Resource::default()
+        };
+        configured.artifact_loaded("api", "staging");
+        assert_eq!(
+            (configured.identity.as_deref(), configured.environment.as_deref()),
+            (Some("payments"), Some("production"))
+        );
+        let mut from_artifact = Resource::default();
+        from_artifact.artifact_loaded("api", "staging");
+        from_artifact.artifact_loaded("api", "prod");
+        assert_eq!(
+            (from_artifact.identity.as_deref(), from_artifact.environment.as_deref()),
+            (Some("api"), Some("prod"))
+        );
+    }
+
+    #[test]
     fn renders_the_otlp_json_shape() {
         let resource = Resource {
             agent_id: "agent-1".into(),
             source_type: "file",
             identity: Some("api".into()),
             environment: Some("prod".into()),
+            configured_names: false,
         };
         let records = [
             Record { time_unix_nano: 17, event: Event::AgentStarted },

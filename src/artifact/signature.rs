@@ -27,13 +27,51 @@ const OID_ED25519: &[u8] = &[0x2b, 0x65, 0x70];
 const OID_EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
 const OID_P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 
+/// What `CLEF_AGENT_VERIFY_KEY` takes, for every error about it.
+pub const ACCEPTED_FORMS: &str = "a PEM public key ('-----BEGIN PUBLIC KEY-----', as `openssl pkey -pubout` \
+     writes it) or base64 of its DER SubjectPublicKeyInfo, Ed25519 or ECDSA P-256";
+
+const PEM_BEGIN: &str = "-----BEGIN PUBLIC KEY-----";
+const PEM_END: &str = "-----END PUBLIC KEY-----";
+
 impl VerifyKey {
+    /// Parses the text of `CLEF_AGENT_VERIFY_KEY`: PEM (what clef's agent guide and `clef
+    /// envelope verify` take) or base64 DER (what the TypeScript agent took).
+    pub fn parse(text: &str) -> Result<VerifyKey, String> {
+        let text = text.trim();
+        if text.starts_with("-----BEGIN ") {
+            Self::from_pem(text)
+        } else {
+            Self::from_base64_spki(text)
+        }
+    }
+
+    /// One `PUBLIC KEY` PEM block and nothing else. Line breaks written as `\n` (as env files
+    /// that cannot hold a newline carry them) count as whitespace; base64 has no `\`.
+    fn from_pem(text: &str) -> Result<VerifyKey, String> {
+        if text.contains("PRIVATE KEY-----") {
+            return Err("is a private key: give the public key (`openssl pkey -in key.pem -pubout`)".into());
+        }
+        let text = text.replace("\\n", "\n");
+        let body = text
+            .trim()
+            .strip_prefix(PEM_BEGIN)
+            .ok_or("is a PEM block that is not a PUBLIC KEY (SubjectPublicKeyInfo)")?
+            .strip_suffix(PEM_END)
+            .ok_or("is a PEM public key without its '-----END PUBLIC KEY-----' line (or with text after it)")?;
+        let base64: String = body.split_whitespace().collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(base64)
+            .map_err(|_| "is a PEM public key whose body is not valid base64".to_string())?;
+        Self::from_spki_der(&der)
+    }
+
     /// Parses base64 of a DER SubjectPublicKeyInfo. The error says what is wrong, for the
     /// `CLEF_AGENT_VERIFY_KEY` configuration error.
     pub fn from_base64_spki(text: &str) -> Result<VerifyKey, String> {
         let der = base64::engine::general_purpose::STANDARD
             .decode(text.trim())
-            .map_err(|_| "is not valid base64 (expected base64 of a DER SubjectPublicKeyInfo)".to_string())?;
+            .map_err(|_| "is neither PEM nor valid base64".to_string())?;
         Self::from_spki_der(&der)
     }
 
@@ -188,6 +226,36 @@ mod tests {
         assert_eq!(key.verify(&artifact), Err(Rejection::SignatureInvalid));
         artifact.signature = Some("%%%".into());
         assert!(matches!(key.verify(&artifact), Err(Rejection::SignatureError(_))));
+    }
+
+    /// Made with `openssl genpkey -algorithm ed25519 | openssl pkey -pubout` (and `-outform DER |
+    /// base64` for the second form).
+    const OPENSSL_ED25519_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAatz0XCGXRDTgH46iWcBF+VoZgVCoQ3kJY0eKUPtVTM0=\n-----END PUBLIC KEY-----\n";
+    const OPENSSL_ED25519_B64: &str = "MCowBQYDK2VwAyEAatz0XCGXRDTgH46iWcBF+VoZgVCoQ3kJY0eKUPtVTM0=";
+
+    #[test]
+    fn reads_pem_and_base64_der_as_the_same_key() {
+        let from_der = VerifyKey::parse(OPENSSL_ED25519_B64).unwrap();
+        assert_eq!(VerifyKey::parse(OPENSSL_ED25519_PEM).unwrap(), from_der);
+        let crlf = OPENSSL_ED25519_PEM.replace('\n', "\r\n");
+        let escaped = OPENSSL_ED25519_PEM.replace('\n', "\\n");
+        for text in [crlf.as_str(), escaped.as_str(), &format!("  {OPENSSL_ED25519_PEM}\n")] {
+            assert_eq!(VerifyKey::parse(text).as_ref(), Ok(&from_der), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_pem_that_is_not_one_public_key() {
+        let private = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----";
+        assert!(VerifyKey::parse(private).unwrap_err().contains("is a private key"));
+        let certificate = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----";
+        assert!(VerifyKey::parse(certificate).unwrap_err().contains("not a PUBLIC KEY"));
+        let unterminated = OPENSSL_ED25519_PEM.replace(PEM_END, "");
+        assert!(VerifyKey::parse(&unterminated).unwrap_err().contains("without its '-----END PUBLIC KEY-----'"));
+        let two = format!("{OPENSSL_ED25519_PEM}{OPENSSL_ED25519_PEM}");
+        assert!(VerifyKey::parse(&two).is_err());
+        let bad_body = OPENSSL_ED25519_PEM.replace("MCow", "MC*w");
+        assert!(VerifyKey::parse(&bad_body).unwrap_err().contains("not valid base64"));
     }
 
     #[test]

@@ -25,10 +25,8 @@ pub fn report(artifact: &Artifact, plaintext: &Plaintext) -> String {
     let _ = writeln!(out, "expiresAt:   {expires_at}");
     let _ = writeln!(out, "signed:      {}", if artifact.signature.is_some() { "yes" } else { "no" });
     let _ = writeln!(out, "keys:        {}", plaintext.key_count());
-    for namespace in &plaintext.namespaces {
-        for (key, _) in &namespace.entries {
-            let _ = writeln!(out, "  {}__{key}", namespace.name);
-        }
+    for (name, _) in plaintext.named_values() {
+        let _ = writeln!(out, "  {name}");
     }
     out
 }

@@ -1,5 +1,6 @@
 //! `clef-agent exec [--] CMD [ARGS…]`: one fetch and decryption, then `execve` CMD with every
-//! secret added to its environment as `<namespace>__<key>` (overriding inherited variables).
+//! secret added to its environment as `<namespace>__<key>`, or as its key in a flat plaintext
+//! (overriding inherited variables).
 //! The agent's process becomes CMD, so CMD's exit status is the exit status; nothing is
 //! written to disk. For cron jobs and scripts that read secrets from their environment.
 //!
@@ -34,22 +35,20 @@ pub fn run(config: &Config, program: &OsString, arguments: &[OsString]) -> Resul
     Err(Fatal::Other(format!("cannot run {}: {error}", program.to_string_lossy())))
 }
 
-/// The `<namespace>__<key>` variables, or why one of them cannot be an environment variable.
+/// The variables, named as `/v1/keys` names the secrets, or why one of them cannot be an
+/// environment variable.
 pub fn environment(plaintext: &Plaintext) -> Result<Vec<(String, zeroize::Zeroizing<String>)>, String> {
     let mut variables = Vec::with_capacity(plaintext.key_count());
-    for namespace in &plaintext.namespaces {
-        for (key, value) in &namespace.entries {
-            let name = format!("{}__{key}", namespace.name);
-            if name.contains(['=', '\0']) {
-                return Err(format!(
-                    "the secret '{name}' cannot be an environment variable: its name contains '=' or NUL"
-                ));
-            }
-            if value.contains('\0') {
-                return Err(format!("the secret '{name}' cannot be an environment variable: its value contains NUL"));
-            }
-            variables.push((name, value.clone()));
+    for (name, value) in plaintext.named_values() {
+        if name.is_empty() || name.contains(['=', '\0']) {
+            return Err(format!(
+                "the secret '{name}' cannot be an environment variable: its name is empty or contains '=' or NUL"
+            ));
         }
+        if value.contains('\0') {
+            return Err(format!("the secret '{name}' cannot be an environment variable: its value contains NUL"));
+        }
+        variables.push((name.into_owned(), zeroize::Zeroizing::new(value.to_owned())));
     }
     Ok(variables)
 }
@@ -64,6 +63,16 @@ mod tests {
         let variables = environment(&plaintext).unwrap();
         let names: Vec<_> = variables.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
         assert_eq!(names, [("db__HOST", "h"), ("db__PASS", "p"), ("app__KEY", "k")]);
+    }
+
+    #[test]
+    fn names_variables_of_a_flat_plaintext_by_their_keys() {
+        let plaintext = Plaintext::parse(br#"{"DB_URL":"postgres://x","app__KEY":"k"}"#).unwrap();
+        let variables = environment(&plaintext).unwrap();
+        let names: Vec<_> = variables.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+        assert_eq!(names, [("DB_URL", "postgres://x"), ("app__KEY", "k")]);
+        let empty_name = Plaintext::parse(br#"{"":"x"}"#).unwrap();
+        assert!(environment(&empty_name).unwrap_err().contains("name is empty"));
     }
 
     #[test]

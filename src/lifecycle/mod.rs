@@ -330,14 +330,28 @@ fn start_telemetry(config: &Config, http: &HttpClient) -> Result<Telemetry, Fata
         Some(id) => id.clone(),
         None => uuid_v4().map_err(Fatal::Other)?,
     };
-    let source_type = match config.source {
+    Ok(Telemetry::start(url, telemetry_resource(&config.source, agent_id), http.clone()))
+}
+
+/// The telemetry resource before the first artifact: a VCS source names its identity and
+/// environment in the configuration, and those stay; other sources learn them from the artifact.
+fn telemetry_resource(source: &SourceConfig, agent_id: String) -> telemetry::Resource {
+    let source_type = match source {
         SourceConfig::File(_) => "file",
         SourceConfig::Http(_) => "http",
         SourceConfig::S3 { .. } => "s3",
         SourceConfig::Vcs(_) => "vcs",
     };
-    let resource = telemetry::Resource { agent_id, source_type, identity: None, environment: None };
-    Ok(Telemetry::start(url, resource, http.clone()))
+    let resource = telemetry::Resource { agent_id, source_type, ..telemetry::Resource::default() };
+    match source {
+        SourceConfig::Vcs(vcs) => telemetry::Resource {
+            identity: Some(vcs.identity.clone()),
+            environment: Some(vcs.environment.clone()),
+            configured_names: true,
+            ..resource
+        },
+        _ => resource,
+    }
 }
 
 /// A random (version 4) UUID, the default `CLEF_AGENT_ID`.
@@ -352,6 +366,37 @@ fn uuid_v4() -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn source(pairs: &[(&str, &str)]) -> SourceConfig {
+        let map: std::collections::HashMap<&str, &str> = pairs.iter().copied().collect();
+        Config::from_env(|name| map.get(name).map(|value| value.to_string())).unwrap().source
+    }
+
+    #[test]
+    fn telemetry_names_a_vcs_source_by_its_configuration_and_others_by_their_artifact() {
+        let vcs = source(&[
+            ("CLEF_AGENT_VCS_PROVIDER", "github"),
+            ("CLEF_AGENT_VCS_REPO", "acme/secrets"),
+            ("CLEF_AGENT_VCS_TOKEN", "t"),
+            ("CLEF_AGENT_VCS_IDENTITY", "payments"),
+            ("CLEF_AGENT_VCS_ENVIRONMENT", "production"),
+            ("CLEF_AGENT_AGE_KEY_FILE", "/k"),
+        ]);
+        let mut resource = telemetry_resource(&vcs, "id-1".into());
+        resource.artifact_loaded("api", "staging");
+        assert_eq!(
+            (resource.source_type, resource.identity.as_deref(), resource.environment.as_deref()),
+            ("vcs", Some("payments"), Some("production"))
+        );
+        let file = source(&[("CLEF_AGENT_SOURCE", "/a.json"), ("CLEF_AGENT_AGE_KEY_FILE", "/k")]);
+        let mut resource = telemetry_resource(&file, "id-1".into());
+        assert_eq!((resource.identity.as_deref(), resource.environment.as_deref()), (None, None));
+        resource.artifact_loaded("api", "staging");
+        assert_eq!(
+            (resource.source_type, resource.identity.as_deref(), resource.environment.as_deref()),
+            ("file", Some("api"), Some("staging"))
+        );
+    }
 
     #[test]
     fn uuids_are_version_4() {

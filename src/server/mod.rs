@@ -4,6 +4,7 @@
 //! connections enforced before a request reaches the routes, a panicking handler costs one 500,
 //! a dead accept loop ends the process.
 
+mod accept;
 pub mod listener;
 pub mod routes;
 
@@ -133,6 +134,7 @@ pub fn answer(api: &Api, request: &tiny_http::Request) -> Reply {
         hosts: header("Host").map(|header| header.value.as_str()).collect(),
         authorization: header("Authorization").map(|header| header.value.as_str()).next(),
         forwarded: header("X-Forwarded-For").next().is_some() || header("Forwarded").next().is_some(),
+        accept: header("Accept").map(|header| header.value.as_str()).collect(),
     };
     handle_safely(|| api.handle(&view, crate::time::now_ms()))
 }

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use super::accept::prefers_json;
 use crate::decrypt::{Keys, Plaintext};
 use crate::refresh::Refresher;
 use crate::secret::{constant_time_eq, Secret, SecretBytes};
@@ -21,6 +22,8 @@ pub struct Request<'a> {
     pub authorization: Option<&'a str>,
     /// The request carries `X-Forwarded-For` or `Forwarded`.
     pub forwarded: bool,
+    /// Every `Accept` header (one comma-separated list, RFC 9110 §5.3).
+    pub accept: Vec<&'a str>,
 }
 
 /// What a response carries.
@@ -31,6 +34,8 @@ pub enum Body {
     Shared(Arc<str>),
     /// A part of a snapshot, served from the shared snapshot without copying it.
     Snapshot(Arc<Snapshot>, Part),
+    /// Secret bytes rendered for this request alone (`{"value":…}`); zeroed when dropped.
+    Rendered(SecretBytes),
 }
 
 impl Body {
@@ -40,6 +45,7 @@ impl Body {
             Body::Static(text) => text.as_bytes(),
             Body::Shared(text) => text.as_bytes(),
             Body::Snapshot(snapshot, part) => snapshot.body(*part),
+            Body::Rendered(bytes) => bytes,
         }
     }
 }
@@ -148,9 +154,7 @@ impl Api {
             Route::Health | Route::Ready => None,
         };
         match part {
-            Some(part @ Part::Value(..)) => {
-                Reply { content_type: TEXT, ..Reply::json(200, Body::Snapshot(snapshot, part)) }
-            }
+            Some(part @ (Part::Value(..) | Part::Flat(_))) => value_reply(snapshot, part, &request.accept),
             Some(part) => Reply::json(200, Body::Snapshot(snapshot, part)),
             None => Reply::error(404, "Secret not found", None),
         }
@@ -230,6 +234,18 @@ impl Api {
         let plaintext = Plaintext::parse(&plaintext).map_err(failed)?;
         Ok(Arc::new(Snapshot::build(artifact, plaintext)))
     }
+}
+
+/// One value: its bytes as `text/plain`, or `{"value":"…"}` when `Accept` prefers JSON (what
+/// clef's agent guide shows). The JSON is rendered per request, as only some clients ask for
+/// it; the text is served from the snapshot without a copy.
+fn value_reply(snapshot: Arc<Snapshot>, part: Part, accept: &[&str]) -> Reply {
+    if prefers_json(accept) {
+        if let Some(body) = snapshot.value_json(part) {
+            return Reply::json(200, Body::Rendered(body));
+        }
+    }
+    Reply { content_type: TEXT, ..Reply::json(200, Body::Snapshot(snapshot, part)) }
 }
 
 /// The message of an artifact whose `expiresAt` has passed, even before the poller wiped it.

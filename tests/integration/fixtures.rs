@@ -96,6 +96,12 @@ const INVALID: &[(&str, &str)] = &[
         "plaintext-nested",
         "artifact rejected (payload_parse): decrypted payload is invalid: value of 'db.x' must be a string, found an object",
     ),
+    (
+        "plaintext-mixed",
+        "artifact rejected (payload_parse): decrypted payload is invalid: top-level 'db' is an object but the first \
+         top-level value is a string: a plaintext holds only string values (flat) or only objects of string values \
+         (namespaces), not both",
+    ),
     ("plaintext-not-utf8", "artifact rejected (payload_parse): decrypted payload is invalid: the plaintext is not UTF-8"),
     (
         "signature-invalid",
@@ -365,4 +371,77 @@ fn serves_an_ed25519_signed_fixture_with_its_verify_key() {
     let key = read_fixture("keys/ed25519.spki.b64");
     assert_served_byte_for_byte("signed-ed25519.json", &[("CLEF_AGENT_VERIFY_KEY", key.trim())]);
     assert_served_byte_for_byte("signed-npm-ed25519.json", &[("CLEF_AGENT_VERIFY_KEY", key.trim())]);
+}
+
+/// Starts an agent on `artifacts/flat/<name>` and checks every route against `plaintext`, a
+/// flat `{KEY: value}` written by another implementation (Node, printf), whose keys are `keys`
+/// in plaintext order.
+fn assert_flat_fixture_served(name: &str, plaintext_fixture: &str, keys: &[&str], extra: &[(&str, &str)]) {
+    let deployment = Deployment::new(&format!("flat-{name}"), &read_fixture(&format!("artifacts/flat/{name}")));
+    let agent = deployment.start(extra);
+    let plaintext = read_fixture(plaintext_fixture);
+    agent.get("/v1/secrets").assert(200, &plaintext);
+    let expected: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&plaintext).unwrap();
+    assert_eq!(agent.get("/v1/keys").json(), serde_json::json!(keys), "{name}: /v1/keys in plaintext order");
+    assert_eq!(expected.len(), keys.len());
+    for (key, value) in &expected {
+        let value = value.as_str().unwrap();
+        let text = agent.get(&format!("/v1/secrets/{key}"));
+        text.assert(200, value);
+        assert_eq!(text.header("content-type"), Some("text/plain; charset=utf-8"));
+        let bearer = format!("Bearer {}", crate::support::TOKEN);
+        let json = agent.get_with(
+            &format!("/v1/secrets/{key}"),
+            &[("Authorization", &bearer), ("Accept", "text/plain;q=0.5, application/json")],
+        );
+        assert_eq!(json.header("content-type"), Some("application/json; charset=utf-8"), "{name} {key}");
+        assert_eq!(json.json(), serde_json::json!({ "value": value }), "{name} {key}");
+    }
+}
+
+#[test]
+fn serves_a_broker_shaped_flat_kms_envelope_as_the_broker_encrypted_it() {
+    let kms = fixture_kms();
+    let (host, endpoint) = (format!("127.0.0.1:{}", kms.port), kms.url(""));
+    assert_flat_fixture_served(
+        "broker-envelope-node.json",
+        "plaintext-flat-broker.json",
+        &["DB_USER", "DB_PASSWORD", "DB_HOST"],
+        &[("CLEF_AGENT_AGE_KEY_FILE", ""), ("GCE_METADATA_HOST", &host), ("CLEF_AGENT_GCP_KMS_ENDPOINT", &endpoint)],
+    );
+}
+
+#[test]
+fn serves_a_legacy_flat_artifact_by_its_namespace_double_underscore_keys() {
+    let keys = ["zeta__Z_KEY", "database__DB_PASSWORD", "unicode__GREETING"];
+    assert_flat_fixture_served("legacy-age-cli.json", "plaintext-flat-legacy.json", &keys, &[]);
+}
+
+#[test]
+fn takes_verify_keys_as_pem_written_by_openssl() {
+    let ed25519 = read_fixture("keys/ed25519.pub.pem");
+    let p256 = read_fixture("keys/p256.pub.pem");
+    assert!(ed25519.starts_with("-----BEGIN PUBLIC KEY-----\n") && p256.contains('\n'), "not PEM as openssl writes it");
+    assert_served_byte_for_byte("signed-ed25519.json", &[("CLEF_AGENT_VERIFY_KEY", &ed25519)]);
+    assert_served_byte_for_byte("signed-ecdsa-p256.json", &[("CLEF_AGENT_VERIFY_KEY", &p256)]);
+    let refused = verdict(
+        read_fixture("artifacts/signed-ecdsa-p256.json").as_bytes(),
+        Some(&VerifyKey::parse(&ed25519).unwrap()),
+        &keys(),
+    );
+    assert!(refused.is_err_and(|error| error.starts_with("artifact rejected (signature_invalid)")));
+}
+
+#[test]
+fn a_verify_key_in_neither_form_stops_the_agent_naming_both_forms() {
+    let deployment = Deployment::new("verify-key-garbage", &read_fixture("artifacts/signed-ed25519.json"));
+    for key in ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA", &read_fixture("keys/ed25519.pem")] {
+        let agent = deployment.spawn(&[("CLEF_AGENT_VERIFY_KEY", key)]);
+        let status = agent.wait_exit(std::time::Duration::from_secs(10)).expect("the agent exits");
+        assert_eq!(status.code(), Some(1));
+        let stderr = agent.stderr();
+        assert!(stderr.starts_with("[clef-agent] config error: CLEF_AGENT_VERIFY_KEY "), "{stderr}");
+        assert!(stderr.contains("'-----BEGIN PUBLIC KEY-----'") && stderr.contains("base64 of its DER"), "{stderr}");
+        assert!(!stderr.contains("AAAAC3NzaC1lZDI1NTE5") && !stderr.contains("MC4CAQ"), "the key is not echoed");
+    }
 }

@@ -79,7 +79,7 @@ fn cached() -> Fixture {
 }
 
 fn get<'a>(target: &'a str, authorization: Option<&'a str>) -> Request<'a> {
-    Request { method: "GET", target, hosts: vec!["127.0.0.1:7779"], authorization, forwarded: false }
+    Request { method: "GET", target, hosts: vec!["127.0.0.1:7779"], authorization, forwarded: false, accept: vec![] }
 }
 
 const BEARER: Option<&str> = Some("Bearer test-token-0123456789");
@@ -113,6 +113,78 @@ fn serves_one_namespace_and_one_value() {
     assert_eq!((flat.status, body(&flat)), (200, "pw-1"));
     let missing = fixture.api.handle(&get("/v1/secrets/database/NOPE", BEARER), NOW);
     assert_eq!((missing.status, body(&missing), missing.no_store), (404, r#"{"error":"Secret not found"}"#, true));
+}
+
+fn cached_with(plaintext: &str) -> Fixture {
+    let fixture = fixture(Mode::Cached { ttl: Duration::from_secs(60) });
+    *fixture.source.0.lock().unwrap() = Ok(artifact(plaintext, "r1", None, &fixture.recipient));
+    fixture.api.refresher.refresh(NOW).unwrap();
+    fixture
+}
+
+#[test]
+fn serves_a_flat_plaintext_as_is_with_its_keys_and_each_value() {
+    let flat = r#"{"DB_PASSWORD":"pw-1","database__DB_HOST":"db.internal","API KEY":"a\"b"}"#;
+    let api = cached_with(flat).api;
+    let secrets = api.handle(&get("/v1/secrets", BEARER), NOW);
+    assert_eq!((secrets.status, body(&secrets), secrets.content_type), (200, flat, JSON));
+    let keys = api.handle(&get("/v1/keys", BEARER), NOW);
+    assert_eq!(body(&keys), r#"["DB_PASSWORD","database__DB_HOST","API KEY"]"#);
+    for (target, value) in [
+        ("/v1/secrets/DB_PASSWORD", "pw-1"),
+        ("/v1/secrets/database__DB_HOST/", "db.internal"),
+        ("/v1/secrets/API%20KEY", "a\"b"),
+    ] {
+        let reply = api.handle(&get(target, BEARER), NOW);
+        assert_eq!((reply.status, body(&reply), reply.content_type), (200, value, TEXT), "{target}");
+        assert!(reply.no_store);
+    }
+    // A flat plaintext has no namespaces: the two-segment route finds nothing.
+    for target in ["/v1/secrets/database/DB_HOST", "/v1/secrets/NOPE"] {
+        let reply = api.handle(&get(target, BEARER), NOW);
+        assert_eq!((reply.status, body(&reply)), (404, r#"{"error":"Secret not found"}"#), "{target}");
+    }
+}
+
+#[test]
+fn a_namespace_name_wins_over_a_flat_name_in_a_nested_plaintext() {
+    let api = cached_with(r#"{"db__PASS":{"X":"namespace"},"db":{"PASS":"value"}}"#).api;
+    let namespace = api.handle(&get("/v1/secrets/db__PASS", BEARER), NOW);
+    assert_eq!((namespace.status, body(&namespace), namespace.content_type), (200, r#"{"X":"namespace"}"#, JSON));
+    let value = api.handle(&get("/v1/secrets/db/PASS", BEARER), NOW);
+    assert_eq!(body(&value), "value");
+}
+
+fn accepting<'a>(target: &'a str, accept: Vec<&'a str>) -> Request<'a> {
+    Request { accept, ..get(target, BEARER) }
+}
+
+#[test]
+fn single_values_answer_json_when_accept_prefers_it() {
+    let api = cached().api;
+    for target in ["/v1/secrets/database/DB%20USER", "/v1/secrets/database__DB%20USER"] {
+        let reply = api.handle(&accepting(target, vec!["application/json"]), NOW);
+        assert_eq!((reply.status, body(&reply), reply.content_type), (200, r#"{"value":"admin"}"#, JSON), "{target}");
+        assert!(reply.no_store);
+        for accept in [vec![], vec!["*/*"], vec!["text/plain, application/json;q=0.9"]] {
+            let reply = api.handle(&accepting(target, accept.clone()), NOW);
+            assert_eq!((body(&reply), reply.content_type), ("admin", TEXT), "{target} {accept:?}");
+        }
+    }
+    let flat = cached_with(r#"{"TOKEN":"q\"\\\n\u0001é"}"#).api;
+    let reply = flat.handle(&accepting("/v1/secrets/TOKEN", vec!["text/plain;q=0.1", "application/json"]), NOW);
+    assert_eq!((body(&reply), reply.content_type), (r#"{"value":"q\"\\\n\u0001é"}"#, JSON));
+    let parsed: serde_json::Value = serde_json::from_str(body(&reply)).unwrap();
+    assert_eq!(parsed["value"], "q\"\\\n\u{1}é");
+}
+
+#[test]
+fn accept_does_not_change_object_answers_or_errors() {
+    let api = cached().api;
+    let namespace = api.handle(&accepting("/v1/secrets/app", vec!["application/json"]), NOW);
+    assert_eq!(body(&namespace), r#"{"API_KEY":"k-1"}"#);
+    let missing = api.handle(&accepting("/v1/secrets/app/NOPE", vec!["application/json"]), NOW);
+    assert_eq!((missing.status, body(&missing)), (404, r#"{"error":"Secret not found"}"#));
 }
 
 #[test]
@@ -152,7 +224,14 @@ fn rejects_a_foreign_or_missing_host_before_anything_else() {
         vec!["[::1]:-1"],
         vec!["localhost:80a"],
     ] {
-        let request = Request { method: "POST", target: "/v1/secrets", hosts, authorization: None, forwarded: true };
+        let request = Request {
+            method: "POST",
+            target: "/v1/secrets",
+            hosts,
+            authorization: None,
+            forwarded: true,
+            accept: vec![],
+        };
         let reply = api.handle(&request, NOW);
         assert_eq!((reply.status, body(&reply)), (403, r#"{"error":"Forbidden: invalid Host header"}"#));
         assert!(reply.no_store);

@@ -135,6 +135,16 @@ fn exec_gives_the_command_every_secret_in_its_environment() {
 }
 
 #[test]
+fn exec_gives_the_command_a_flat_plaintext_as_key_equals_value() {
+    let flat = crate::support::read_fixture("artifacts/flat/legacy-age-cli.json");
+    let deployment = Deployment::new("exec-flat", &flat);
+    let script = r#"printf '%s|%s' "$database__DB_PASSWORD" "$zeta__Z_KEY""#;
+    let output = run(&deployment.env(&[]), &["exec", "--", "sh", "-c", script]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "s3cr3t-fixture-password-4d2e|zeta-value-7f3a");
+}
+
+#[test]
 fn exec_overrides_an_inherited_variable_of_the_same_name() {
     let deployment = deployment("exec-override");
     let mut env = deployment.env(&[]);
