@@ -37,6 +37,12 @@ pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// connection; a slow reader that keeps reading is never cut.
 pub const RESPONSE_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// `CLEF_AGENT_TOKEN_FILE_MODE`: the token file is the agent's user's only (the default), or its
+/// group may read it too (an application in that group). Nothing wider: others never read the
+/// token, and nobody but the agent's user ever writes it.
+pub const DEFAULT_TOKEN_FILE_MODE: u32 = 0o600;
+pub const GROUP_READABLE_TOKEN_FILE_MODE: u32 = 0o640;
+
 /// A configuration problem, printed as `[clef-agent] config error: <message>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError(pub String);
@@ -126,7 +132,11 @@ pub enum AgeKeySource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenSource {
     Given(Secret),
-    File(PathBuf),
+    /// `mode` is [`DEFAULT_TOKEN_FILE_MODE`] or [`GROUP_READABLE_TOKEN_FILE_MODE`].
+    File {
+        path: PathBuf,
+        mode: u32,
+    },
     Generated,
 }
 
@@ -209,9 +219,12 @@ impl Config {
                 }
                 TokenSource::Given(Secret::new(token))
             }
-            (None, Some(path)) => TokenSource::File(path.into()),
+            (None, Some(path)) => TokenSource::File { path: path.into(), mode: token_file_mode(&get)? },
             (None, None) => TokenSource::Generated,
         };
+        if get("CLEF_AGENT_TOKEN_FILE_MODE").is_some() && !matches!(token, TokenSource::File { .. }) {
+            return error("CLEF_AGENT_TOKEN_FILE_MODE is set but CLEF_AGENT_TOKEN_FILE is not: set the file it applies to, or remove the mode");
+        }
         let mode = match get("CLEF_AGENT_CACHE_TTL") {
             None => Mode::Cached { ttl: Duration::from_secs(DEFAULT_CACHE_TTL_SECONDS) },
             Some(text) => match text.trim().parse::<u64>() {
@@ -352,6 +365,17 @@ pub fn port_from_env(lookup: impl Fn(&str) -> Option<String>) -> Result<u16, Con
             Ok(port) if port >= 1 => Ok(port),
             _ => error(format!("CLEF_AGENT_PORT must be a port number from 1 to 65535, got '{text}'")),
         },
+    }
+}
+
+/// `CLEF_AGENT_TOKEN_FILE_MODE`, written the way chmod takes it, with or without the leading 0.
+fn token_file_mode(get: &impl Fn(&str) -> Option<String>) -> Result<u32, ConfigError> {
+    match get("CLEF_AGENT_TOKEN_FILE_MODE").as_deref().map(str::trim) {
+        None | Some("0600" | "600") => Ok(DEFAULT_TOKEN_FILE_MODE),
+        Some("0640" | "640") => Ok(GROUP_READABLE_TOKEN_FILE_MODE),
+        Some(other) => error(format!(
+            "CLEF_AGENT_TOKEN_FILE_MODE must be 0600 (the agent's user only, the default) or 0640 (its group may read the token too), got '{other}'"
+        )),
     }
 }
 
@@ -695,6 +719,21 @@ mod tests {
     }
 
     #[test]
+    fn the_token_file_mode_is_0600_or_0640_and_nothing_wider() {
+        let file = ("CLEF_AGENT_TOKEN_FILE", "/run/clef/token");
+        for (given, mode) in [("0600", 0o600), ("600", 0o600), ("0640", 0o640), (" 640 ", 0o640)] {
+            let config = config(&[("CLEF_AGENT_SOURCE", "a.json"), file, ("CLEF_AGENT_TOKEN_FILE_MODE", given)]);
+            assert_eq!(config.unwrap().token, TokenSource::File { path: "/run/clef/token".into(), mode });
+        }
+        for wider in ["0644", "0660", "0604", "0666", "0700", "rw-r-----", "0o640"] {
+            let error = message(&[("CLEF_AGENT_SOURCE", "a.json"), file, ("CLEF_AGENT_TOKEN_FILE_MODE", wider)]);
+            assert_eq!(error, format!("CLEF_AGENT_TOKEN_FILE_MODE must be 0600 (the agent's user only, the default) or 0640 (its group may read the token too), got '{wider}'"));
+        }
+        let error = message(&[("CLEF_AGENT_SOURCE", "a.json"), ("CLEF_AGENT_TOKEN_FILE_MODE", "0640")]);
+        assert_eq!(error, "CLEF_AGENT_TOKEN_FILE_MODE is set but CLEF_AGENT_TOKEN_FILE is not: set the file it applies to, or remove the mode");
+    }
+
+    #[test]
     fn later_features_are_accepted_for_use_later() {
         let config = config(&[
             ("CLEF_AGENT_SOURCE", "a.json"),
@@ -705,7 +744,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(config.socket, Some("/run/clef/agent.sock".into()));
-        assert_eq!(config.token, TokenSource::File("/run/clef/token".into()));
+        assert_eq!(config.token, TokenSource::File { path: "/run/clef/token".into(), mode: 0o600 });
         assert_eq!(config.agent_id.as_deref(), Some("agent-7"));
     }
 }

@@ -5,12 +5,14 @@
 //! The token file often sits in a directory others can write to (a shared volume). So it is
 //! opened without following a symbolic link, and the opened file itself must be a regular file
 //! of the agent's user that nobody else can write: a file someone else planted or can rewrite
-//! would let them choose the token. The checks are made on the open descriptor, so the file
-//! cannot be swapped between the check and the read.
+//! would let them choose the token. Nor may it be readable beyond `CLEF_AGENT_TOKEN_FILE_MODE`
+//! (0600, or 0640 to share the token with the file's group): whoever reads it holds every
+//! secret. The checks are made on the open descriptor, so the file cannot be swapped between
+//! the check and the read. A file the agent creates gets exactly that mode, whatever the umask.
 
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use crate::config::{ConfigError, TokenSource};
@@ -21,10 +23,10 @@ pub fn resolve(source: &TokenSource) -> Result<(Secret, String), ConfigError> {
     match source {
         TokenSource::Given(token) => Ok((token.clone(), "token: [set]".into())),
         TokenSource::Generated => Ok((generate()?, "token: [generated]".into())),
-        TokenSource::File(path) => match read(path)? {
+        TokenSource::File { path, mode } => match read(path, *mode)? {
             Some(token) => Ok((token, format!("token: [read from {}]", path.display()))),
             None => {
-                let token = create(path)?;
+                let token = create(path, *mode)?;
                 Ok((token, format!("token: [generated, written to {}]", path.display())))
             }
         },
@@ -35,8 +37,9 @@ fn generate() -> Result<Secret, ConfigError> {
     Ok(Secret::new(hex(&random_bytes::<32>().map_err(ConfigError)?)))
 }
 
-/// Reads the token file; `None` when it does not exist.
-fn read(path: &Path) -> Result<Option<Secret>, ConfigError> {
+/// Reads the token file, whose permissions must stay within `mode`; `None` when it does not
+/// exist.
+fn read(path: &Path, mode: u32) -> Result<Option<Secret>, ConfigError> {
     let problem = |what: String| ConfigError(format!("CLEF_AGENT_TOKEN_FILE {}: {what}", path.display()));
     // O_NONBLOCK: opening a FIFO planted there must not hang start-up; regular files ignore it.
     let opened = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path);
@@ -51,7 +54,7 @@ fn read(path: &Path) -> Result<Option<Secret>, ConfigError> {
         }
         Err(error) => return Err(problem(format!("cannot be read: {error}"))),
     };
-    check_only_the_agent_can_write(&file, path).map_err(problem)?;
+    check_permissions(&file, path, mode).map_err(problem)?;
     let mut contents = zeroize::Zeroizing::new(Vec::new());
     file.read_to_end(&mut contents).map_err(|error| problem(format!("cannot be read: {error}")))?;
     let text = std::str::from_utf8(&contents).map_err(|_| problem("is not text".into()))?.trim();
@@ -65,8 +68,9 @@ fn read(path: &Path) -> Result<Option<Secret>, ConfigError> {
 }
 
 /// The opened token file must be a regular file owned by the agent's effective user that its
-/// group and others cannot write; else what is wrong and the command that fixes it.
-fn check_only_the_agent_can_write(file: &File, path: &Path) -> Result<(), String> {
+/// group and others cannot write, and that nobody reads beyond `mode`; else what is wrong and
+/// the command that fixes it.
+fn check_permissions(file: &File, path: &Path, mode: u32) -> Result<(), String> {
     let metadata = file.metadata().map_err(|error| format!("cannot be examined: {error}"))?;
     if !metadata.file_type().is_file() {
         return Err("is not a regular file: point CLEF_AGENT_TOKEN_FILE at a regular file, or remove what is there and let the agent create the file".into());
@@ -87,12 +91,27 @@ fn check_only_the_agent_can_write(file: &File, path: &Path) -> Result<(), String
             path.display()
         ));
     }
+    let permissions = metadata.mode() & 0o777;
+    if permissions & !mode != 0 {
+        let fix = if mode == crate::config::GROUP_READABLE_TOKEN_FILE_MODE {
+            format!("chmod o-rwx {}", path.display())
+        } else {
+            format!(
+                "chmod 0600 {}, or set CLEF_AGENT_TOKEN_FILE_MODE=0640 if its group is meant to read it",
+                path.display()
+            )
+        };
+        return Err(format!(
+            "is readable beyond CLEF_AGENT_TOKEN_FILE_MODE {mode:04o} (mode {:04o}): {fix}",
+            metadata.mode() & 0o7777
+        ));
+    }
     Ok(())
 }
 
-/// Writes a new random token to `path` atomically with mode 0600. If another process created
-/// the file first, its token wins and is returned, so agents sharing a volume agree.
-fn create(path: &Path) -> Result<Secret, ConfigError> {
+/// Writes a new random token to `path` atomically with `mode`. If another process created the
+/// file first, its token wins and is returned, so agents sharing a volume agree.
+fn create(path: &Path, mode: u32) -> Result<Secret, ConfigError> {
     let problem = |what: String| ConfigError(format!("CLEF_AGENT_TOKEN_FILE {}: {what}", path.display()));
     let token = generate()?;
     let file_name = path.file_name().ok_or_else(|| problem("is not a file path".into()))?;
@@ -102,12 +121,17 @@ fn create(path: &Path) -> Result<Secret, ConfigError> {
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&temporary)
         .map_err(|error| problem(format!("cannot be created: {error}")))?;
-    let written =
-        file.write_all(token.expose().as_bytes()).and_then(|()| file.write_all(b"\n")).and_then(|()| file.sync_all());
+    // The umask (systemd's UMask=0077) may have taken the group's read away; it was asked for.
+    // The file is still empty and only ever narrower than `mode` before this.
+    let written = file
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .and_then(|()| file.write_all(token.expose().as_bytes()))
+        .and_then(|()| file.write_all(b"\n"))
+        .and_then(|()| file.sync_all());
     if let Err(error) = written {
         let _ = std::fs::remove_file(&temporary);
         return Err(problem(format!("cannot be created: {error}")));
@@ -118,7 +142,7 @@ fn create(path: &Path) -> Result<Secret, ConfigError> {
     match linked {
         Ok(()) => Ok(token),
         Err(error) if error.kind() == ErrorKind::AlreadyExists => {
-            read(path)?.ok_or_else(|| problem("disappeared while it was being created".into()))
+            read(path, mode)?.ok_or_else(|| problem("disappeared while it was being created".into()))
         }
         Err(error) => Err(problem(format!("cannot be created: {error}"))),
     }
@@ -127,7 +151,6 @@ fn create(path: &Path) -> Result<Secret, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
     fn directory(name: &str) -> std::path::PathBuf {
         let directory = std::env::temp_dir().join(format!("clef-token-{name}-{}", std::process::id()));
@@ -140,14 +163,48 @@ mod tests {
     fn creates_a_token_file_with_mode_0600_and_reads_it_back() {
         let directory = directory("create");
         let path = directory.join("token");
-        let (token, line) = resolve(&TokenSource::File(path.clone())).unwrap();
+        let (token, line) = resolve(&TokenSource::File { path: path.clone(), mode: 0o600 }).unwrap();
         assert_eq!(token.expose().len(), 64);
         assert_eq!(line, format!("token: [generated, written to {}]", path.display()));
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        let (again, line) = resolve(&TokenSource::File(path.clone())).unwrap();
+        let (again, line) = resolve(&TokenSource::File { path: path.clone(), mode: 0o600 }).unwrap();
         assert_eq!(again, token);
         assert_eq!(line, format!("token: [read from {}]", path.display()));
         assert_eq!(std::fs::read_dir(&directory).unwrap().count(), 1, "no temporary file left behind");
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    #[test]
+    fn an_existing_token_file_may_be_read_by_no_one_beyond_the_configured_mode() {
+        let directory = directory("modes");
+        let path = directory.join("token");
+        std::fs::write(&path, "file-token\n").unwrap();
+        let with_mode = |file_mode: u32, mode: u32| {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(file_mode)).unwrap();
+            resolve(&TokenSource::File { path: path.clone(), mode }).map(|(token, _)| token.expose().to_string())
+        };
+        assert_eq!(with_mode(0o640, 0o640).unwrap(), "file-token");
+        assert_eq!(with_mode(0o600, 0o640).unwrap(), "file-token", "narrower than asked is fine");
+        assert_eq!(with_mode(0o400, 0o600).unwrap(), "file-token");
+        let shown = path.display();
+        assert_eq!(
+            with_mode(0o640, 0o600).unwrap_err().0,
+            format!("CLEF_AGENT_TOKEN_FILE {shown}: is readable beyond CLEF_AGENT_TOKEN_FILE_MODE 0600 (mode 0640): chmod 0600 {shown}, or set CLEF_AGENT_TOKEN_FILE_MODE=0640 if its group is meant to read it")
+        );
+        assert_eq!(
+            with_mode(0o644, 0o640).unwrap_err().0,
+            format!("CLEF_AGENT_TOKEN_FILE {shown}: is readable beyond CLEF_AGENT_TOKEN_FILE_MODE 0640 (mode 0644): chmod o-rwx {shown}")
+        );
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    #[test]
+    fn creates_a_group_readable_token_file_when_asked() {
+        let directory = directory("create-0640");
+        let path = directory.join("token");
+        let (token, _) = resolve(&TokenSource::File { path: path.clone(), mode: 0o640 }).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777, 0o640);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{}\n", token.expose()));
         std::fs::remove_dir_all(&directory).unwrap();
     }
 
@@ -158,9 +215,9 @@ mod tests {
         std::fs::write(&path, "\n").unwrap();
         // Not left to the umask, which another test (bind_unix's) may change meanwhile.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(resolve(&TokenSource::File(path.clone())).unwrap_err().0.contains("is empty"));
+        assert!(resolve(&TokenSource::File { path: path.clone(), mode: 0o600 }).unwrap_err().0.contains("is empty"));
         std::fs::write(&path, "two words").unwrap();
-        let error = resolve(&TokenSource::File(path.clone())).unwrap_err().0;
+        let error = resolve(&TokenSource::File { path: path.clone(), mode: 0o600 }).unwrap_err().0;
         assert!(error.contains("printable ASCII") && !error.contains("two words"), "{error}");
         std::fs::remove_dir_all(&directory).unwrap();
     }
@@ -173,7 +230,7 @@ mod tests {
         // SAFETY: mkfifo reads the NUL-terminated path, which outlives the call.
         assert_eq!(unsafe { libc::mkfifo(fifo_path.as_ptr(), 0o600) }, 0);
         for path in [directory.clone(), fifo] {
-            let error = resolve(&TokenSource::File(path.clone())).unwrap_err().0;
+            let error = resolve(&TokenSource::File { path: path.clone(), mode: 0o600 }).unwrap_err().0;
             assert!(error.ends_with("is not a regular file: point CLEF_AGENT_TOKEN_FILE at a regular file, or remove what is there and let the agent create the file"), "{error}");
         }
         std::fs::remove_dir_all(&directory).unwrap();
@@ -181,7 +238,8 @@ mod tests {
 
     #[test]
     fn a_missing_directory_is_a_clear_error() {
-        let error = resolve(&TokenSource::File("/nonexistent-clef-dir/token".into())).unwrap_err().0;
+        let error =
+            resolve(&TokenSource::File { path: "/nonexistent-clef-dir/token".into(), mode: 0o600 }).unwrap_err().0;
         assert!(error.starts_with("CLEF_AGENT_TOKEN_FILE /nonexistent-clef-dir/token: cannot be created"), "{error}");
     }
 }

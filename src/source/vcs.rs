@@ -9,6 +9,11 @@
 //!   commit hash, then the raw file at that commit; `ref` defaults to `main`.
 //!
 //! The blob SHA or commit hash is the content hash, so an unchanged file is not decoded again.
+//! GitHub polls are conditional: the `ETag` of the contents answer that carried the accepted
+//! blob goes back as `If-None-Match`, and GitHub's `304` (no body, and by GitHub's REST
+//! documentation not counted against the primary rate limit) means "unchanged". Neither
+//! GitLab's repository files API nor Bitbucket's src API documents conditional requests, so
+//! they keep their plain GETs (Bitbucket's `?format=meta` already costs only a small JSON).
 
 use base64::Engine;
 use serde_json::Value;
@@ -36,6 +41,8 @@ pub struct VcsSource {
     reference: Option<String>,
     token: Secret,
     description: String,
+    /// GitHub's `ETag` for the contents answer that named this blob `sha`: `(etag, sha)`.
+    github_etag: Option<(String, String)>,
 }
 
 impl VcsSource {
@@ -58,6 +65,7 @@ impl VcsSource {
             reference: config.reference.clone(),
             token: config.token.clone(),
             description: crate::config::SourceConfig::Vcs(config.clone()).describe(),
+            github_etag: None,
         }
     }
 
@@ -76,7 +84,7 @@ impl VcsSource {
         })
     }
 
-    fn github(&self, last: Option<&str>) -> Result<Fetched, FetchError> {
+    fn github(&mut self, last: Option<&str>) -> Result<Fetched, FetchError> {
         let mut url = format!("{}/repos/{}/contents/{}", self.api, self.repo, encode(&self.path, false));
         if let Some(reference) = &self.reference {
             url.push_str(&format!("?ref={}", encode(reference, true)));
@@ -85,9 +93,23 @@ impl VcsSource {
         let headers = |accept| {
             [("Authorization", bearer.as_str()), ("Accept", accept), ("X-GitHub-Api-Version", GITHUB_API_VERSION)]
         };
-        let answer = self.get(&url, &headers("application/vnd.github+json"))?;
+        // Only the ETag that came with the accepted blob may be sent: a 304 to an ETag of a
+        // blob that was fetched but refused would keep the refused one "unchanged" for ever.
+        let condition = self.github_etag.as_ref().filter(|(_, sha)| last == Some(sha.as_str()));
+        let mut json_headers = headers("application/vnd.github+json").to_vec();
+        if let Some((etag, _)) = condition {
+            json_headers.push(("If-None-Match", etag.as_str()));
+        }
+        let answer = self.get(&url, &json_headers)?;
+        if answer.status == 304 {
+            if condition.is_none() {
+                return Err(self.unexpected("304 Not Modified to a request that was not conditional"));
+            }
+            return Ok(Fetched::Unchanged);
+        }
         let meta = self.json(&answer.body)?;
         let sha = self.field(&meta, &["sha"])?;
+        self.github_etag = answer.etag.map(|etag| (etag, sha.clone()));
         if last == Some(sha.as_str()) {
             return Ok(Fetched::Unchanged);
         }

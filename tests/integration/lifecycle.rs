@@ -212,6 +212,8 @@ fn reads_the_token_from_an_existing_token_file() {
     let deployment = deployment("token-file-read");
     let token_file = deployment.dir.join("token");
     std::fs::write(&token_file, "file-token-5c1e77d0a9\n").unwrap();
+    // Readable by the agent's user only: a wider file is refused (the token opens every secret).
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let agent = deployment.start(&[("CLEF_AGENT_TOKEN", ""), ("CLEF_AGENT_TOKEN_FILE", token_file.to_str().unwrap())]);
     assert!(!agent.stdout().contains("file-token-5c1e77d0a9"), "{}", agent.stdout());
     get(deployment.port, "/v1/secrets", &[("Authorization", "Bearer file-token-5c1e77d0a9")]).assert(200, PLAINTEXT);

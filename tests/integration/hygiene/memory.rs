@@ -24,8 +24,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::support::{
-    age_key_line, build_artifact, wait_until, Agent, ArtifactOptions, Deployment, PLAINTEXT, PLAINTEXT_ROTATED,
-    READY_LINE, TOKEN,
+    age_key_line, build_artifact, executable_for_any_user, wait_until, Agent, ArtifactOptions, Deployment, PLAINTEXT,
+    PLAINTEXT_ROTATED, READY_LINE, TOKEN,
 };
 
 /// SIGHUP takes milliseconds; this covers a loaded machine.
@@ -538,7 +538,8 @@ fn the_agent_is_not_dumpable_so_its_own_user_can_neither_read_its_memory_nor_get
     // The key inline: nobody cannot read the fixture key's directory on every checkout.
     let env = deployment.env(&[("CLEF_AGENT_AGE_KEY_FILE", ""), ("CLEF_AGENT_AGE_KEY", &age_key)]);
     let (stdout, stderr) = (root.join("stdout"), root.join("stderr"));
-    let mut command = Command::new(env!("CARGO_BIN_EXE_clef-agent"));
+    // nobody may not reach target/ (a checkout in /root): it runs a copy in its scratch directory.
+    let mut command = Command::new(executable_for_any_user(&deployment.dir));
     command.env_clear().envs(env.iter().map(|(name, value)| (name, value)));
     if let Some(path) = std::env::var_os("PATH") {
         command.env("PATH", path);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::{artifact, assert_absent, flat_names, secret_values};
 use crate::support::loopback::{Answer, Server};
-use crate::support::{age_key_line, fixture, free_port, Deployment, PLAINTEXT};
+use crate::support::{age_key_line, executable_for_any_user, fixture, free_port, Deployment, TempDir, PLAINTEXT};
 
 const REVISION: &str = "rev-commands";
 
@@ -227,7 +227,9 @@ fn assert_hardened_while_fetching(arguments: &[&str]) {
         let _ = held.lock().unwrap().recv_timeout(Duration::from_secs(30));
         Answer { status: 200, headers: Vec::new(), body: served.clone().into_bytes() }
     });
-    let mut command = Command::new(env!("CARGO_BIN_EXE_clef-agent"));
+    // nobody may not reach target/ (a checkout in /root): it runs a copy in a scratch directory.
+    let scratch = TempDir::new("hardened-command");
+    let mut command = Command::new(executable_for_any_user(&scratch));
     command.env_clear().args(arguments).stdout(Stdio::null()).stderr(Stdio::piped());
     command.env("CLEF_AGENT_SOURCE", server.url("/artifact.json"));
     command.env("CLEF_AGENT_AGE_KEY", age_key_line("keys/demo.agekey"));

@@ -4,7 +4,7 @@
 //! the logs, which must say where the token came from and never what it is.
 
 use std::collections::HashSet;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::time::Duration;
@@ -307,7 +307,7 @@ fn refuses_a_dangling_token_file_symbolic_link_instead_of_creating_its_target() 
 }
 
 #[test]
-fn refuses_a_token_file_its_group_or_others_can_write_saying_how_to_fix_it() {
+fn refuses_a_token_file_others_can_write_or_its_group_read_unless_asked_saying_how_to_fix_it() {
     let deployment = deployment("token-writable");
     let token_file = deployment.dir.join("token");
     std::fs::write(&token_file, "file-token-3c9e1a7f5b2d4e6a\n").unwrap();
@@ -319,10 +319,19 @@ fn refuses_a_token_file_its_group_or_others_can_write_saying_how_to_fix_it() {
             format!("[clef-agent] config error: CLEF_AGENT_TOKEN_FILE {path}: is writable by its group or by others (mode {shown}): chmod go-w {path}\n")
         );
     }
-    // Group-readable is fine: that is how an application in the agent's group reads it.
+    // Group-readable only when asked: that is how an application in the file's group reads it.
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let path = token_file.display();
+    assert_eq!(
+        refused_token_file(&deployment, &token_file),
+        format!("[clef-agent] config error: CLEF_AGENT_TOKEN_FILE {path}: is readable beyond CLEF_AGENT_TOKEN_FILE_MODE 0600 (mode 0640): chmod 0600 {path}, or set CLEF_AGENT_TOKEN_FILE_MODE=0640 if its group is meant to read it\n")
+    );
     let token_file_text = token_file.display().to_string();
-    let _agent = deployment.start(&[("CLEF_AGENT_TOKEN", ""), ("CLEF_AGENT_TOKEN_FILE", &token_file_text)]);
+    let _agent = deployment.start(&[
+        ("CLEF_AGENT_TOKEN", ""),
+        ("CLEF_AGENT_TOKEN_FILE", &token_file_text),
+        ("CLEF_AGENT_TOKEN_FILE_MODE", "0640"),
+    ]);
     get(deployment.port, "/v1/secrets", &[("Authorization", &bearer("file-token-3c9e1a7f5b2d4e6a"))])
         .assert(200, PLAINTEXT);
 }
@@ -345,4 +354,74 @@ fn refuses_a_token_file_owned_by_another_user_saying_how_to_fix_it() {
         refused_token_file(&deployment, &token_file),
         format!("[clef-agent] config error: CLEF_AGENT_TOKEN_FILE {path}: is owned by uid 65534, not by the agent's user (uid 0): chown 0 {path} (or remove it and let the agent create it)\n")
     );
+}
+
+/// An application's group, made up for the test: a gid needs no entry in /etc/group.
+const APP_GROUP: u32 = 64_123;
+/// `nobody`: a user other than the agent's.
+const OTHER_USER: u32 = 65_534;
+
+/// Runs `cat path` as [`OTHER_USER`] with `group` as its only group; its output and status.
+fn cat_as_other_user(path: &Path, group: u32) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new("cat");
+    command.arg(path);
+    // SAFETY: setgroups, setgid and setuid are async-signal-safe and change only the child.
+    unsafe {
+        command.pre_exec(move || {
+            let groups = [group as libc::gid_t];
+            if libc::setgroups(1, groups.as_ptr()) != 0 || libc::setgid(group) != 0 || libc::setuid(OTHER_USER) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.output().expect("cannot run cat")
+}
+
+#[test]
+fn a_token_file_created_0640_under_umask_0077_is_read_by_another_user_of_its_group_and_nobody_else() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: cannot run a reader as another user, so this test checks nothing");
+        return;
+    }
+    let deployment = deployment("token-group");
+    let scratch = deployment.artifact.parent().unwrap().to_path_buf();
+    std::fs::set_permissions(&scratch, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // The shared directory belongs to the application's group and is set-group-ID, so the file
+    // created in it gets that group: what Kubernetes' fsGroup does to a volume, and what
+    // systemd's Group= does to the RuntimeDirectory it creates.
+    let shared = scratch.join("run");
+    std::fs::create_dir(&shared).unwrap();
+    std::os::unix::fs::chown(&shared, None, Some(APP_GROUP)).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o2755)).unwrap();
+    let token_file = shared.join("token");
+    let token_file_text = token_file.display().to_string();
+    let env = deployment.env(&[
+        ("CLEF_AGENT_TOKEN", ""),
+        ("CLEF_AGENT_TOKEN_FILE", &token_file_text),
+        ("CLEF_AGENT_TOKEN_FILE_MODE", "0640"),
+    ]);
+    let env: Vec<(&str, &str)> = env.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+    // systemd's UMask=0077 in the example unit: it must not take the group's read away.
+    let agent = Agent::start_with_umask(&env, 0o077);
+    agent.wait_for_stdout(READY_LINE, Duration::from_secs(10));
+    let metadata = std::fs::metadata(&token_file).unwrap();
+    assert_eq!(metadata.permissions().mode() & 0o7777, 0o640, "mode {:o}", metadata.permissions().mode());
+    assert_eq!((metadata.uid(), metadata.gid()), (0, APP_GROUP));
+
+    let member = cat_as_other_user(&token_file, APP_GROUP);
+    assert!(
+        member.status.success(),
+        "a member of the group cannot read it: {}",
+        String::from_utf8_lossy(&member.stderr)
+    );
+    let token = String::from_utf8(member.stdout).unwrap();
+    get(deployment.port, "/v1/secrets", &[("Authorization", &bearer(token.trim_end()))]).assert(200, PLAINTEXT);
+
+    let outsider = cat_as_other_user(&token_file, OTHER_USER);
+    assert!(!outsider.status.success(), "a user outside the group read the token");
+    assert!(String::from_utf8_lossy(&outsider.stderr).contains("Permission denied"), "{outsider:?}");
+    stop(&agent);
 }

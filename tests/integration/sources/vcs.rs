@@ -413,6 +413,106 @@ fn github_rotates_on_a_new_sha_and_needs_no_content_while_the_sha_is_unchanged()
     assert_token_absent(&agent, GITHUB_TOKEN);
 }
 
+/// A contents API that answers conditional requests as GitHub documents them: a strong `ETag`
+/// on every JSON answer, and `304 Not Modified` with the ETag and no body when `If-None-Match`
+/// names the current one. Every answer's body size is added to `body_bytes`.
+fn conditional_github_server(published: Arc<Mutex<Published>>, body_bytes: Arc<AtomicUsize>) -> Server {
+    Server::start(move |request| {
+        let expected = format!("/repos/{REPO}/contents/{ARTIFACT_PATH}?ref=main");
+        if request.method != "GET" || request.path != expected || !github_headers_ok(request, GITHUB_JSON) {
+            return github_not_found();
+        }
+        let published = published.lock().unwrap().clone();
+        let etag = format!("\"{}\"", sha256_hex(published.hash.as_bytes()));
+        let answer = if request.header("If-None-Match") == Some(etag.as_str()) {
+            Answer { status: 304, headers: vec![("ETag".into(), etag)], body: Vec::new() }
+        } else {
+            Answer::json(200, &github_contents(&published, "main", true)).with_header("ETag", &etag)
+        };
+        body_bytes.fetch_add(answer.body.len(), Ordering::SeqCst);
+        answer
+    })
+}
+
+#[test]
+fn github_polls_are_conditional_and_four_unchanged_polls_cost_four_bodiless_304s() {
+    let published = Arc::new(Mutex::new(Published::new(PLAINTEXT, "rev-1")));
+    let body_bytes = Arc::new(AtomicUsize::new(0));
+    let server = conditional_github_server(Arc::clone(&published), Arc::clone(&body_bytes));
+    let api_url = server.url("");
+    let agent = start_ready(&[
+        ("CLEF_AGENT_VCS_PROVIDER", "github"),
+        ("CLEF_AGENT_VCS_TOKEN", GITHUB_TOKEN),
+        ("CLEF_AGENT_VCS_REF", "main"),
+        ("CLEF_AGENT_VCS_API_URL", &api_url),
+    ]);
+    agent.get("/v1/secrets").assert(200, PLAINTEXT);
+    let first_load = body_bytes.load(Ordering::SeqCst);
+    let first = &server.requests()[0];
+    assert_eq!(first.header("If-None-Match"), None, "the first fetch has nothing to compare: {first:?}");
+    let etag = format!("\"{}\"", sha256_hex(published.lock().unwrap().hash.as_bytes()));
+
+    for _ in 0..4 {
+        sighup_and_wait_for_refresh(&agent, SIGHUP_LIMIT);
+    }
+    let polls = server.requests()[1..].to_vec();
+    let poll_bytes = body_bytes.load(Ordering::SeqCst) - first_load;
+    eprintln!("four unchanged polls: {} requests, {poll_bytes} body bytes (the first load: {first_load})", polls.len());
+    assert_eq!(polls.len(), 4, "one request per poll: {polls:#?}");
+    let path = format!("/repos/{REPO}/contents/{ARTIFACT_PATH}");
+    for poll in &polls {
+        assert_github_request(poll, &path, Some("main"), GITHUB_JSON);
+        assert_eq!(poll.header("If-None-Match"), Some(etag.as_str()), "{poll:?}");
+        assert_eq!(poll.header_count("If-None-Match"), 1, "{poll:?}");
+    }
+    assert_eq!(poll_bytes, 0, "unchanged polls must be answered 304 without a body");
+    assert!(first_load > 1000, "the full contents answer is {first_load} bytes");
+    agent.get("/v1/secrets").assert(200, PLAINTEXT);
+    assert!(!agent.stderr().contains("poll error"), "{}", agent.stderr());
+
+    // A new commit changes the ETag: the condition fails, the new file comes in one 200.
+    *published.lock().unwrap() = Published::new(PLAINTEXT_ROTATED, "rev-2");
+    agent.signal(libc::SIGHUP);
+    assert!(
+        wait_for_secrets(&agent, PLAINTEXT_ROTATED, SIGHUP_LIMIT),
+        "the rotated artifact was not served; stderr: {}",
+        agent.stderr()
+    );
+    assert_eq!(server.requests().len(), 6, "{:#?}", server.requests());
+    assert_token_absent(&agent, GITHUB_TOKEN);
+}
+
+#[test]
+fn github_never_asks_a_refused_blob_to_be_unchanged() {
+    let published = Arc::new(Mutex::new(Published::new(PLAINTEXT, "rev-1")));
+    let server = conditional_github_server(Arc::clone(&published), Arc::new(AtomicUsize::new(0)));
+    let api_url = server.url("");
+    let agent = start_ready(&[
+        ("CLEF_AGENT_VCS_PROVIDER", "github"),
+        ("CLEF_AGENT_VCS_TOKEN", GITHUB_TOKEN),
+        ("CLEF_AGENT_VCS_REF", "main"),
+        ("CLEF_AGENT_VCS_API_URL", &api_url),
+    ]);
+    let bytes = b"{\"not\": \"an artifact\"}".to_vec();
+    *published.lock().unwrap() = Published { hash: git_blob_sha(&bytes), bytes };
+    let path = format!("/repos/{REPO}/contents/{ARTIFACT_PATH}");
+
+    // The refused blob came with its own ETag; answering 304 to it would pass the refused
+    // blob off as the accepted one. Each poll must fetch it again and fail again.
+    for polls in 2..=3 {
+        agent.signal(libc::SIGHUP);
+        assert!(server.wait_for_requests("GET", &format!("{path}?ref=main"), polls, SIGHUP_LIMIT));
+        assert!(
+            wait_until(SIGHUP_LIMIT, || agent.stderr().matches("poll error").count() == polls - 1),
+            "{}",
+            agent.stderr()
+        );
+    }
+    let requests = server.requests();
+    assert_eq!(requests[2].header("If-None-Match"), None, "{:?}", requests[2]);
+    agent.get("/v1/secrets").assert(200, PLAINTEXT);
+}
+
 #[test]
 fn github_bad_credentials_fail_start_up_naming_the_refusal_but_not_the_token() {
     let server = Server::start(|_| {

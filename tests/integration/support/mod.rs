@@ -103,6 +103,26 @@ impl Drop for TempDir {
     }
 }
 
+/// A copy of the agent's executable in `dir` that any user may run, for the tests that start
+/// it as another user (`nobody`): that user may not be able to reach the one under `target/`,
+/// as when the checkout lies in `/root` (mode 0700, root's default home). `dir` is opened to
+/// everyone (0755) on the way. `install` makes the copy in a process of its own, so no writable
+/// descriptor of it is ever open in this one, where a concurrent test's fork could inherit it
+/// and make the exec fail with "text file busy".
+pub fn executable_for_any_user(dir: &TempDir) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|error| panic!("cannot open {} to every user: {error}", dir.path.display()));
+    let copy = dir.join("clef-agent");
+    let status = std::process::Command::new("install")
+        .args(["-m", "0755", env!("CARGO_BIN_EXE_clef-agent")])
+        .arg(&copy)
+        .status()
+        .expect("cannot run install (coreutils)");
+    assert!(status.success(), "cannot copy the clef-agent executable to {}", copy.display());
+    copy
+}
+
 /// Replaces `path` the way a deployment should: a temp file in the same directory, then a
 /// rename, so the agent never reads half a file.
 pub fn write_atomically(path: &Path, text: &str) {
