@@ -45,16 +45,18 @@ impl Get<'_> {
                 break response;
             }
             // Redirects are followed here, not by ureq, so that a credential stays in its origin.
+            let status = response.status().as_u16();
             redirects += 1;
             if redirects > crate::http::MAX_REDIRECTS {
-                return Err(self.failed(format!("more than {} redirects", crate::http::MAX_REDIRECTS)));
+                let limit = crate::http::MAX_REDIRECTS;
+                return Err(self.failed(format!("HTTP {status}: more than {limit} redirects")));
             }
-            let status = response.status().as_u16();
             let location = response.headers().get("location").and_then(|value| value.to_str().ok());
             let next = location
                 .and_then(|location| url.join(location))
                 .ok_or_else(|| self.failed(format!("HTTP {status} without a usable Location")))?;
-            crate::http::check_redirect(&url, &next, credentialed).map_err(|why| self.failed(why))?;
+            crate::http::check_redirect(&url, &next, credentialed)
+                .map_err(|why| self.failed(format!("HTTP {status}: {why}")))?;
             url = next;
         };
         let status = response.status().as_u16();
@@ -64,12 +66,13 @@ impl Get<'_> {
             // An error body is read only for its explanation, and only its start.
             let mut body = Vec::new();
             let _ = (&mut reader).take(ERROR_BODY_BYTES).read_to_end(&mut body);
+            // Every status-class failure names the status: people grep their logs for it.
             let detail = detail(&body).map_or_else(|| format!("HTTP {status}"), |why| format!("HTTP {status}, {why}"));
             let source = self.source.to_string();
             return Err(match status {
                 401 | 403 => FetchError::Forbidden { source, detail },
-                404 => FetchError::NotFound { source },
-                _ => FetchError::Status { source, status },
+                404 => FetchError::NotFound { source, status: Some(detail) },
+                _ => FetchError::Status { source, status: detail },
             });
         }
         let mut body = Vec::new();
@@ -79,7 +82,7 @@ impl Get<'_> {
             return Err(FetchError::TooLarge { source: self.source.into() });
         }
         if !(200..300).contains(&status) && status != 304 {
-            return Err(FetchError::Status { source: self.source.into(), status });
+            return Err(FetchError::Status { source: self.source.into(), status: format!("HTTP {status}") });
         }
         Ok(Answer { status, etag, body })
     }

@@ -132,6 +132,29 @@ fn a_403_at_start_up_names_the_status_and_the_fix() {
 }
 
 #[test]
+fn a_404_at_start_up_names_the_status_in_every_line_and_keeps_the_hint() {
+    let server = Server::start(|_| Answer::json(404, "no such artifact"));
+    let deployment = http_deployment("http-404");
+    let url = server.url("/missing.age.json");
+    let agent = deployment.spawn(&[("CLEF_AGENT_SOURCE", &url)]);
+    assert_eq!(agent.wait_exit(STARTUP_FAILURE_LIMIT).and_then(|status| status.code()), Some(1));
+    let stderr = agent.stderr();
+    for attempt in 1..=2 {
+        let line =
+            format!("initial fetch failed (attempt {attempt} of 3): {url} was not found (HTTP 404); retrying in");
+        assert!(stderr.contains(&line), "{stderr}");
+    }
+    let fatal = stderr.lines().find(|line| line.starts_with("[clef-agent] fatal:")).unwrap_or_default();
+    assert_eq!(
+        fatal,
+        format!(
+            "[clef-agent] fatal: Failed to fetch artifact from {url} after 3 attempts: {url} was not found (HTTP 404). \
+             The artifact was not found: has it been packed (clef pack) and deployed to this source yet?"
+        )
+    );
+}
+
+#[test]
 fn user_info_and_query_strings_never_reach_the_log() {
     let server = Server::start(|_| Answer::json(200, &artifact(PLAINTEXT, "rev-1")));
     let deployment = http_deployment("http-redact");
