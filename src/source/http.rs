@@ -36,7 +36,7 @@ impl Get<'_> {
         let mut url = self.url.clone();
         let mut redirects = 0;
         let response = loop {
-            let mut request = self.http.for_host(&url.host).get(&url.full);
+            let mut request = self.http.get(&url).map_err(|why| self.failed(why))?;
             for (name, value) in self.headers {
                 request = request.header(*name, *value);
             }

@@ -1,7 +1,8 @@
 //! HTTP(S) sources (SPEC §4) against loopback servers: ETag and `If-None-Match` with 304 as
 //! "unchanged", stale-on-error through a 500 and a server that went away, redirects, 403 at
 //! start-up with its hint, a body that never ends cut at 32 MiB, HTTPS with a private CA given
-//! through `SSL_CERT_FILE`, a proxy, and URLs whose credentials never reach a log line.
+//! through `SSL_CERT_FILE`, a proxy (absolute form for http, CONNECT for https), and URLs whose
+//! credentials never reach a log line.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
@@ -419,34 +420,52 @@ fn an_unreadable_ssl_cert_file_is_a_config_error() {
     }
 }
 
-/// An HTTP proxy as ureq uses one: `CONNECT host:port`, then the request inside the tunnel,
-/// answered here in the role of the remote host. Records both request lines.
-fn tunnelling_proxy(body: String) -> (u16, Arc<Mutex<Vec<String>>>) {
+/// One request as the proxy received it: its request line and the headers that matter here.
+#[derive(Clone, Debug)]
+struct Proxied {
+    line: String,
+    host: Option<String>,
+    proxy_authorization: Option<String>,
+}
+
+/// A forward proxy as Squid is by default for plain http: it answers requests in absolute form
+/// (`GET http://host/path HTTP/1.1`) — here in the role of the remote host too, with `body` —
+/// and refuses `CONNECT` with 403, as Squid does for any port but 443. Records every request.
+fn forwarding_proxy(body: String) -> (u16, Arc<Mutex<Vec<Proxied>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
-    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Proxied>>> = Arc::default();
     let recorded = Arc::clone(&seen);
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { continue };
             let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut read_head = || {
-                let mut lines = Vec::new();
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
-                        return lines;
-                    }
-                    lines.push(line.trim().to_string());
+            let mut lines = Vec::new();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                    break;
                 }
+                lines.push(line.trim().to_string());
+            }
+            let header = |name: &str| {
+                lines.iter().skip(1).find_map(|line| {
+                    let (field, value) = line.split_once(':')?;
+                    field.eq_ignore_ascii_case(name).then(|| value.trim().to_string())
+                })
             };
-            let connect = read_head();
-            recorded.lock().unwrap().push(connect.first().cloned().unwrap_or_default());
-            let _ = stream.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n");
-            let tunnelled = read_head();
-            recorded.lock().unwrap().push(tunnelled.first().cloned().unwrap_or_default());
-            let answer =
-                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let line = lines.first().cloned().unwrap_or_default();
+            let request = Proxied {
+                line: line.clone(),
+                host: header("Host"),
+                proxy_authorization: header("Proxy-Authorization"),
+            };
+            recorded.lock().unwrap().push(request);
+            let answer = if line.split(' ').nth(1).is_some_and(|target| target.starts_with("http://")) {
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+            } else {
+                "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+            };
             let _ = stream.write_all(answer.as_bytes());
         }
     });
@@ -454,29 +473,38 @@ fn tunnelling_proxy(body: String) -> (u16, Arc<Mutex<Vec<String>>>) {
 }
 
 #[test]
-fn remote_hosts_go_through_the_proxy_and_loopback_never_does() {
-    let (proxy_port, seen) = tunnelling_proxy(artifact(PLAINTEXT, "rev-1"));
-    let proxy_url = format!("http://127.0.0.1:{proxy_port}");
+fn plain_http_goes_to_the_proxy_in_absolute_form_https_tunnels_and_loopback_never_does() {
+    let (proxy_port, seen) = forwarding_proxy(artifact(PLAINTEXT, "rev-1"));
+    let proxy_url = format!("http://proxy-user:proxy-pass-5e1d@127.0.0.1:{proxy_port}");
+    let proxies = [("HTTP_PROXY", proxy_url.as_str()), ("HTTPS_PROXY", proxy_url.as_str())];
     let deployment = http_deployment("http-proxy");
-    let agent = deployment.start(&[
-        ("CLEF_AGENT_SOURCE", "http://artifacts.example.test/app.age.json"),
-        ("HTTP_PROXY", &proxy_url),
-        ("HTTPS_PROXY", &proxy_url),
-    ]);
+    let mut env = vec![("CLEF_AGENT_SOURCE", "http://artifacts.example.test:8080/app.age.json?v=1")];
+    env.extend(proxies);
+    let agent = deployment.start(&env);
     agent.get("/v1/secrets").assert(200, PLAINTEXT);
-    let lines = seen.lock().unwrap().clone();
-    assert_eq!(lines[0], "CONNECT artifacts.example.test:80 HTTP/1.1", "{lines:?}");
-    assert_eq!(lines[1], "GET /app.age.json HTTP/1.1", "{lines:?}");
+    let first = seen.lock().unwrap()[0].clone();
+    assert_eq!(first.line, "GET http://artifacts.example.test:8080/app.age.json?v=1 HTTP/1.1", "{first:?}");
+    assert_eq!(first.host.as_deref(), Some("artifacts.example.test:8080"));
+    // base64("proxy-user:proxy-pass-5e1d")
+    assert_eq!(first.proxy_authorization.as_deref(), Some("Basic cHJveHktdXNlcjpwcm94eS1wYXNzLTVlMWQ="));
     drop(agent);
 
+    // https:// still needs a tunnel: CONNECT, which this proxy refuses.
+    let mut env = vec![("CLEF_AGENT_SOURCE", "https://artifacts.example.test/app.age.json")];
+    env.extend(proxies);
+    let tunnelled = deployment.spawn(&env);
+    assert!(wait_until(Duration::from_secs(10), || seen.lock().unwrap().len() > 1));
+    assert_eq!(seen.lock().unwrap()[1].line, "CONNECT artifacts.example.test:443 HTTP/1.1");
+    drop(tunnelled);
+
+    let asked = seen.lock().unwrap().len();
     let direct = Server::start(|_| Answer::json(200, &artifact(PLAINTEXT_ROTATED, "rev-2")));
-    let agent = deployment.start(&[
-        ("CLEF_AGENT_SOURCE", &direct.url("/app.age.json")),
-        ("HTTP_PROXY", &proxy_url),
-        ("HTTPS_PROXY", &proxy_url),
-    ]);
+    let mut env = vec![("CLEF_AGENT_SOURCE", direct.url("/app.age.json"))];
+    env.extend(proxies.map(|(name, value)| (name, value.to_string())));
+    let env: Vec<(&str, &str)> = env.iter().map(|(name, value)| (*name, value.as_str())).collect();
+    let agent = deployment.start(&env);
     agent.get("/v1/secrets").assert(200, PLAINTEXT_ROTATED);
-    assert_eq!(seen.lock().unwrap().len(), 2, "the loopback source was fetched directly");
+    assert_eq!(seen.lock().unwrap().len(), asked, "the loopback source was fetched directly");
     assert_eq!(direct.requests().len(), 1);
 }
 
