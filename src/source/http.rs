@@ -117,6 +117,10 @@ fn read_capped(reader: &mut impl Read, length: Option<u64>, limit: u64) -> std::
         let mut body = vec![0u8; usize::try_from(length).unwrap_or(usize::MAX)];
         let filled = fill(reader, &mut body)?;
         body.truncate(filled);
+        // Reading on to the end lets ureq see the body is done and keep the connection alive.
+        if fill(reader, &mut [0u8; 1])? > 0 {
+            return Ok(None);
+        }
         return Ok(Some(body));
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);

@@ -420,9 +420,11 @@ fn an_unreadable_ssl_cert_file_is_a_config_error() {
     }
 }
 
-/// One request as the proxy received it: its request line and the headers that matter here.
+/// One request as the proxy received it: the connection it came on (numbered from 0), its
+/// request line and the headers that matter here.
 #[derive(Clone, Debug)]
 struct Proxied {
+    connection: usize,
     line: String,
     host: Option<String>,
     proxy_authorization: Option<String>,
@@ -430,43 +432,53 @@ struct Proxied {
 
 /// A forward proxy as Squid is by default for plain http: it answers requests in absolute form
 /// (`GET http://host/path HTTP/1.1`) — here in the role of the remote host too, with `body` —
-/// and refuses `CONNECT` with 403, as Squid does for any port but 443. Records every request.
+/// keeping the connection alive, and refuses `CONNECT` with 403, as Squid does for any port but
+/// 443. Records every request.
 fn forwarding_proxy(body: String) -> (u16, Arc<Mutex<Vec<Proxied>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let seen: Arc<Mutex<Vec<Proxied>>> = Arc::default();
     let recorded = Arc::clone(&seen);
     std::thread::spawn(move || {
-        for stream in listener.incoming() {
+        for (connection, stream) in listener.incoming().enumerate() {
             let Ok(mut stream) = stream else { continue };
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut lines = Vec::new();
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
-                    break;
+            let (recorded, body) = (Arc::clone(&recorded), body.clone());
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    let mut lines = Vec::new();
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                            break;
+                        }
+                        lines.push(line.trim().to_string());
+                    }
+                    let Some(line) = lines.first().cloned() else { return };
+                    let header = |name: &str| {
+                        lines.iter().skip(1).find_map(|line| {
+                            let (field, value) = line.split_once(':')?;
+                            field.eq_ignore_ascii_case(name).then(|| value.trim().to_string())
+                        })
+                    };
+                    let (host, proxy_authorization) = (header("Host"), header("Proxy-Authorization"));
+                    recorded.lock().unwrap().push(Proxied {
+                        connection,
+                        line: line.clone(),
+                        host,
+                        proxy_authorization,
+                    });
+                    if !line.split(' ').nth(1).is_some_and(|target| target.starts_with("http://")) {
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                        return;
+                    }
+                    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                    if stream.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
                 }
-                lines.push(line.trim().to_string());
-            }
-            let header = |name: &str| {
-                lines.iter().skip(1).find_map(|line| {
-                    let (field, value) = line.split_once(':')?;
-                    field.eq_ignore_ascii_case(name).then(|| value.trim().to_string())
-                })
-            };
-            let line = lines.first().cloned().unwrap_or_default();
-            let request = Proxied {
-                line: line.clone(),
-                host: header("Host"),
-                proxy_authorization: header("Proxy-Authorization"),
-            };
-            recorded.lock().unwrap().push(request);
-            let answer = if line.split(' ').nth(1).is_some_and(|target| target.starts_with("http://")) {
-                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
-            } else {
-                "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
-            };
-            let _ = stream.write_all(answer.as_bytes());
+            });
         }
     });
     (port, seen)
@@ -487,14 +499,19 @@ fn plain_http_goes_to_the_proxy_in_absolute_form_https_tunnels_and_loopback_neve
     assert_eq!(first.host.as_deref(), Some("artifacts.example.test:8080"));
     // base64("proxy-user:proxy-pass-5e1d")
     assert_eq!(first.proxy_authorization.as_deref(), Some("Basic cHJveHktdXNlcjpwcm94eS1wYXNzLTVlMWQ="));
+    // The next poll reuses the kept-alive connection to the proxy, in absolute form again.
+    agent.signal(libc::SIGHUP);
+    assert!(wait_until(SIGHUP_LIMIT, || seen.lock().unwrap().len() == 2));
+    let second = seen.lock().unwrap()[1].clone();
+    assert_eq!((second.connection, second.line.as_str()), (first.connection, first.line.as_str()), "{second:?}");
     drop(agent);
 
     // https:// still needs a tunnel: CONNECT, which this proxy refuses.
     let mut env = vec![("CLEF_AGENT_SOURCE", "https://artifacts.example.test/app.age.json")];
     env.extend(proxies);
     let tunnelled = deployment.spawn(&env);
-    assert!(wait_until(Duration::from_secs(10), || seen.lock().unwrap().len() > 1));
-    assert_eq!(seen.lock().unwrap()[1].line, "CONNECT artifacts.example.test:443 HTTP/1.1");
+    assert!(wait_until(Duration::from_secs(10), || seen.lock().unwrap().len() > 2));
+    assert_eq!(seen.lock().unwrap()[2].line, "CONNECT artifacts.example.test:443 HTTP/1.1");
     drop(tunnelled);
 
     let asked = seen.lock().unwrap().len();
