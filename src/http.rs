@@ -1,16 +1,24 @@
 //! The agent's outgoing HTTP, configured explicitly in one place (ureq 3 defaults every timeout
 //! to none): connect and whole-request timeouts, redirects (see [`check_redirect`]), `User-Agent:
 //! clef-agent/<version>`, proxies from `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` — except that
-//! loopback addresses (the Lambda API, a local collector) are always reached directly — and TLS
+//! loopback addresses (the Lambda API, a local collector) are always reached directly, and that
+//! a source GET of a plain `http://` URL is sent to the proxy in absolute form (see
+//! [`HttpClient::get`]) rather than through a `CONNECT` tunnel — and TLS
 //! with the bundled web PKI roots, so it works in a scratch image, plus the certificates of
 //! `SSL_CERT_FILE` when it is set (added to the bundled roots, not replacing them).
 
 use std::path::Path;
 use std::time::Duration;
 
+mod forward;
+
+use base64::Engine;
 use ureq::config::Config;
+use ureq::http::Uri;
 use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig};
-use ureq::Agent;
+use ureq::typestate::WithoutBody;
+use ureq::unversioned::resolver::DefaultResolver;
+use ureq::{Agent, Proxy, ProxyProtocol, RequestBuilder};
 
 use crate::url::HttpUrl;
 
@@ -28,6 +36,10 @@ pub struct HttpClient {
     /// No whole-request timeout: for the Lambda API's `event/next`, which blocks until the
     /// next event.
     long_poll: Agent,
+    /// The environment's proxy, which `proxied` uses.
+    proxy: Option<Proxy>,
+    /// For plain-http GETs through an HTTP proxy, in absolute form (see [`HttpClient::get`]).
+    forwarding: Option<Agent>,
 }
 
 impl Default for HttpClient {
@@ -67,10 +79,41 @@ impl HttpClient {
 
     fn with_roots(roots: RootCerts) -> HttpClient {
         let tls = TlsConfig::builder().root_certs(roots).build();
+        let proxy = Proxy::try_from_env();
+        let forwarding = proxy.clone().filter(|proxy| proxy.protocol() == ProxyProtocol::Http).map(|proxy| {
+            let config = config(Some(proxy), Some(REQUEST_TIMEOUT), tls.clone());
+            Agent::with_parts(config, forward::ForwardingConnector, DefaultResolver::default())
+        });
         HttpClient {
-            direct: agent(None, Some(REQUEST_TIMEOUT), tls.clone()),
-            proxied: agent(ureq::Proxy::try_from_env(), Some(REQUEST_TIMEOUT), tls.clone()),
-            long_poll: agent(None, None, tls),
+            direct: config(None, Some(REQUEST_TIMEOUT), tls.clone()).into(),
+            proxied: config(proxy.clone(), Some(REQUEST_TIMEOUT), tls.clone()).into(),
+            long_poll: config(None, None, tls).into(),
+            proxy,
+            forwarding,
+        }
+    }
+
+    /// A GET of `url` on the agent for its host (see [`HttpClient::for_host`]), except that a
+    /// plain `http://` URL that goes through an `http://` proxy is sent to the proxy in
+    /// absolute form, `GET http://host/path HTTP/1.1` (RFC 9112 §3.2.2), as curl does, with the
+    /// proxy's credentials in `Proxy-Authorization`. ureq 3 alone would open a `CONNECT` tunnel
+    /// for it, which proxies such as Squid refuse for any port but 443; only `https://` URLs
+    /// (and any URL through an `https://` or SOCKS proxy) are tunnelled.
+    pub fn get(&self, url: &HttpUrl) -> Result<RequestBuilder<WithoutBody>, String> {
+        let target: Uri = url.full.parse().map_err(|_| format!("{} is not a valid URL", url.redacted()))?;
+        match (&self.forwarding, &self.proxy) {
+            (Some(forwarding), Some(proxy))
+                if url.scheme == "http" && !goes_direct(&url.host) && !proxy.is_no_proxy(&target) =>
+            {
+                let mut request = forwarding.get(target);
+                if proxy.username().is_some() || proxy.password().is_some() {
+                    let user = proxy.username().unwrap_or_default();
+                    let credentials = basic(&format!("{user}:{}", proxy.password().unwrap_or_default()));
+                    request = request.header("Proxy-Authorization", credentials.as_str());
+                }
+                Ok(request)
+            }
+            _ => Ok(self.for_host(&url.host).get(target)),
         }
     }
 
@@ -78,7 +121,7 @@ impl HttpClient {
     /// local collector, the container and instance metadata endpoints) and the cloud metadata
     /// hosts, else through the environment's proxy if one is set.
     pub fn for_host(&self, host: &str) -> &Agent {
-        if is_loopback(host) || is_link_local(host) || is_metadata_host(host) {
+        if goes_direct(host) {
             &self.direct
         } else {
             &self.proxied
@@ -105,7 +148,17 @@ impl HttpClient {
     }
 }
 
-fn agent(proxy: Option<ureq::Proxy>, request_timeout: Option<Duration>, tls: TlsConfig) -> Agent {
+/// Loopback and link-local addresses and the cloud metadata hosts: never through a proxy.
+fn goes_direct(host: &str) -> bool {
+    is_loopback(host) || is_link_local(host) || is_metadata_host(host)
+}
+
+/// `Basic <base64>` of `user:password`, zeroed on drop.
+fn basic(credentials: &str) -> zeroize::Zeroizing<String> {
+    zeroize::Zeroizing::new(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(credentials)))
+}
+
+fn config(proxy: Option<ureq::Proxy>, request_timeout: Option<Duration>, tls: TlsConfig) -> Config {
     Config::builder()
         .tls_config(tls)
         .timeout_connect(Some(CONNECT_TIMEOUT))
@@ -119,7 +172,6 @@ fn agent(proxy: Option<ureq::Proxy>, request_timeout: Option<Duration>, tls: Tls
         .http_status_as_error(false)
         .proxy(proxy)
         .build()
-        .into()
 }
 
 /// Whether a request may follow a redirect from `from` to `to` (SPEC §11): never from https to

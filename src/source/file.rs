@@ -32,7 +32,7 @@ impl Source for FileSource {
     fn fetch(&mut self, last_content_hash: Option<&str>) -> Result<Fetched, FetchError> {
         let source = self.describe();
         let io_error = |error: std::io::Error| match error.kind() {
-            ErrorKind::NotFound => FetchError::NotFound { source: source.clone() },
+            ErrorKind::NotFound => FetchError::NotFound { source: source.clone(), status: None },
             ErrorKind::PermissionDenied => FetchError::Forbidden { source: source.clone(), detail: error.to_string() },
             _ => FetchError::Io { source: source.clone(), detail: error.to_string() },
         };

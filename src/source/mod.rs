@@ -33,12 +33,13 @@ pub enum Fetched {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FetchError {
-    /// The artifact does not exist there (HTTP 404, missing file).
-    NotFound { source: String },
+    /// The artifact does not exist there (HTTP 404, missing file). `status` names the HTTP
+    /// answer (`HTTP 404`, with S3's or the provider's explanation), `None` for a file.
+    NotFound { source: String, status: Option<String> },
     /// The agent may not read it (HTTP 401/403, file permissions).
     Forbidden { source: String, detail: String },
-    /// Any other HTTP status of 400 or more.
-    Status { source: String, status: u16 },
+    /// Any other HTTP status of 400 or more: `status` is `HTTP <code>` and its explanation.
+    Status { source: String, status: String },
     /// The source could not be reached or the transfer broke.
     Network { source: String, detail: String },
     /// A local read failed for another reason.
@@ -52,9 +53,10 @@ pub enum FetchError {
 impl fmt::Display for FetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FetchError::NotFound { source } => write!(f, "{source} was not found"),
+            FetchError::NotFound { source, status: None } => write!(f, "{source} was not found"),
+            FetchError::NotFound { source, status: Some(status) } => write!(f, "{source} was not found ({status})"),
             FetchError::Forbidden { source, detail } => write!(f, "access to {source} was denied ({detail})"),
-            FetchError::Status { source, status } => write!(f, "{source} answered HTTP {status}"),
+            FetchError::Status { source, status } => write!(f, "{source} answered {status}"),
             FetchError::Network { source, detail } => write!(f, "cannot reach {source}: {detail}"),
             FetchError::Io { source, detail } => write!(f, "cannot read {source}: {detail}"),
             FetchError::Credentials { source, detail } => write!(f, "cannot sign the request for {source}: {detail}"),
@@ -92,4 +94,20 @@ pub fn from_config(
         }
         SourceConfig::Vcs(vcs) => Box::new(vcs::VcsSource::new(http.clone(), vcs)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_class_failures_name_the_http_status_and_files_do_not() {
+        let source = || "https://a.example/x.json".to_string();
+        let not_found = FetchError::NotFound { source: source(), status: Some("HTTP 404, NoSuchKey".into()) };
+        assert_eq!(not_found.to_string(), "https://a.example/x.json was not found (HTTP 404, NoSuchKey)");
+        let status = FetchError::Status { source: source(), status: "HTTP 500".into() };
+        assert_eq!(status.to_string(), "https://a.example/x.json answered HTTP 500");
+        let file = FetchError::NotFound { source: "/srv/a.json".into(), status: None };
+        assert_eq!(file.to_string(), "/srv/a.json was not found");
+    }
 }

@@ -623,13 +623,15 @@ fn a_missing_object_fails_start_up_after_three_attempts_with_the_not_found_hint(
         fatal,
         format!(
             "[clef-agent] fatal: Failed to fetch artifact from {source} after 3 attempts: \
-             {source} was not found. {NOT_FOUND_HINT}"
+             {source} was not found (HTTP 404, NoSuchKey). {NOT_FOUND_HINT}"
         )
     );
     assert!(elapsed >= Duration::from_secs(6), "three attempts take 2 s + 4 s of backoff, took {elapsed:?}");
     let stderr = agent.stderr();
     for attempt in 1..=2 {
-        let line = format!("initial fetch failed (attempt {attempt} of 3): {source} was not found; retrying in");
+        let line = format!(
+            "initial fetch failed (attempt {attempt} of 3): {source} was not found (HTTP 404, NoSuchKey); retrying in"
+        );
         assert!(stderr.contains(&line), "{stderr}");
     }
     let path = format!("/{BUCKET}/{key}");

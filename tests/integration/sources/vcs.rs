@@ -670,11 +670,21 @@ fn gitlab_with_a_ref_and_a_path_prefix_rotates_on_a_new_blob_id_and_skips_an_unc
 }
 
 #[test]
-fn gitlab_file_not_found_fails_start_up_saying_so() {
+fn gitlab_file_not_found_fails_start_up_naming_the_status_and_the_hint() {
     let server = Server::start(|_| Answer::json(404, r#"{"message":"404 File Not Found"}"#));
     let (agent, fatal) = failed_start(&server, "gitlab", GITLAB_TOKEN);
-    let stderr = agent.stderr();
-    assert!(fatal.contains("not found"), "{stderr}");
+    let source = format!("gitlab {REPO}:{ARTIFACT_PATH}@default branch");
+    assert_eq!(
+        fatal,
+        format!(
+            "[clef-agent] fatal: Failed to fetch artifact from {source} after 3 attempts: {source} was not found \
+             (HTTP 404, 404 File Not Found). The artifact was not found: has it been packed (clef pack) and \
+             deployed to this source yet?"
+        )
+    );
+    let attempt =
+        format!("initial fetch failed (attempt 1 of 3): {source} was not found (HTTP 404, 404 File Not Found);");
+    assert!(agent.stderr().contains(&attempt), "{}", agent.stderr());
     let requests = server.requests();
     assert_eq!(requests.len(), 3, "three start-up attempts: {requests:#?}");
     for request in &requests {
