@@ -275,33 +275,37 @@ fn check(request: &Request<'_>, reply: &Reply, values: &[String]) {
     }
 }
 
-/// Sends `input` on a new connection to `backend` while reading everything it answers.
-fn exchange(backend: &Backend, input: &[u8]) -> Vec<u8> {
+/// Opens a connection to `backend` and sends `input` and the end of input. Nothing is read
+/// yet: the input fits in the socket's send buffer (`MAX_INPUT`, 208 KiB by default on Linux),
+/// so this never waits for the server, and the three servers work at once.
+fn send(backend: &Backend, input: &[u8]) -> UnixStream {
     let mut stream = UnixStream::connect(&backend.path).expect("connect to the fuzz socket");
     stream.set_read_timeout(Some(READ_TIMEOUT)).expect("set a read timeout");
-    let mut writer = stream.try_clone().expect("clone the client socket");
+    stream.set_write_timeout(Some(READ_TIMEOUT)).expect("set a write timeout");
+    match stream.write_all(input) {
+        Ok(()) => {}
+        // The server closed the connection after a refusal: the rest is never read.
+        Err(error) if matches!(error.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset) => {}
+        Err(error) => panic!("{}: the input was not sent: {error}", backend.name),
+    }
+    let _ = stream.shutdown(Shutdown::Write);
+    stream
+}
+
+/// Everything the server sends until it closes the connection.
+fn receive(backend: &Backend, mut stream: UnixStream) -> Vec<u8> {
     let mut output = Vec::new();
-    std::thread::scope(|scope| {
-        // Written from another thread, so a server that answers before it read everything
-        // (pipelined requests) never blocks on a client that is still writing.
-        scope.spawn(move || {
-            // Fails once the server closed the connection (a refusal): the rest is never read.
-            let _ = writer.write_all(input);
-            let _ = writer.shutdown(Shutdown::Write);
-        });
-        let mut buffer = [0u8; 16 * 1024];
-        loop {
-            match stream.read(&mut buffer) {
-                Ok(0) => break,
-                Ok(count) => output.extend_from_slice(&buffer[..count]),
-                // A Unix socket closed with unread input reports a reset after the data.
-                Err(error) if error.kind() == ErrorKind::ConnectionReset => break,
-                Err(error) if error.kind() == ErrorKind::Interrupted => {}
-                Err(error) => panic!("{}: no end of the answer within {READ_TIMEOUT:?}: {error}", backend.name),
-            }
+    let mut buffer = [0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buffer) {
+            Ok(0) => return output,
+            Ok(count) => output.extend_from_slice(&buffer[..count]),
+            // A Unix socket closed with unread input reports a reset after the data.
+            Err(error) if error.kind() == ErrorKind::ConnectionReset => return output,
+            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+            Err(error) => panic!("{}: no end of the answer within {READ_TIMEOUT:?}: {error}", backend.name),
         }
-    });
-    output
+    }
 }
 
 /// How many requests at most can be answered: the heads before the first one that announces a
@@ -488,14 +492,9 @@ fuzz_target!(|bytes: &[u8]| {
         }
     }
     let fixture = fixture();
-    let outputs: Vec<Vec<u8>> = std::thread::scope(|scope| {
-        let exchanges: Vec<_> =
-            fixture.backends.iter().map(|backend| scope.spawn(move || exchange(backend, bytes))).collect();
-        exchanges
-            .into_iter()
-            .map(|exchange| exchange.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
-            .collect()
-    });
+    let streams: Vec<UnixStream> = fixture.backends.iter().map(|backend| send(backend, bytes)).collect();
+    let outputs: Vec<Vec<u8>> =
+        fixture.backends.iter().zip(streams).map(|(backend, stream)| receive(backend, stream)).collect();
     let contains = |haystack: &[u8], needle: &[u8]| haystack.windows(needle.len()).any(|window| window == needle);
     let limit = answerable(bytes);
     let mut statuses = Vec::with_capacity(3);
