@@ -124,6 +124,8 @@ def routing_seeds() -> None:
         f"GET /v1/health HTTP/0.9\r\n{host}\r\n",
         f"GET /v1/health HTTP/1.1\n{host}\r\n" + get,
         f"GET /v1/health\r\n{host}\r\n",
+        # a bare LF does not end a line: this is one Host field, no body (found by the fuzzer)
+        f"GET /v1/keys HTTP/1.1\r\nHost: 127.0\nContent-Length: 7\r\n\r\n" + get,
         f"\r\nGET /v1/health HTTP/1.1\r\n{host}\r\n",
         f"GET /v1/health HTTP/1.1\r\nBad Header: x\r\n{host}\r\n",
         # limits: a line over 8 KiB, 101 fields, a head over 64 KiB (431)

@@ -310,15 +310,16 @@ fn receive(backend: &Backend, mut stream: UnixStream) -> Vec<u8> {
 
 /// How many requests at most can be answered: the heads before the first one that announces a
 /// body (tiny_http refuses that one and reads nothing after it). A head ends at the first empty
-/// line, and a line only at CRLF, so heads are split at `\r\n\r\n` (a head that starts with an
-/// empty line is a bad request line, the end too). Any `Transfer-Encoding`, or a
-/// `Content-Length` of digits that are not all zero, announces a body.
+/// line, and a line only at CRLF — a bare LF is part of its line, even in a header value — so
+/// heads are split at `\r\n\r\n` and lines at `\r\n` (a head that starts with an empty line
+/// is a bad request line, the end too). Any `Transfer-Encoding`, or a `Content-Length` of
+/// digits that are not all zero, announces a body.
 fn answerable(input: &[u8]) -> usize {
     let mut count = 0;
     let mut rest = input;
     while !rest.starts_with(b"\r\n") {
         let Some(end) = rest.windows(4).position(|window| window == b"\r\n\r\n") else { break };
-        let announces_body = rest[..end].split(|&byte| byte == b'\n').any(|line| {
+        let announces_body = crlf_lines(&rest[..end]).any(|line| {
             let line = line.trim_ascii();
             let value = |name: &[u8]| {
                 (line.len() >= name.len() && line[..name.len()].eq_ignore_ascii_case(name))
@@ -336,6 +337,21 @@ fn answerable(input: &[u8]) -> usize {
         rest = &rest[end + 4..];
     }
     count
+}
+
+/// The lines of a head without its final CRLF, split where tiny_http splits them: at CRLF only.
+fn crlf_lines(head: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(head);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        match text.windows(2).position(|window| window == b"\r\n") {
+            Some(end) => {
+                rest = Some(&text[end + 2..]);
+                Some(&text[..end])
+            }
+            None => rest.take(),
+        }
+    })
 }
 
 /// One response: status line, headers, body.
