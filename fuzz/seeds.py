@@ -10,7 +10,8 @@ fixtures are added too.
   decrypt   the binary age files inside those artifacts (base64-decoded `ciphertext`), the
             envelope artifacts as `provider\\nkeyId\\nwrappedKey\\nalgorithm\\niv\\nauthTag\\n`
             followed by the raw ciphertext, and plaintexts good and bad
-  routing   HTTP request heads for every route and guard
+  routing   HTTP request heads for every route and guard, and streams: pipelined requests,
+            HTTP/1.0, HEAD, bodies, Expect, HTTP/2.0 and 0.9, malformed and oversized heads
 """
 
 import base64
@@ -99,8 +100,42 @@ def routing_seeds() -> None:
         f"GET /v2/secrets HTTP/1.1\r\nHost: 127.0.0.1:99999\r\n{bearer}\r\n",
         f"GET //v1/secrets/a/b/c HTTP/1.1\r\nHost: 127.0.0.1:\r\n{bearer}\r\n",
     ]
-    for head in heads:
-        write("routing", head.encode())
+    host = "Host: 127.0.0.1:7779\r\n"
+    get = f"GET /v1/secrets/database/DB_HOST HTTP/1.1\r\n{host}{bearer}\r\n"
+    streams = [
+        # pipelined requests, keep-alive and close
+        get + "GET /v1/health HTTP/1.1\r\n" + host + "\r\n" + f"HEAD /v1/keys HTTP/1.1\r\n{host}{bearer}\r\n",
+        get + f"GET /v1/keys HTTP/1.1\r\n{host}Connection: close\r\n\r\n" + get,
+        f"GET /v1/ready HTTP/1.0\r\n{host}\r\n" + get,
+        f"GET /v1/secrets HTTP/1.0\r\n{host}{bearer}Connection: keep-alive\r\n\r\n" + get,
+        f"HEAD /v1/secrets HTTP/1.0\r\n{host}{bearer}\r\n",
+        f"GET /v1/secrets HTTP/1.1\r\n{host}{bearer}TE: chunked\r\n\r\n" + get,
+        f"GET /v1/secrets HTTP/1.1\r\n{host}{bearer}Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n" + get,
+        # bodies: refused with 400 and close, nothing after them answered
+        get + f"POST /v1/secrets HTTP/1.1\r\n{host}{bearer}Content-Length: 5\r\n\r\nhello" + get,
+        get + f"GET /v1/keys HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n" + get,
+        f"GET /v1/keys HTTP/1.1\r\n{host}Content-Length: 0\r\n\r\n" + get,
+        f"GET /v1/keys HTTP/1.1\r\n{host}Content-Length: -1\r\n\r\n" + get,
+        f"GET /v1/keys HTTP/1.1\r\n{host}Content-Length: 0\r\nContent-Length: 7\r\n\r\n" + get,
+        # Expect, HTTP/2.0 (505 and on), HTTP/0.9, malformed lines
+        f"GET /v1/keys HTTP/1.1\r\n{host}Expect: 100-continue\r\n\r\n" + get,
+        f"GET /v1/keys HTTP/1.1\r\n{host}Expect: 200-ok\r\n\r\n" + get,
+        f"GET /v1/keys HTTP/2.0\r\n{host}\r\nHEAD /v1/health HTTP/2.0\r\n{host}\r\n" + get,
+        f"GET /v1/health HTTP/0.9\r\n{host}\r\n",
+        f"GET /v1/health HTTP/1.1\n{host}\r\n" + get,
+        f"GET /v1/health\r\n{host}\r\n",
+        # a bare LF does not end a line: this is one Host field, no body (found by the fuzzer)
+        f"GET /v1/keys HTTP/1.1\r\nHost: 127.0\nContent-Length: 7\r\n\r\n" + get,
+        f"\r\nGET /v1/health HTTP/1.1\r\n{host}\r\n",
+        f"GET /v1/health HTTP/1.1\r\nBad Header: x\r\n{host}\r\n",
+        # limits: a line over 8 KiB, 101 fields, a head over 64 KiB (431)
+        f"GET /v1/health?{'a' * 8300} HTTP/1.1\r\n{host}\r\n",
+        f"GET /v1/health HTTP/1.1\r\n{host}" + "X-A: b\r\n" * 100 + "\r\n",
+        f"GET /v1/health HTTP/1.1\r\n{host}" + f"X-A: {'b' * 8000}\r\n" * 9 + "\r\n",
+    ]
+    for data in heads + streams:
+        write("routing", data.encode())
+    write("routing", f"GET /v1/health HTTP/1.1\r\n{host}X-\xc3\xa9: 1\r\n\r\n".encode("latin-1"))
 
 
 if __name__ == "__main__":
