@@ -370,3 +370,22 @@ fn an_answer_after_which_the_connection_closes_says_connection_close() {
     assert_eq!(connection_header(first).as_deref(), Some("keep-alive"), "{first:?}");
     assert_eq!(connection_header(second), None, "{second:?}");
 }
+
+#[test]
+fn a_control_character_inside_a_head_line_is_a_bad_request_and_ends_the_connection() {
+    let (_server, port) = tcp_server(Limits::default());
+    let bad = (400, r#"{"error":"Bad request"}"#.to_string());
+    // A front end that ends lines at a bare LF would see a second field and a 7-byte body here.
+    let bare_lf =
+        exchange(connect(port), "GET /a HTTP/1.1\r\nHost: a\nContent-Length: 7\r\n\r\nGET /b HTTP/1.1\r\n\r\n");
+    assert_eq!(answers(&bare_lf), std::slice::from_ref(&bad), "{bare_lf:?}");
+    for line in ["X: a\0b", "X: a\rb", "X: \x7f", "X: \x1b[0m"] {
+        let text = exchange(connect(port), &format!("GET /a HTTP/1.1\r\n{line}\r\n\r\n"));
+        assert_eq!(answers(&text), std::slice::from_ref(&bad), "{line:?}");
+    }
+    let in_target = exchange(connect(port), "GET /a\0b HTTP/1.1\r\n\r\n");
+    assert_eq!(answers(&in_target), [bad]);
+    // A tab is allowed whitespace.
+    let tab = exchange(connect(port), "GET /tab HTTP/1.1\r\nX:\tvalue\r\nConnection: close\r\n\r\n");
+    assert_eq!(answers(&tab), [(200, "hello /tab".to_string())]);
+}

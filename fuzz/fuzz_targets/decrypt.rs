@@ -53,7 +53,9 @@ fn age_file(bytes: &[u8]) {
 const MESSAGE_TEXT: &str = "the plaintext must be a JSON object of namespaces, found an array a string an object \
     a boolean a number null namespace '' must be an object of string values, found value of '.' must be a string \
     key appears twice the plaintext is not valid JSON (line , column ) the plaintext is not UTF-8 \
-    the plaintext has trailing data after the JSON object 0123456789";
+    the plaintext has trailing data after the JSON object 0123456789 \
+    top-level is but the first top-level value is: a plaintext holds only string values (flat) or only \
+    objects of string values (namespaces), not both …(truncated, bytes)";
 
 fn plaintext(bytes: &[u8]) {
     let Err(error) = Plaintext::parse(bytes) else { return };

@@ -58,7 +58,7 @@ impl Source for FixedSource {
     fn fetch(&mut self, _: Option<&str>) -> Result<Fetched, FetchError> {
         match self.0 {
             Some(bytes) => Ok(Fetched::Content { bytes: bytes.to_vec(), content_hash: None }),
-            None => Err(FetchError::NotFound { source: "fuzz fixture".into() }),
+            None => Err(FetchError::NotFound { source: "fuzz fixture".into(), status: None }),
         }
     }
 }
@@ -172,6 +172,7 @@ fn serve(api: &Api, values: &[String], log: &Mutex<Vec<Answered>>, request: tiny
         hosts: named("Host").collect(),
         authorization: named("Authorization").next(),
         forwarded: named("X-Forwarded-For").next().is_some() || named("Forwarded").next().is_some(),
+        accept: named("Accept").collect(),
     };
     check(&view, &reply, values);
     let version = request.http_version();
@@ -271,6 +272,15 @@ fn check(request: &Request<'_>, reply: &Reply, values: &[String]) {
         if reply.content_type == TEXT {
             let value = std::str::from_utf8(body).expect("values are UTF-8");
             assert!(values.iter().any(|known| known == value), "served a value the artifact does not hold");
+        }
+        // A single value asked for as JSON (`Accept` ranks application/json above text/plain)
+        // is `{"value": <one of the fixture's values>}`.
+        if reply.content_type == JSON && !public {
+            if let Ok(serde_json::Value::Object(object)) = serde_json::from_slice::<serde_json::Value>(body) {
+                if let (1, Some(serde_json::Value::String(value))) = (object.len(), object.get("value")) {
+                    assert!(values.iter().any(|known| known == value), "served a value the artifact does not hold");
+                }
+            }
         }
     }
 }

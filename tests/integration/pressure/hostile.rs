@@ -167,10 +167,10 @@ fn malformed_requests_get_a_clean_4xx_or_a_closed_connection_and_never_a_panic()
         b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n}{ not http at all\r\n\r\nGET /v1/health HTTP/1.1\r\n\r\n",
     );
     assert_eq!(statuses(&answers), [200, 400], "pipelined ASCII garbage");
-    // Bytes that are not ASCII (here, the start of a TLS handshake) end the connection unanswered.
+    // The start of a TLS handshake holds control bytes: 400, and the connection ends.
     let mut tls_after_request = b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".to_vec();
     tls_after_request.extend_from_slice(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n");
-    assert_eq!(statuses(&exchange(port, &tls_after_request)), [200], "pipelined binary garbage");
+    assert_eq!(statuses(&exchange(port, &tls_after_request)), [200, 400], "pipelined binary garbage");
 
     // Raw bytes that are not UTF-8 in the path: tiny_http takes only ASCII request lines.
     let mut raw_bytes = b"GET /v1/secrets/\xff\xfe".to_vec();
@@ -198,16 +198,23 @@ fn malformed_requests_get_a_clean_4xx_or_a_closed_connection_and_never_a_panic()
     // No version (an HTTP/0.9-style request line): tiny_http's 400, then the connection ends.
     assert_eq!(statuses(&exchange(port, b"GET /v1/health\r\n\r\n")), [400], "a request line without a version");
 
-    // A NUL byte in a header: in Host the guard refuses it, in the token the token does not match.
+    // A NUL byte or a bare LF inside a header line: the whole request is refused (400) and the
+    // connection closed, so no field is read with a control character in it.
+    let bad_request = r#"{"error":"Bad request"}"#;
     let answers = exchange(port, b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\0\r\nConnection: close\r\n\r\n");
-    assert_eq!(statuses(&answers), [403], "NUL in Host");
-    json_error(&answers[0], r#"{"error":"Forbidden: invalid Host header"}"#);
+    assert_eq!(statuses(&answers), [400], "NUL in Host");
+    json_error(&answers[0], bad_request);
     let nul_token = format!(
         "GET /v1/secrets HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\0\r\nConnection: close\r\n\r\n"
     );
     let answers = exchange(port, nul_token.as_bytes());
-    assert_eq!(statuses(&answers), [401], "NUL after the token");
-    json_error(&answers[0], r#"{"error":"Unauthorized"}"#);
+    assert_eq!(statuses(&answers), [400], "NUL after the token");
+    json_error(&answers[0], bad_request);
+    let bare_lf =
+        b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\nContent-Length: 0\r\n\r\nGET /v1/health HTTP/1.1\r\n\r\n";
+    let answers = exchange(port, bare_lf);
+    assert_eq!(statuses(&answers), [400], "a bare LF inside a header line");
+    json_error(&answers[0], bad_request);
 
     let health = get(port, "/v1/health", &[]);
     assert_eq!(health.status, 200, "{}", health.text());

@@ -67,6 +67,8 @@ enum ReadError {
     HeadTooLarge,
     /// `Content-Length` above 0 or any `Transfer-Encoding`: the server takes no request bodies.
     BodyNotAccepted,
+    /// A control character (a bare CR or LF, NUL, …) inside the request line or a header line.
+    ControlCharacter,
 }
 
 /// A read that failed because the socket's receive timeout ran out.
@@ -179,6 +181,12 @@ impl ClientConnection {
             reader.consume(take);
             if ends_line && self.line.ends_with(b"\r\n") {
                 let line = &self.line[..self.line.len() - 2];
+                // clef-agent patch: a CR, LF, NUL or other control character inside a line
+                // (RFC 9112 §5.5 and §2.2) is refused, never kept in a value: a front end that
+                // ends lines at a bare LF would otherwise see other requests than we do
+                if line.iter().any(|&byte| (byte < 0x20 && byte != b'\t') || byte == 0x7f) {
+                    return Err(ReadError::ControlCharacter);
+                }
                 return match std::str::from_utf8(line) {
                     Ok(line) if line.is_ascii() => Ok(line),
                     _ => Err(ReadError::ReadIoError(IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"))),
@@ -313,7 +321,9 @@ impl Iterator for ClientConnection {
 
         loop {
             let rq = match self.read() {
-                Err(ReadError::WrongRequestLine) | Err(ReadError::WrongHeader(_)) => {
+                Err(ReadError::WrongRequestLine)
+                | Err(ReadError::WrongHeader(_))
+                | Err(ReadError::ControlCharacter) => {
                     // we don't know where the next request would start, so we have to close
                     self.refuse(400, "Bad Request", "Bad request");
                     return None;
