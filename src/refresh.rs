@@ -14,7 +14,7 @@ use crate::artifact::signature::VerifyKey;
 use crate::artifact::{self, Artifact, Parsed, Rejection, Revocation};
 use crate::cache::DiskCache;
 use crate::config::Mode;
-use crate::decrypt::{DecryptError, Keys, Plaintext};
+use crate::decrypt::{decode_ciphertext, DecryptError, Keys, Plaintext};
 use crate::log;
 use crate::pending::Pending;
 use crate::retry::{self, FailureLog};
@@ -265,20 +265,10 @@ impl Pipeline {
         if content_hash.is_some() && content_hash.as_deref() == last_hash {
             return Ok(self.unchanged(now_ms));
         }
-        let outcome = self.accept(&bytes, content_hash.clone(), mode, now_ms)?;
-        match (&outcome, &self.cache) {
-            (Outcome::Accepted { .. }, Some(cache)) => {
-                if let Err(error) = cache.store(&bytes, content_hash.as_deref(), now_ms) {
-                    log::error(&format!(
-                        "warning: cannot write the disk cache {}: {error}",
-                        cache.artifact_path().display()
-                    ));
-                }
-                Ok(outcome)
-            }
+        match self.accept(bytes, content_hash, Store::InDiskCache, mode, now_ms)? {
             // The same revision in new bytes (SPEC §2 step 6): not decrypted, so not cached.
-            (Outcome::Unchanged, _) => Ok(self.unchanged(now_ms)),
-            (Outcome::Accepted { .. }, None) => Ok(outcome),
+            Outcome::Unchanged => Ok(self.unchanged(now_ms)),
+            outcome => Ok(outcome),
         }
     }
 
@@ -323,7 +313,7 @@ impl Pipeline {
             }
         };
         log::error(&format!("{error}; serving the artifact from the disk cache ({})", cache.artifact_path().display()));
-        let outcome = self.accept(&entry.bytes, entry.content_hash, mode, now_ms)?;
+        let outcome = self.accept(entry.bytes, entry.content_hash, Store::Nowhere, mode, now_ms)?;
         Ok(match outcome {
             Outcome::Accepted { served, loaded, .. } => {
                 Outcome::Accepted { served, loaded, age_ms, fell_back: Some(error) }
@@ -333,20 +323,28 @@ impl Pipeline {
     }
 
     /// SPEC §2 steps 3–9 for fetched bytes.
+    ///
+    /// Takes the fetched bytes so that it can drop them as soon as they are no longer needed:
+    /// an artifact near the size limit is mostly one ciphertext, and every copy of it held at
+    /// once adds to the agent's peak memory.
     fn accept(
         &mut self,
-        bytes: &[u8],
+        bytes: Vec<u8>,
         content_hash: Option<String>,
+        store: Store,
         mode: Mode,
         now_ms: u64,
     ) -> Result<Outcome, RefreshError> {
-        let artifact = match screen(bytes, now_ms) {
+        let mut artifact = match screen(&bytes, now_ms) {
             Err(RefreshError::Revoked(revocation)) => {
-                self.note_revocation(bytes);
+                self.note_revocation(&bytes);
                 return Err(RefreshError::Revoked(revocation));
             }
             screened => screened?,
         };
+        // Only the disk cache still wants the bytes, once decryption has succeeded; without it
+        // they are dropped here (`then_some` consumes them either way).
+        let bytes = (store == Store::InDiskCache && self.cache.is_some()).then_some(bytes);
         if let Some(last) = self.last.as_mut().filter(|last| last.revision == artifact.revision) {
             last.content_hash = content_hash;
             return Ok(Outcome::Unchanged);
@@ -364,7 +362,23 @@ impl Pipeline {
         };
         // Decrypt in both modes: JIT keeps only the sealed artifact, but an artifact this agent
         // cannot open must not replace one it can.
-        let plaintext = decrypt(&artifact, &self.keys)?;
+        let plaintext = match mode {
+            // The snapshot needs none of the base64 text: it goes before the plaintext exists.
+            Mode::Cached { .. } => {
+                let ciphertext = decode_ciphertext(&std::mem::take(&mut artifact.ciphertext))?;
+                let plaintext = self.keys.decrypt_decoded(artifact.envelope.as_ref(), ciphertext)?;
+                Plaintext::parse(&plaintext).map_err(Rejection::PayloadParse)?
+            }
+            Mode::Jit => decrypt(&artifact, &self.keys)?,
+        };
+        if let (Some(bytes), Some(cache)) = (bytes, &self.cache) {
+            if let Err(error) = cache.store(&bytes, content_hash.as_deref(), now_ms) {
+                log::error(&format!(
+                    "warning: cannot write the disk cache {}: {error}",
+                    cache.artifact_path().display()
+                ));
+            }
+        }
         if let Some(packed_at) = signed_packed_at {
             let raised = rollback::raised(self.mark.as_ref(), HighWaterMark::accepted(packed_at));
             self.keep_mark(raised);
@@ -377,11 +391,12 @@ impl Pipeline {
             kms_envelope: artifact.envelope.is_some(),
             telemetry_headers: telemetry::headers_from(&plaintext),
         };
+        self.last = Some(Accepted { content_hash, revision: artifact.revision.clone() });
         let served = match mode {
             Mode::Cached { .. } => Served::Cached(Arc::new(Snapshot::build(&artifact, plaintext))),
-            Mode::Jit => Served::Jit(SealedArtifact { artifact: artifact.clone() }),
+            // Moved, not cloned: a clone would hold the ciphertext twice.
+            Mode::Jit => Served::Jit(SealedArtifact { artifact }),
         };
-        self.last = Some(Accepted { content_hash, revision: artifact.revision.clone() });
         Ok(Outcome::Accepted { served, loaded, age_ms: 0, fell_back: None })
     }
 
@@ -394,6 +409,15 @@ impl Pipeline {
             cache.purge();
         }
     }
+}
+
+/// Where an accepted artifact's bytes go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Store {
+    /// Into the disk cache, when there is one: the bytes were fetched.
+    InDiskCache,
+    /// Nowhere: they came from the disk cache.
+    Nowhere,
 }
 
 /// Whether a disk cache entry may stand in for the source.

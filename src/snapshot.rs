@@ -24,7 +24,9 @@ pub struct Snapshot {
     plaintext: Plaintext,
     secrets_body: SecretBytes,
     keys_body: Vec<u8>,
-    namespace_bodies: Vec<SecretBytes>,
+    /// Each namespace's body: where it sits inside `secrets_body`, which holds them all in
+    /// plaintext order, so no namespace is rendered (and held) twice.
+    namespace_bodies: Vec<std::ops::Range<usize>>,
     namespace_index: HashMap<String, usize>,
     /// Names in `/v1/keys` (`<namespace>__<key>`, or a flat plaintext's keys) → value parts.
     flat_index: HashMap<String, Part>,
@@ -50,12 +52,10 @@ pub enum Part {
 
 impl Snapshot {
     pub fn build(artifact: &Artifact, plaintext: Plaintext) -> Snapshot {
-        let mut namespace_bodies = Vec::with_capacity(plaintext.namespaces.len());
         let mut namespace_index = HashMap::with_capacity(plaintext.namespaces.len());
         let mut flat_index = HashMap::with_capacity(plaintext.key_count());
         let mut keys_body = b"[".to_vec();
         for (ns_index, namespace) in plaintext.namespaces.iter().enumerate() {
-            namespace_bodies.push(render_object(&namespace.entries));
             namespace_index.entry(namespace.name.clone()).or_insert(ns_index);
             for (entry_index, (key, _)) in namespace.entries.iter().enumerate() {
                 let flat = format!("{}__{key}", namespace.name);
@@ -68,11 +68,11 @@ impl Snapshot {
             flat_index.entry(key.clone()).or_insert(Part::Flat(index));
         }
         keys_body.push(b']');
-        let secrets_body = if plaintext.namespaces.is_empty() {
+        let (secrets_body, namespace_bodies) = if plaintext.namespaces.is_empty() {
             // A flat plaintext is one object of strings, rendered as a namespace is.
-            render_object(&plaintext.flat)
+            (render_object(&plaintext.flat), Vec::new())
         } else {
-            render_nested(&plaintext, &namespace_bodies)
+            render_nested(&plaintext)
         };
         Snapshot {
             revision: artifact.revision.clone(),
@@ -92,7 +92,9 @@ impl Snapshot {
         match part {
             Part::Secrets => &self.secrets_body,
             Part::Keys => &self.keys_body,
-            Part::Namespace(index) => self.namespace_bodies.get(index).map_or(&[], |body| body.as_slice()),
+            Part::Namespace(index) => {
+                self.namespace_bodies.get(index).and_then(|range| self.secrets_body.get(range.clone())).unwrap_or(&[])
+            }
             Part::Value(..) | Part::Flat(_) => self.value_of(part).map_or(&[], str::as_bytes),
         }
     }
@@ -138,41 +140,53 @@ impl Snapshot {
 /// `{"key":"value",…}`, in a buffer sized exactly so that it never grows (a grown `Vec`
 /// leaves its old, unzeroed copy in freed memory).
 fn render_object(entries: &[(String, Zeroizing<String>)]) -> SecretBytes {
-    let pairs: usize = entries.iter().map(|(key, value)| json_string_len(key) + 1 + json_string_len(value)).sum();
-    let mut body = Zeroizing::new(Vec::with_capacity(object_len(pairs, entries.len())));
-    body.push(b'{');
-    for (index, (key, value)) in entries.iter().enumerate() {
-        if index > 0 {
-            body.push(b',');
-        }
-        push_json_string(&mut body, key);
-        body.push(b':');
-        push_json_string(&mut body, value);
-    }
-    body.push(b'}');
+    let mut body = Zeroizing::new(Vec::with_capacity(rendered_object_len(entries)));
+    push_object(&mut body, entries);
     body
 }
 
-/// `{"namespace":{…},…}` from the namespaces' rendered bodies.
-fn render_nested(plaintext: &Plaintext, namespace_bodies: &[SecretBytes]) -> SecretBytes {
+/// `{"namespace":{…},…}`, sized exactly as [`render_object`] is, and where each namespace's
+/// object sits in it.
+fn render_nested(plaintext: &Plaintext) -> (SecretBytes, Vec<std::ops::Range<usize>>) {
     let members: usize = plaintext
         .namespaces
         .iter()
-        .zip(namespace_bodies)
-        .map(|(namespace, body)| json_string_len(&namespace.name) + 1 + body.len())
+        .map(|namespace| json_string_len(&namespace.name) + 1 + rendered_object_len(&namespace.entries))
         .sum();
-    let mut secrets_body = Zeroizing::new(Vec::with_capacity(object_len(members, namespace_bodies.len())));
+    let mut secrets_body = Zeroizing::new(Vec::with_capacity(object_len(members, plaintext.namespaces.len())));
+    let mut ranges = Vec::with_capacity(plaintext.namespaces.len());
     secrets_body.push(b'{');
-    for (index, (namespace, body)) in plaintext.namespaces.iter().zip(namespace_bodies).enumerate() {
+    for (index, namespace) in plaintext.namespaces.iter().enumerate() {
         if index > 0 {
             secrets_body.push(b',');
         }
         push_json_string(&mut secrets_body, &namespace.name);
         secrets_body.push(b':');
-        secrets_body.extend_from_slice(body);
+        let start = secrets_body.len();
+        push_object(&mut secrets_body, &namespace.entries);
+        ranges.push(start..secrets_body.len());
     }
     secrets_body.push(b'}');
-    secrets_body
+    (secrets_body, ranges)
+}
+
+/// The length of `entries` as [`push_object`] writes them.
+fn rendered_object_len(entries: &[(String, Zeroizing<String>)]) -> usize {
+    let pairs: usize = entries.iter().map(|(key, value)| json_string_len(key) + 1 + json_string_len(value)).sum();
+    object_len(pairs, entries.len())
+}
+
+fn push_object(body: &mut Vec<u8>, entries: &[(String, Zeroizing<String>)]) {
+    body.push(b'{');
+    for (index, (key, value)) in entries.iter().enumerate() {
+        if index > 0 {
+            body.push(b',');
+        }
+        push_json_string(body, key);
+        body.push(b':');
+        push_json_string(body, value);
+    }
+    body.push(b'}');
 }
 
 /// The length of `{member,member,…}` whose `count` members take `members` bytes together.
@@ -475,8 +489,10 @@ mod tests {
         for json in [r#"{"n\"":{"k\u0000":"\u0001\u0002\n\"x"},"m":{}}"#, r#"{"K\t":"\u0003\\"}"#] {
             let snapshot = snapshot(json);
             assert_eq!(snapshot.secrets_body.capacity(), snapshot.secrets_body.len(), "{json}");
-            for body in &snapshot.namespace_bodies {
-                assert_eq!(body.capacity(), body.len(), "{json}");
+            let namespaces = snapshot.plaintext.namespaces.iter().enumerate();
+            for (index, namespace) in namespaces {
+                let body = snapshot.body(Part::Namespace(index));
+                assert_eq!(body, &render_object(&namespace.entries)[..], "{json}");
             }
         }
     }

@@ -176,7 +176,7 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, Rejection> {
     if let Some(revoked_at) = object.get("revokedAt") {
         return Ok(Parsed::Revoked(revocation(&object, revoked_at)));
     }
-    shape_check(&object).map(|artifact| Parsed::Artifact(Box::new(artifact)))
+    shape_check(object).map(|artifact| Parsed::Artifact(Box::new(artifact)))
 }
 
 /// The artifact a revocation notice was made from, when the notice still has an artifact's
@@ -184,7 +184,7 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, Rejection> {
 /// proves the notice's `packedAt` for rollback protection. `None` for a bare notice.
 pub fn revoked_artifact(bytes: &[u8]) -> Option<Artifact> {
     match serde_json::from_slice(bytes) {
-        Ok(Value::Object(object)) => shape_check(&object).ok(),
+        Ok(Value::Object(object)) => shape_check(object).ok(),
         _ => None,
     }
 }
@@ -207,7 +207,10 @@ fn revocation(object: &Map<String, Value>, revoked_at: &Value) -> Revocation {
     }
 }
 
-fn shape_check(object: &Map<String, Value>) -> Result<Artifact, Rejection> {
+/// Takes the object by value so that the ciphertext (nearly all of an artifact) is moved out of
+/// it rather than copied: a copy would hold the base64 text twice, on top of the fetched body.
+fn shape_check(mut object: Map<String, Value>) -> Result<Artifact, Rejection> {
+    let object = &mut object;
     let version = match object.get("version") {
         None | Some(Value::Null) => return Err(Rejection::MissingField { field: "version", empty: false }),
         Some(Value::Number(number)) if number.as_u64() == Some(1) => 1,
@@ -220,7 +223,10 @@ fn shape_check(object: &Map<String, Value>) -> Result<Artifact, Rejection> {
     let packed_at = required_string(object, "packedAt")?;
     let revision = required_string(object, "revision")?;
     let ciphertext_hash = required_string(object, "ciphertextHash")?;
-    let ciphertext = required_string(object, "ciphertext")?;
+    let ciphertext = match object.get_mut("ciphertext") {
+        Some(Value::String(text)) => std::mem::take(text),
+        _ => required_string(object, "ciphertext")?,
+    };
     let expires_at = optional_string(object, "expiresAt")?;
     let signature = optional_string(object, "signature")?;
     optional_string(object, "signatureAlgorithm")?;

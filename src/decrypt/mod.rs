@@ -10,7 +10,7 @@ use std::fmt;
 
 use base64::Engine as _;
 
-use crate::artifact::{Artifact, Rejection};
+use crate::artifact::{Artifact, Envelope, Rejection};
 use crate::kms::Kms;
 use crate::secret::SecretBytes;
 
@@ -109,12 +109,25 @@ impl fmt::Debug for Keys {
 impl Keys {
     /// Decrypts `artifact.ciphertext` into plaintext bytes.
     pub fn decrypt(&self, artifact: &Artifact) -> Result<SecretBytes, DecryptError> {
-        let ciphertext = base64::engine::general_purpose::STANDARD
-            .decode(&artifact.ciphertext)
-            .map_err(|_| DecryptError::NotBase64)?;
-        if let Some(envelope) = &artifact.envelope {
+        self.decrypt_decoded(artifact.envelope.as_ref(), decode_ciphertext(&artifact.ciphertext)?)
+    }
+
+    /// Decrypts a ciphertext already decoded by [`decode_ciphertext`], so that a caller that no
+    /// longer needs the base64 text can drop it before the plaintext exists.
+    pub fn decrypt_decoded(
+        &self,
+        envelope: Option<&Envelope>,
+        ciphertext: Vec<u8>,
+    ) -> Result<SecretBytes, DecryptError> {
+        if let Some(envelope) = envelope {
             return envelope::open(envelope, ciphertext, self.kms.as_ref());
         }
         self.age.as_ref().ok_or(DecryptError::NoAgeKey)?.decrypt(&ciphertext)
     }
+}
+
+/// The artifact's base64 ciphertext as bytes, in one buffer of the decoded size (base64's own
+/// `decode` sizes it from the input length too, so it never grows).
+pub fn decode_ciphertext(text: &str) -> Result<Vec<u8>, DecryptError> {
+    base64::engine::general_purpose::STANDARD.decode(text).map_err(|_| DecryptError::NotBase64)
 }
