@@ -15,14 +15,15 @@
 //! size limit. The artifact's SHA-256 in `.meta` catches a pair of files that do not belong
 //! together (an exit between the two renames of [`DiskCache::store`]).
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{self, ErrorKind, Read, Write};
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::{self, ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
 use crate::config::{ConfigError, SourceConfig};
+use crate::files::{self, Links};
 use crate::log;
 use crate::source::MAX_ARTIFACT_BYTES;
 
@@ -57,8 +58,8 @@ impl DiskCache {
         let (dir, stem) = match source {
             SourceConfig::Vcs(vcs) => (root.join(&vcs.identity), vcs.environment.clone()),
             other => {
-                let digest = ring::digest::digest(&ring::digest::SHA256, other.describe().as_bytes());
-                (root.to_path_buf(), format!("source-{}", &crate::secret::hex(digest.as_ref())[..16]))
+                let digest = crate::secret::sha256_hex(other.describe().as_bytes());
+                (root.to_path_buf(), format!("source-{}", &digest[..16]))
             }
         };
         let cache = DiskCache {
@@ -81,7 +82,7 @@ impl DiskCache {
     pub fn store(&self, bytes: &[u8], content_hash: Option<&str>, fetched_at_ms: u64) -> io::Result<()> {
         self.make_dirs()?;
         write_atomically(&self.artifact, bytes)?;
-        self.write_meta(&sha256_hex(bytes), content_hash, fetched_at_ms)
+        self.write_meta(&crate::secret::sha256_hex(bytes), content_hash, fetched_at_ms)
     }
 
     /// Records that the source answered "unchanged" at `fetched_at_ms`.
@@ -123,7 +124,7 @@ impl DiskCache {
         let content_hash = meta.get("contentHash").and_then(Value::as_str).map(str::to_string);
         let bytes = read_private(&self.artifact, MAX_ARTIFACT_BYTES)
             .map_err(|error| format!("{}: {error}", self.artifact.display()))?;
-        if sha256_hex(&bytes) != expected_sha256 {
+        if crate::secret::sha256_hex(&bytes) != expected_sha256 {
             return Err(format!(
                 "{} does not match the artifactSha256 in {meta_path} (a write was interrupted, or a file was changed)",
                 self.artifact.display()
@@ -255,30 +256,16 @@ fn check_private_dir(metadata: &fs::Metadata, agent_user: u32) -> Result<(), Str
 /// blocking on a FIFO (`O_NONBLOCK`), a regular file only (checked on the open descriptor, so
 /// it cannot be swapped after the check), and never more than `limit` bytes.
 fn read_private(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
-    let file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path);
-    let file = match file {
-        Err(error) if error.raw_os_error() == Some(libc::ELOOP) => {
+    let mut file = match files::open(path, Links::Refuse) {
+        Err(error) if files::is_symbolic_link(&error) => {
             return Err(io::Error::other("is a symbolic link, which the cache never follows"))
         }
         opened => opened?,
     };
-    if !file.metadata()?.file_type().is_file() {
+    if !files::is_regular(&file)? {
         return Err(io::Error::other("is not a regular file"));
     }
-    read_at_most(file, limit)
-}
-
-fn read_at_most(file: File, limit: u64) -> io::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    file.take(limit + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > limit {
-        return Err(io::Error::other(format!("is larger than {limit} bytes")));
-    }
-    Ok(bytes)
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    crate::secret::hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+    files::read_at_most(&mut file, limit)?.ok_or_else(|| io::Error::other(format!("is larger than {limit} bytes")))
 }
 
 /// Temp file (mode 0600) in the same directory, synced, then renamed over `path`.

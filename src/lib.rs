@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod decrypt;
 pub mod env;
+pub mod files;
 pub mod http;
 pub mod kms;
 pub mod lifecycle;

@@ -1011,9 +1011,7 @@ mod tests {
                 artifact.revision = revision.into();
                 artifact.packed_at = packed_at.into();
                 artifact.ciphertext = base64::engine::general_purpose::STANDARD.encode(sealed);
-                artifact.ciphertext_hash = crate::secret::hex(
-                    ring::digest::digest(&ring::digest::SHA256, artifact.ciphertext.as_bytes()).as_ref(),
-                );
+                artifact.ciphertext_hash = crate::secret::sha256_hex(artifact.ciphertext.as_bytes());
                 let signature = self.signer.sign(signing_payload(&artifact).as_bytes());
                 serde_json::json!({
                     "version": 1, "identity": artifact.identity, "environment": artifact.environment,

@@ -54,6 +54,11 @@ pub fn random_bytes<const N: usize>() -> Result<[u8; N], String> {
 }
 
 /// Lowercase hexadecimal of `bytes`.
+/// The lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);

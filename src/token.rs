@@ -11,12 +11,16 @@
 //! the check and the read. A file the agent creates gets exactly that mode, whatever the umask.
 
 use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use crate::config::{ConfigError, TokenSource};
+use crate::files::{self, Links};
 use crate::secret::{hex, random_bytes, Secret};
+
+/// A token file holds one token; anything longer is not a token file.
+const MAX_TOKEN_FILE_BYTES: u64 = 4096;
 
 /// The token and the start-up log line that says where it came from.
 pub fn resolve(source: &TokenSource) -> Result<(Secret, String), ConfigError> {
@@ -41,12 +45,10 @@ fn generate() -> Result<Secret, ConfigError> {
 /// exist.
 fn read(path: &Path, mode: u32) -> Result<Option<Secret>, ConfigError> {
     let problem = |what: String| ConfigError(format!("CLEF_AGENT_TOKEN_FILE {}: {what}", path.display()));
-    // O_NONBLOCK: opening a FIFO planted there must not hang start-up; regular files ignore it.
-    let opened = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path);
-    let mut file = match opened {
+    let mut file = match files::open(path, Links::Refuse) {
         Ok(file) => file,
         Err(error) if error.kind() == ErrorKind::NotFound => return Ok(None),
-        Err(error) if error.raw_os_error() == Some(libc::ELOOP) => {
+        Err(error) if files::is_symbolic_link(&error) => {
             return Err(problem(format!(
                 "is a symbolic link, which is refused (whoever planted it would choose the token): remove it with rm {} and let the agent create the file, or point CLEF_AGENT_TOKEN_FILE at the real file",
                 path.display()
@@ -55,8 +57,10 @@ fn read(path: &Path, mode: u32) -> Result<Option<Secret>, ConfigError> {
         Err(error) => return Err(problem(format!("cannot be read: {error}"))),
     };
     check_permissions(&file, path, mode).map_err(problem)?;
-    let mut contents = zeroize::Zeroizing::new(Vec::new());
-    file.read_to_end(&mut contents).map_err(|error| problem(format!("cannot be read: {error}")))?;
+    let contents = files::read_at_most(&mut file, MAX_TOKEN_FILE_BYTES)
+        .map_err(|error| problem(format!("cannot be read: {error}")))?
+        .map(zeroize::Zeroizing::new)
+        .ok_or_else(|| problem(format!("is larger than {MAX_TOKEN_FILE_BYTES} bytes: it must hold one token")))?;
     let text = std::str::from_utf8(&contents).map_err(|_| problem("is not text".into()))?.trim();
     if text.is_empty() {
         return Err(problem("is empty: delete it to have a token generated, or write one into it".into()));
@@ -205,6 +209,22 @@ mod tests {
         let (token, _) = resolve(&TokenSource::File { path: path.clone(), mode: 0o640 }).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777, 0o640);
         assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{}\n", token.expose()));
+        std::fs::remove_dir_all(&directory).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_token_file_larger_than_one_token_could_be() {
+        let directory = directory("too-large");
+        let path = directory.join("token");
+        std::fs::write(&path, "t".repeat(4097)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let error = resolve(&TokenSource::File { path: path.clone(), mode: 0o600 }).unwrap_err().0;
+        assert_eq!(
+            error,
+            format!("CLEF_AGENT_TOKEN_FILE {}: is larger than 4096 bytes: it must hold one token", path.display())
+        );
+        std::fs::write(&path, "t".repeat(4096)).unwrap();
+        assert_eq!(resolve(&TokenSource::File { path: path.clone(), mode: 0o600 }).unwrap().0.expose().len(), 4096);
         std::fs::remove_dir_all(&directory).unwrap();
     }
 

@@ -334,8 +334,7 @@ fn json_type(value: &Value) -> &'static str {
 
 /// SPEC §2 step 7: the lowercase hex SHA-256 of the UTF-8 bytes of the base64 text.
 pub fn check_integrity(artifact: &Artifact) -> Result<(), Rejection> {
-    let actual =
-        crate::secret::hex(ring::digest::digest(&ring::digest::SHA256, artifact.ciphertext.as_bytes()).as_ref());
+    let actual = crate::secret::sha256_hex(artifact.ciphertext.as_bytes());
     if actual == artifact.ciphertext_hash {
         Ok(())
     } else {
@@ -374,7 +373,7 @@ mod tests {
         serde_json::json!({
             "version": 1, "identity": "api", "environment": "prod",
             "packedAt": "2026-11-24T12:00:00.000Z", "revision": "r1",
-            "ciphertextHash": crate::secret::hex(ring::digest::digest(&ring::digest::SHA256, ciphertext.as_bytes()).as_ref()),
+            "ciphertextHash": crate::secret::sha256_hex(ciphertext.as_bytes()),
             "ciphertext": ciphertext,
         })
     }

@@ -3,10 +3,10 @@
 //! <https://docs.aws.amazon.com/IAM/latest/UserGuide/create-signed-request.html> describes.
 //! The tests compare every step with botocore's signer byte for byte.
 
-use ring::{digest, hmac};
+use ring::hmac;
 
 use super::credentials::Credentials;
-use crate::secret::hex;
+use crate::secret::{hex, sha256_hex};
 
 /// The payload hash S3 accepts instead of hashing the body.
 pub const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
@@ -106,10 +106,6 @@ pub fn encode(text: &str, encode_slash: bool) -> String {
 /// Header values are trimmed and their inner runs of spaces collapsed to one.
 fn normalize_spaces(value: &str) -> String {
     value.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(digest::digest(&digest::SHA256, bytes).as_ref())
 }
 
 fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {

@@ -9,9 +9,10 @@ use zeroize::Zeroizing;
 
 use super::key_id::AwsRegion;
 use crate::aws::credentials::CredentialChain;
-use crate::aws::sigv4::{self, sha256_hex};
+use crate::aws::sigv4;
 use crate::env::Env;
 use crate::http::{small_reply, HttpClient};
+use crate::secret::sha256_hex;
 use crate::url::HttpUrl;
 
 /// The `EncryptionAlgorithm` values KMS accepts; an envelope naming another algorithm (the

@@ -7,12 +7,11 @@
 //! descriptor, so a FIFO or a device (`/dev/zero`) there cannot block the refresh or fill the
 //! memory.
 
-use std::fs::OpenOptions;
-use std::io::{ErrorKind, Read};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::ErrorKind;
 use std::path::PathBuf;
 
 use super::{FetchError, Fetched, Source, MAX_ARTIFACT_BYTES};
+use crate::files::{self, Links};
 
 pub struct FileSource {
     path: PathBuf,
@@ -36,20 +35,17 @@ impl Source for FileSource {
             ErrorKind::PermissionDenied => FetchError::Forbidden { source: source.clone(), detail: error.to_string() },
             _ => FetchError::Io { source: source.clone(), detail: error.to_string() },
         };
-        // O_NONBLOCK: opening a FIFO must not wait for a writer; regular files ignore it.
-        let file = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&self.path).map_err(io_error)?;
-        if !file.metadata().map_err(io_error)?.file_type().is_file() {
+        let mut file = files::open(&self.path, Links::Follow).map_err(io_error)?;
+        if !files::is_regular(&file).map_err(io_error)? {
             return Err(FetchError::Io {
                 source,
                 detail: "it is not a regular file (a FIFO, a device or a directory): point CLEF_AGENT_SOURCE at the artifact file".into(),
             });
         }
-        let mut bytes = Vec::new();
-        file.take(MAX_ARTIFACT_BYTES + 1).read_to_end(&mut bytes).map_err(io_error)?;
-        if bytes.len() as u64 > MAX_ARTIFACT_BYTES {
+        let Some(bytes) = files::read_at_most(&mut file, MAX_ARTIFACT_BYTES).map_err(io_error)? else {
             return Err(FetchError::TooLarge { source });
-        }
-        let content_hash = crate::secret::hex(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref());
+        };
+        let content_hash = crate::secret::sha256_hex(&bytes);
         if last_content_hash == Some(content_hash.as_str()) {
             return Ok(Fetched::Unchanged);
         }

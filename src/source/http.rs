@@ -168,9 +168,7 @@ fn fill(reader: &mut impl Read, buffer: &mut [u8]) -> std::io::Result<usize> {
 /// Content hashes of HTTP sources: the ETag when the server sends one (so the next poll can
 /// ask `If-None-Match`), else the SHA-256 of the body. ETags are quoted, so the two never mix.
 pub fn content_hash(etag: Option<String>, body: &[u8]) -> String {
-    etag.unwrap_or_else(|| {
-        format!("sha256:{}", crate::secret::hex(ring::digest::digest(&ring::digest::SHA256, body).as_ref()))
-    })
+    etag.unwrap_or_else(|| format!("sha256:{}", crate::secret::sha256_hex(body)))
 }
 
 /// The `If-None-Match` to send: only a real ETag.

@@ -39,7 +39,7 @@ fn artifact(plaintext: &str, revision: &str, expires_at: Option<&str>, recipient
     writer.write_all(plaintext.as_bytes()).unwrap();
     writer.finish().unwrap();
     let ciphertext = base64::engine::general_purpose::STANDARD.encode(ciphertext);
-    let hash = crate::secret::hex(ring::digest::digest(&ring::digest::SHA256, ciphertext.as_bytes()).as_ref());
+    let hash = crate::secret::sha256_hex(ciphertext.as_bytes());
     let mut value = serde_json::json!({
         "version": 1, "identity": "api", "environment": "prod", "packedAt": "2026-11-24T12:00:00.000Z",
         "revision": revision, "ciphertextHash": hash, "ciphertext": ciphertext,

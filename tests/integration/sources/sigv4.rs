@@ -10,7 +10,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use clef_agent::aws::credentials::Credentials;
-use clef_agent::aws::sigv4::{encode_path, sha256_hex, sign, Request, Signed, UNSIGNED_PAYLOAD};
+use clef_agent::aws::sigv4::{encode_path, sign, Request, Signed, UNSIGNED_PAYLOAD};
+use clef_agent::secret::sha256_hex;
 use clef_agent::secret::Secret;
 use serde_json::{json, Value};
 
