@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use clef_agent::decrypt::{AgeIdentity, Keys};
+use clef_agent::decrypt::{AgeIdentity, DecryptionKeys};
 use clef_agent::refresh::{open, screen};
 use clef_agent::snapshot::Snapshot;
 
@@ -54,7 +54,8 @@ fn main() {
         "revision": "bench-1", "ciphertextHash": clef_agent::secret::hex(hash.as_ref()), "ciphertext": ciphertext,
     })
     .to_string();
-    let keys = Keys { age: Some(AgeIdentity::from_file_contents(&identity_file).expect("an identity")), kms: None };
+    let keys =
+        DecryptionKeys { age: Some(AgeIdentity::from_file_contents(&identity_file).expect("an identity")), kms: None };
 
     let mut times: Vec<Duration> = Vec::with_capacity(RUNS);
     let mut rendered = 0;

@@ -7,10 +7,11 @@
 pub mod alloc;
 pub mod artifact;
 pub mod aws;
-pub mod cache;
+pub mod bearer;
 pub mod cli;
 pub mod config;
 pub mod decrypt;
+pub mod disk_cache;
 pub mod env;
 pub mod files;
 pub mod http;
@@ -27,7 +28,6 @@ pub mod source;
 pub mod telemetry;
 pub mod text;
 pub mod time;
-pub mod token;
 pub mod url;
 
 /// The crate version, as `--version` prints it and the User-Agent carries it.

@@ -12,13 +12,13 @@ use std::time::{Duration, Instant};
 use crate::artifact::rollback::{self, HighWaterMark, PackedAt};
 use crate::artifact::signature::VerifyKey;
 use crate::artifact::{self, Artifact, Parsed, Rejection, Revocation};
-use crate::cache::DiskCache;
 use crate::config::Mode;
-use crate::decrypt::{decode_ciphertext, DecryptError, Keys, Plaintext};
+use crate::decrypt::{decode_ciphertext, DecryptError, DecryptionKeys, Plaintext};
+use crate::disk_cache::DiskCache;
 use crate::log;
 use crate::pending::Pending;
 use crate::retry::{self, FailureLog};
-use crate::snapshot::{Cell, Refusal, SealedArtifact, Served, Snapshot, Wipe};
+use crate::snapshot::{LiveSnapshot, Refusal, SealedArtifact, Served, Snapshot, Wipe};
 use crate::source::{FetchError, Fetched, Source};
 use crate::telemetry::{self, Event, Telemetry};
 
@@ -164,7 +164,7 @@ struct Accepted {
 /// Source, keys, disk cache and memory of the last accepted artifact.
 pub struct Pipeline {
     source: Box<dyn Source>,
-    keys: Arc<Keys>,
+    keys: Arc<DecryptionKeys>,
     verify_key: Option<VerifyKey>,
     cache: Option<DiskCache>,
     last: Option<Accepted>,
@@ -190,7 +190,7 @@ enum Outcome {
 impl Pipeline {
     pub fn new(
         source: Box<dyn Source>,
-        keys: Arc<Keys>,
+        keys: Arc<DecryptionKeys>,
         verify_key: Option<VerifyKey>,
         cache: Option<DiskCache>,
     ) -> Pipeline {
@@ -433,7 +433,7 @@ enum CacheAge {
 
 /// The age of an entry fetched at `fetched_at_ms` by this or an earlier process. Only the wall
 /// clock spans processes, so it alone decides here; once loaded, the entry ages on both clocks
-/// (`Cell::mark_fresh_since`).
+/// (`LiveSnapshot::mark_fresh_since`).
 fn usable_cache_age(mode: Mode, fetched_at_ms: u64, now_ms: u64) -> CacheAge {
     let Some(age_ms) = now_ms.checked_sub(fetched_at_ms) else { return CacheAge::InTheFuture };
     match mode {
@@ -456,7 +456,11 @@ pub fn screen(bytes: &[u8], now_ms: u64) -> Result<Box<Artifact>, RefreshError> 
 }
 
 /// SPEC §2 steps 7–9: integrity, signature, decryption and the plaintext's shape.
-pub fn open(artifact: &Artifact, verify_key: Option<&VerifyKey>, keys: &Keys) -> Result<Plaintext, RefreshError> {
+pub fn open(
+    artifact: &Artifact,
+    verify_key: Option<&VerifyKey>,
+    keys: &DecryptionKeys,
+) -> Result<Plaintext, RefreshError> {
     verify(artifact, verify_key)?;
     decrypt(artifact, keys)
 }
@@ -471,7 +475,7 @@ fn verify(artifact: &Artifact, verify_key: Option<&VerifyKey>) -> Result<(), Rej
 }
 
 /// SPEC §2 step 9: decryption and the plaintext's shape.
-fn decrypt(artifact: &Artifact, keys: &Keys) -> Result<Plaintext, RefreshError> {
+fn decrypt(artifact: &Artifact, keys: &DecryptionKeys) -> Result<Plaintext, RefreshError> {
     let plaintext = keys.decrypt(artifact)?;
     Ok(Plaintext::parse(&plaintext).map_err(Rejection::PayloadParse)?)
 }
@@ -523,9 +527,9 @@ fn request_step(running_for: Option<Duration>, last_failure_at_ms: Option<u64>, 
     }
 }
 
-/// Serialises refreshes and applies their outcome to the [`Cell`].
+/// Serialises refreshes and applies their outcome to the [`LiveSnapshot`].
 pub struct Refresher {
-    pub cell: Arc<Cell>,
+    pub cell: Arc<LiveSnapshot>,
     telemetry: Telemetry,
     state: Mutex<PipelineState>,
     flight: Mutex<Flight>,
@@ -542,7 +546,7 @@ pub struct Refresher {
 }
 
 impl Refresher {
-    pub fn new(cell: Arc<Cell>, pipeline: Pipeline, telemetry: Telemetry) -> Refresher {
+    pub fn new(cell: Arc<LiveSnapshot>, pipeline: Pipeline, telemetry: Telemetry) -> Refresher {
         let still_running = Refusal::new(
             "Refresh failed",
             &format!(
@@ -990,7 +994,7 @@ mod tests {
             pub(in super::super) fn new() -> Fixture {
                 let identity = age::x25519::Identity::generate();
                 let age = AgeIdentity::parse(identity.to_string().expose_secret()).unwrap();
-                let keys = Arc::new(Keys { age: Some(age), kms: None });
+                let keys = Arc::new(DecryptionKeys { age: Some(age), kms: None });
                 let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
                 let signer = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
                 let verify_key = VerifyKey::Ed25519(signer.public_key().as_ref().to_vec());
@@ -1126,7 +1130,7 @@ mod tests {
         use super::rollback::{Fixture, OLDER};
         use crate::config::Mode;
         use crate::refresh::{Refresher, REQUEST_WAIT};
-        use crate::snapshot::{Cell, Served, Wipe};
+        use crate::snapshot::{LiveSnapshot, Served, Wipe};
 
         const NOW: u64 = 1_800_000_000_000;
         const TTL: Duration = Duration::from_secs(60);
@@ -1140,7 +1144,7 @@ mod tests {
             let fixture = Fixture::new();
             fixture.publish(&fixture.artifact("r1", OLDER));
             let Fixture { pipeline, source, .. } = fixture;
-            let cell = Arc::new(Cell::new(Mode::Cached { ttl: TTL }));
+            let cell = Arc::new(LiveSnapshot::new(Mode::Cached { ttl: TTL }));
             let refresher = Arc::new(Refresher::new(Arc::clone(&cell), pipeline, Default::default()));
             refresher.refresh(NOW).unwrap();
             source.hold(true);
@@ -1173,7 +1177,7 @@ mod tests {
             let fixture = Fixture::new();
             fixture.publish(&fixture.artifact("r1", OLDER));
             let Fixture { pipeline, source, .. } = fixture;
-            let cell = Arc::new(Cell::new(Mode::Cached { ttl: TTL }));
+            let cell = Arc::new(LiveSnapshot::new(Mode::Cached { ttl: TTL }));
             let refresher = Arc::new(Refresher::new(Arc::clone(&cell), pipeline, Default::default()));
             // Fresh as of a minute and a half ago: the timer's first look wipes.
             refresher.refresh(crate::time::now_ms() - 90_000).unwrap();

@@ -316,7 +316,7 @@ impl Served {
 
 /// The swap point: the current [`Served`] state and the time of the last successful refresh.
 /// Readers clone an `Arc` under a read lock held for nanoseconds; the refresher swaps.
-pub struct Cell {
+pub struct LiveSnapshot {
     pub mode: Mode,
     served: RwLock<Arc<Served>>,
     /// The last successful fetch on both clocks, `None` before the first. Its age decides
@@ -325,14 +325,14 @@ pub struct Cell {
     monotonic: Box<dyn Monotonic>,
 }
 
-impl Cell {
-    pub fn new(mode: Mode) -> Cell {
-        Cell::with_clock(mode, Box::new(SystemMonotonic))
+impl LiveSnapshot {
+    pub fn new(mode: Mode) -> LiveSnapshot {
+        LiveSnapshot::with_clock(mode, Box::new(SystemMonotonic))
     }
 
     /// A cell measuring freshness with `monotonic` (tests pass a clock they move by hand).
-    pub fn with_clock(mode: Mode, monotonic: Box<dyn Monotonic>) -> Cell {
-        Cell { mode, served: RwLock::new(Arc::new(Served::NotLoaded)), fresh_at: Mutex::new(None), monotonic }
+    pub fn with_clock(mode: Mode, monotonic: Box<dyn Monotonic>) -> LiveSnapshot {
+        LiveSnapshot { mode, served: RwLock::new(Arc::new(Served::NotLoaded)), fresh_at: Mutex::new(None), monotonic }
     }
 
     pub fn current(&self) -> Arc<Served> {
@@ -357,7 +357,7 @@ impl Cell {
     }
 
     /// A refresh accepted `next`, given by the source `age_ms` before now: swapped in and
-    /// marked fresh at once, so that [`Cell::wipe_if_expired`] sees both or neither.
+    /// marked fresh at once, so that [`LiveSnapshot::wipe_if_expired`] sees both or neither.
     pub fn load(&self, next: Served, now_ms: u64, age_ms: u64) {
         let mut fresh_at = self.lock_fresh_at();
         *fresh_at = Some(self.moment(now_ms).minus(age_ms));
@@ -376,7 +376,7 @@ impl Cell {
     }
 
     /// Cached mode: wipes the secrets once more than the TTL has passed since the last
-    /// successful refresh, calling `before` first (under the same lock as [`Cell::load`], so a
+    /// successful refresh, calling `before` first (under the same lock as [`LiveSnapshot::load`], so a
     /// refresh landing now is never wiped). True when this call wiped them. Whether a refresh
     /// is running does not matter: a fetch that hangs cannot keep secrets past the TTL.
     pub fn wipe_if_expired(&self, now_ms: u64, before: impl FnOnce()) -> bool {
@@ -392,7 +392,7 @@ impl Cell {
         true
     }
 
-    /// How long until [`Cell::wipe_if_expired`] wipes, when secrets are served in cached mode.
+    /// How long until [`LiveSnapshot::wipe_if_expired`] wipes, when secrets are served in cached mode.
     pub fn time_to_expiry(&self, now_ms: u64) -> Option<Duration> {
         let Mode::Cached { ttl } = self.mode else { return None };
         if !matches!(*self.current(), Served::Cached(_)) {
@@ -513,12 +513,12 @@ mod tests {
 
     #[test]
     fn cell_expires_after_ttl_in_cached_mode_only() {
-        let cell = Cell::new(Mode::Cached { ttl: Duration::from_secs(30) });
+        let cell = LiveSnapshot::new(Mode::Cached { ttl: Duration::from_secs(30) });
         assert!(!cell.is_expired(1_000_000));
         cell.mark_fresh(1_000_000);
         assert!(!cell.is_expired(1_030_000));
         assert!(cell.is_expired(1_030_001));
-        let jit = Cell::new(Mode::Jit);
+        let jit = LiveSnapshot::new(Mode::Jit);
         jit.mark_fresh(1);
         assert!(!jit.is_expired(u64::MAX));
     }
@@ -548,7 +548,7 @@ mod tests {
         ];
         for (what, wall, monotonic, expired) in cases {
             let clock = HandClock::default();
-            let cell = Cell::with_clock(Mode::Cached { ttl: Duration::from_secs(30) }, Box::new(clock.clone()));
+            let cell = LiveSnapshot::with_clock(Mode::Cached { ttl: Duration::from_secs(30) }, Box::new(clock.clone()));
             cell.mark_fresh(NOW);
             clock.0.store(monotonic, std::sync::atomic::Ordering::SeqCst);
             assert_eq!(cell.is_expired(NOW.checked_add_signed(wall).unwrap()), expired, "{what}");
@@ -559,7 +559,7 @@ mod tests {
     #[test]
     fn an_artifact_from_the_disk_cache_is_as_old_as_its_entry() {
         let clock = HandClock::default();
-        let cell = Cell::with_clock(Mode::Cached { ttl: Duration::from_secs(30) }, Box::new(clock.clone()));
+        let cell = LiveSnapshot::with_clock(Mode::Cached { ttl: Duration::from_secs(30) }, Box::new(clock.clone()));
         cell.mark_fresh_since(1_000_000, 20_000);
         assert_eq!(cell.last_refresh_at_ms(), Some(980_000));
         clock.0.store(9_000, std::sync::atomic::Ordering::SeqCst);

@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 
 use clef_agent::artifact::signature::VerifyKey;
 use clef_agent::artifact::{self, Parsed, Rejection};
-use clef_agent::decrypt::{AgeIdentity, Keys};
+use clef_agent::decrypt::{AgeIdentity, DecryptionKeys};
 use clef_agent::refresh::{self, RefreshError};
 use libfuzzer_sys::fuzz_target;
 
@@ -20,14 +20,14 @@ use libfuzzer_sys::fuzz_target;
 const NOW_MS: u64 = 1_800_000_000_000;
 
 struct Fixture {
-    keys: Keys,
+    keys: DecryptionKeys,
     verify_keys: [VerifyKey; 2],
 }
 
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| Fixture {
-        keys: Keys {
+        keys: DecryptionKeys {
             age: Some(
                 AgeIdentity::from_file_contents(include_str!("../../tests/fixtures/keys/demo.agekey"))
                     .expect("demo.agekey"),

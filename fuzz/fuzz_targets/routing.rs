@@ -29,11 +29,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use clef_agent::config::Mode;
-use clef_agent::decrypt::{AgeIdentity, Keys};
+use clef_agent::decrypt::{AgeIdentity, DecryptionKeys};
 use clef_agent::refresh::{Pipeline, Refresher};
 use clef_agent::secret::Secret;
 use clef_agent::server::routes::{Api, Reply, Request, JSON, TEXT};
-use clef_agent::snapshot::Cell;
+use clef_agent::snapshot::LiveSnapshot;
 use clef_agent::source::{FetchError, Fetched, Source};
 use libfuzzer_sys::fuzz_target;
 
@@ -68,8 +68,8 @@ impl Source for FixedSource {
 fn api(mode: Mode, artifact: Option<&'static [u8]>) -> Api {
     let identity =
         AgeIdentity::from_file_contents(include_str!("../../tests/fixtures/keys/demo.agekey")).expect("demo.agekey");
-    let keys = Arc::new(Keys { age: Some(identity), kms: None });
-    let cell = Arc::new(Cell::new(mode));
+    let keys = Arc::new(DecryptionKeys { age: Some(identity), kms: None });
+    let cell = Arc::new(LiveSnapshot::new(mode));
     let pipeline = Pipeline::new(Box::new(FixedSource(artifact)), Arc::clone(&keys), None, None);
     let refresher = Arc::new(Refresher::new(Arc::clone(&cell), pipeline, Default::default()));
     if artifact.is_some() {

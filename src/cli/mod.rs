@@ -12,7 +12,7 @@ use crate::artifact::Artifact;
 use crate::aws::credentials::CredentialChain;
 use crate::aws::Env;
 use crate::config::{Config, ConfigError};
-use crate::decrypt::{Keys, Plaintext};
+use crate::decrypt::{DecryptionKeys, Plaintext};
 use crate::http::HttpClient;
 use crate::kms::Kms;
 use crate::lifecycle::Fatal;
@@ -80,7 +80,7 @@ pub fn load_once(config: &Config) -> Result<(Box<Artifact>, Plaintext), Fatal> {
     let http = HttpClient::new(config.ssl_cert_file.as_deref()).map_err(ConfigError)?;
     let env = Env::from_process();
     let credentials = Arc::new(CredentialChain::new(env.clone(), http.clone()));
-    let keys = Keys {
+    let keys = DecryptionKeys {
         age: config.load_age_identity()?,
         kms: Some(Kms::new(http.clone(), env.clone(), Arc::clone(&credentials))),
     };

@@ -95,18 +95,18 @@ impl From<DecryptError> for Rejection {
 /// The keys the agent decrypts with: its age identity, and the KMS clients that unwrap the
 /// data keys of envelope artifacts.
 #[derive(Default)]
-pub struct Keys {
+pub struct DecryptionKeys {
     pub age: Option<AgeIdentity>,
     pub kms: Option<Kms>,
 }
 
-impl fmt::Debug for Keys {
+impl fmt::Debug for DecryptionKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Keys").field("age", &self.age).field("kms", &self.kms.is_some()).finish()
+        f.debug_struct("DecryptionKeys").field("age", &self.age).field("kms", &self.kms.is_some()).finish()
     }
 }
 
-impl Keys {
+impl DecryptionKeys {
     /// Decrypts `artifact.ciphertext` into plaintext bytes.
     pub fn decrypt(&self, artifact: &Artifact) -> Result<SecretBytes, DecryptError> {
         self.decrypt_decoded(artifact.envelope.as_ref(), decode_ciphertext(&artifact.ciphertext)?)

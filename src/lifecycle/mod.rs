@@ -16,9 +16,10 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::aws::credentials::CredentialChain;
 use crate::aws::Env;
-use crate::cache::DiskCache;
+use crate::bearer;
 use crate::config::{Config, ConfigError, SourceConfig};
-use crate::decrypt::Keys;
+use crate::decrypt::DecryptionKeys;
+use crate::disk_cache::DiskCache;
 use crate::http::HttpClient;
 use crate::kms::Kms;
 use crate::log;
@@ -27,9 +28,8 @@ use crate::refresh::{Pipeline, RefreshError, Refresher};
 use crate::secret::{hex, random_bytes};
 use crate::server::routes::Api;
 use crate::server::{listener, Bound, Server};
-use crate::snapshot::Cell;
+use crate::snapshot::LiveSnapshot;
 use crate::telemetry::{self, StopReason, Telemetry};
-use crate::token;
 
 /// Start-up makes this many attempts at the first artifact…
 const STARTUP_ATTEMPTS: u32 = 3;
@@ -106,12 +106,12 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
     let env = Env::from_process();
     let credentials = Arc::new(CredentialChain::new(env.clone(), http.clone()));
     let kms = Kms::new(http.clone(), env.clone(), Arc::clone(&credentials));
-    let keys = Arc::new(Keys { age: config.load_age_identity()?, kms: Some(kms) });
+    let keys = Arc::new(DecryptionKeys { age: config.load_age_identity()?, kms: Some(kms) });
     let source = crate::source::from_config(&config.source, &http, &env, &credentials).map_err(ConfigError)?;
     let cache = config.cache_path.as_deref().map(|root| DiskCache::open(root, &config.source)).transpose()?;
     let mut pipeline = Pipeline::new(source, Arc::clone(&keys), config.verify_key.clone(), cache);
     pipeline.restore_rollback_mark().map_err(ConfigError)?;
-    let (token, token_line) = token::resolve(&config.token)?;
+    let (token, token_line) = bearer::resolve(&config.token)?;
     for warning in crate::config::cleartext_credential_warnings(&config, |name| env.get(name)) {
         log::error(&format!("warning: {warning}"));
     }
@@ -121,7 +121,7 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
     watch_signals(events.clone(), refresh_asked.clone())?;
     let telemetry = start_telemetry(&config, &http)?;
 
-    let cell = Arc::new(Cell::new(config.mode));
+    let cell = Arc::new(LiveSnapshot::new(config.mode));
     let refresher = Arc::new(Refresher::new(Arc::clone(&cell), pipeline, telemetry.clone()));
     log::info(&format!("source: {}", refresher.describe_source()));
     log::info("fetching initial artifact...");

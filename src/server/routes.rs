@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use super::accept::prefers_json;
-use crate::decrypt::{Keys, Plaintext};
+use crate::decrypt::{DecryptionKeys, Plaintext};
 use crate::refresh::Refresher;
 use crate::secret::{constant_time_eq, Secret, SecretBytes};
-use crate::snapshot::{error_body, Cell, Part, Refusal, Served, Snapshot, Wipe};
+use crate::snapshot::{error_body, LiveSnapshot, Part, Refusal, Served, Snapshot, Wipe};
 use crate::url::percent_decode;
 
 /// The parts of an HTTP request the API looks at.
@@ -95,9 +95,9 @@ fn json_string(text: &str) -> String {
 /// Everything a request needs: the served state, the refresher for expired caches, the keys
 /// for JIT decryption and the bearer token.
 pub struct Api {
-    pub cell: Arc<Cell>,
+    pub cell: Arc<LiveSnapshot>,
     pub refresher: Arc<Refresher>,
-    pub keys: Arc<Keys>,
+    pub keys: Arc<DecryptionKeys>,
     pub token: Secret,
 }
 

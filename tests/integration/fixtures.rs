@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use clef_agent::artifact::signature::VerifyKey;
-use clef_agent::decrypt::{AgeIdentity, Keys, Plaintext};
+use clef_agent::decrypt::{AgeIdentity, DecryptionKeys, Plaintext};
 use clef_agent::refresh::{open, screen};
 
 use base64::Engine as _;
@@ -176,11 +176,11 @@ fn fixture_kms() -> Server {
 }
 
 /// The demo age identity, and KMS clients pointed at `kms` (a [`fixture_kms`]).
-fn keys_with(kms: &Server) -> Keys {
+fn keys_with(kms: &Server) -> DecryptionKeys {
     let host = format!("127.0.0.1:{}", kms.port);
     let endpoint = kms.url("");
     let env = Env::from_pairs(&[("GCE_METADATA_HOST", &host), ("CLEF_AGENT_GCP_KMS_ENDPOINT", &endpoint)]);
-    Keys {
+    DecryptionKeys {
         age: Some(AgeIdentity::from_file_contents(&read_fixture("keys/demo.agekey")).expect("demo.agekey")),
         kms: Some(Kms::new(
             HttpClient::default(),
@@ -190,8 +190,8 @@ fn keys_with(kms: &Server) -> Keys {
     }
 }
 
-fn keys() -> Keys {
-    Keys {
+fn keys() -> DecryptionKeys {
+    DecryptionKeys {
         age: Some(AgeIdentity::from_file_contents(&read_fixture("keys/demo.agekey")).expect("demo.agekey")),
         kms: None,
     }
@@ -248,7 +248,7 @@ fn with_hashes(expected: &str, artifact: &[u8]) -> String {
 }
 
 /// The library's verdict on an artifact: its plaintext, or the error message.
-fn verdict(bytes: &[u8], verify_key: Option<&VerifyKey>, keys: &Keys) -> Result<Plaintext, String> {
+fn verdict(bytes: &[u8], verify_key: Option<&VerifyKey>, keys: &DecryptionKeys) -> Result<Plaintext, String> {
     let artifact = screen(bytes, now_ms()).map_err(|error| error.to_string())?;
     open(&artifact, verify_key, keys).map_err(|error| error.to_string())
 }

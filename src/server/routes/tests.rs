@@ -59,10 +59,12 @@ struct Fixture {
 fn fixture(mode: Mode) -> Fixture {
     let identity = age::x25519::Identity::generate();
     let recipient = identity.to_public();
-    let keys =
-        Arc::new(Keys { age: Some(AgeIdentity::parse(identity.to_string().expose_secret()).unwrap()), kms: None });
+    let keys = Arc::new(DecryptionKeys {
+        age: Some(AgeIdentity::parse(identity.to_string().expose_secret()).unwrap()),
+        kms: None,
+    });
     let source = MemorySource(Arc::new(Mutex::new(Ok(artifact(PLAINTEXT, "r1", None, &recipient)))));
-    let cell = Arc::new(Cell::new(mode));
+    let cell = Arc::new(LiveSnapshot::new(mode));
     let refresher = Arc::new(Refresher::new(
         Arc::clone(&cell),
         Pipeline::new(Box::new(source.clone()), Arc::clone(&keys), None, None),
