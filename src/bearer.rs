@@ -38,13 +38,13 @@ pub fn resolve(source: &TokenSource) -> Result<(Secret, String), ConfigError> {
 }
 
 fn generate() -> Result<Secret, ConfigError> {
-    Ok(Secret::new(hex(&random_bytes::<32>().map_err(ConfigError)?)))
+    Ok(Secret::new(hex(&random_bytes::<32>().map_err(ConfigError::new)?)))
 }
 
 /// Reads the token file, whose permissions must stay within `mode`; `None` when it does not
 /// exist.
 fn read(path: &Path, mode: u32) -> Result<Option<Secret>, ConfigError> {
-    let problem = |what: String| ConfigError(format!("CLEF_AGENT_TOKEN_FILE {}: {what}", path.display()));
+    let problem = |what: String| ConfigError::new(format!("CLEF_AGENT_TOKEN_FILE {}: {what}", path.display()));
     let mut file = match files::open(path, Links::Refuse) {
         Ok(file) => file,
         Err(error) if error.kind() == ErrorKind::NotFound => return Ok(None),
@@ -116,7 +116,7 @@ fn check_permissions(file: &File, path: &Path, mode: u32) -> Result<(), String> 
 /// Writes a new random token to `path` atomically with `mode`. If another process created the
 /// file first, its token wins and is returned, so agents sharing a volume agree.
 fn create(path: &Path, mode: u32) -> Result<Secret, ConfigError> {
-    let problem = |what: String| ConfigError(format!("CLEF_AGENT_TOKEN_FILE {}: {what}", path.display()));
+    let problem = |what: String| ConfigError::new(format!("CLEF_AGENT_TOKEN_FILE {}: {what}", path.display()));
     let token = generate()?;
     let file_name = path.file_name().ok_or_else(|| problem("is not a file path".into()))?;
     let temporary = path.with_file_name(format!(".{}.{}.tmp", file_name.to_string_lossy(), std::process::id()));
@@ -192,11 +192,11 @@ mod tests {
         assert_eq!(with_mode(0o400, 0o600).unwrap(), "file-token");
         let shown = path.display();
         assert_eq!(
-            with_mode(0o640, 0o600).unwrap_err().0,
+            with_mode(0o640, 0o600).unwrap_err().to_string(),
             format!("CLEF_AGENT_TOKEN_FILE {shown}: is readable beyond CLEF_AGENT_TOKEN_FILE_MODE 0600 (mode 0640): chmod 0600 {shown}, or set CLEF_AGENT_TOKEN_FILE_MODE=0640 if its group is meant to read it")
         );
         assert_eq!(
-            with_mode(0o644, 0o640).unwrap_err().0,
+            with_mode(0o644, 0o640).unwrap_err().to_string(),
             format!("CLEF_AGENT_TOKEN_FILE {shown}: is readable beyond CLEF_AGENT_TOKEN_FILE_MODE 0640 (mode 0644): chmod o-rwx {shown}")
         );
         std::fs::remove_dir_all(&directory).unwrap();
@@ -218,7 +218,7 @@ mod tests {
         let path = directory.join("token");
         std::fs::write(&path, "t".repeat(4097)).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let error = resolve(&TokenSource::File { path: path.clone(), mode: 0o600 }).unwrap_err().0;
+        let error = resolve(&TokenSource::File { path: path.clone(), mode: 0o600 }).unwrap_err().to_string();
         assert_eq!(
             error,
             format!("CLEF_AGENT_TOKEN_FILE {}: is larger than 4096 bytes: it must hold one token", path.display())
@@ -235,9 +235,12 @@ mod tests {
         std::fs::write(&path, "\n").unwrap();
         // Not left to the umask, which another test (bind_unix's) may change meanwhile.
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(resolve(&TokenSource::File { path: path.clone(), mode: 0o600 }).unwrap_err().0.contains("is empty"));
+        assert!(resolve(&TokenSource::File { path: path.clone(), mode: 0o600 })
+            .unwrap_err()
+            .to_string()
+            .contains("is empty"));
         std::fs::write(&path, "two words").unwrap();
-        let error = resolve(&TokenSource::File { path: path.clone(), mode: 0o600 }).unwrap_err().0;
+        let error = resolve(&TokenSource::File { path: path.clone(), mode: 0o600 }).unwrap_err().to_string();
         assert!(error.contains("printable ASCII") && !error.contains("two words"), "{error}");
         std::fs::remove_dir_all(&directory).unwrap();
     }
@@ -250,7 +253,7 @@ mod tests {
         // SAFETY: mkfifo reads the NUL-terminated path, which outlives the call.
         assert_eq!(unsafe { libc::mkfifo(fifo_path.as_ptr(), 0o600) }, 0);
         for path in [directory.clone(), fifo] {
-            let error = resolve(&TokenSource::File { path: path.clone(), mode: 0o600 }).unwrap_err().0;
+            let error = resolve(&TokenSource::File { path: path.clone(), mode: 0o600 }).unwrap_err().to_string();
             assert!(error.ends_with("is not a regular file: point CLEF_AGENT_TOKEN_FILE at a regular file, or remove what is there and let the agent create the file"), "{error}");
         }
         std::fs::remove_dir_all(&directory).unwrap();
@@ -258,8 +261,9 @@ mod tests {
 
     #[test]
     fn a_missing_directory_is_a_clear_error() {
-        let error =
-            resolve(&TokenSource::File { path: "/nonexistent-clef-dir/token".into(), mode: 0o600 }).unwrap_err().0;
+        let error = resolve(&TokenSource::File { path: "/nonexistent-clef-dir/token".into(), mode: 0o600 })
+            .unwrap_err()
+            .to_string();
         assert!(error.starts_with("CLEF_AGENT_TOKEN_FILE /nonexistent-clef-dir/token: cannot be created"), "{error}");
     }
 }

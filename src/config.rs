@@ -44,19 +44,59 @@ pub const DEFAULT_TOKEN_FILE_MODE: u32 = 0o600;
 pub const GROUP_READABLE_TOKEN_FILE_MODE: u32 = 0o640;
 
 /// A configuration problem, printed as `[clef-agent] config error: <message>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(pub String);
+///
+/// A message and, when an I/O error caused it, that error. No caller acts on the kind of
+/// problem — each is reported and the agent stops — so the message names the variable and the
+/// fix, and there are no variants to match on.
+#[derive(Debug)]
+pub struct ConfigError {
+    message: String,
+    cause: Option<std::io::Error>,
+}
 
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+impl ConfigError {
+    pub fn new(message: impl Into<String>) -> ConfigError {
+        ConfigError { message: message.into(), cause: None }
+    }
+
+    /// `message` already quotes `cause` (it is what the user reads); [`source`] hands the
+    /// cause on to code that inspects it.
+    ///
+    /// [`source`]: std::error::Error::source
+    pub fn caused_by(message: impl Into<String>, cause: std::io::Error) -> ConfigError {
+        ConfigError { message: message.into(), cause: Some(cause) }
     }
 }
 
-impl std::error::Error for ConfigError {}
+/// Equal when they say the same (I/O errors themselves cannot be compared).
+impl PartialEq for ConfigError {
+    fn eq(&self, other: &ConfigError) -> bool {
+        self.message == other.message
+    }
+}
+
+impl Eq for ConfigError {}
+
+impl From<String> for ConfigError {
+    fn from(message: String) -> ConfigError {
+        ConfigError::new(message)
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause.as_ref().map(|cause| cause as &(dyn std::error::Error + 'static))
+    }
+}
 
 fn error<T>(message: impl Into<String>) -> Result<T, ConfigError> {
-    Err(ConfigError(message.into()))
+    Err(ConfigError::new(message))
 }
 
 /// Where the artifact comes from.
@@ -202,7 +242,7 @@ impl Config {
                 return error("CLEF_AGENT_AGE_KEY and CLEF_AGENT_AGE_KEY_FILE are both set: set only one of them")
             }
             (Some(inline), None) => {
-                AgeIdentity::parse(&inline).map_err(|why| ConfigError(format!("CLEF_AGENT_AGE_KEY {why}")))?;
+                AgeIdentity::parse(&inline).map_err(|why| ConfigError::new(format!("CLEF_AGENT_AGE_KEY {why}")))?;
                 Some(AgeKeySource::Inline(Secret::new(inline.trim().to_string())))
             }
             (None, Some(path)) => Some(AgeKeySource::File(path.into())),
@@ -240,13 +280,12 @@ impl Config {
         let verify_key = get("CLEF_AGENT_VERIFY_KEY")
             .map(|text| VerifyKey::parse(&text))
             .transpose()
-            .map_err(|why| ConfigError(format!("CLEF_AGENT_VERIFY_KEY {why}; it takes {ACCEPTED_FORMS}")))?;
+            .map_err(|why| ConfigError::new(format!("CLEF_AGENT_VERIFY_KEY {why}; it takes {ACCEPTED_FORMS}")))?;
         let telemetry_url = get("CLEF_AGENT_TELEMETRY_URL")
             .map(|text| {
                 HttpUrl::parse(&text).ok_or_else(|| {
-                    ConfigError(
-                        "CLEF_AGENT_TELEMETRY_URL must be an http:// or https:// URL of an OTLP/HTTP logs endpoint"
-                            .into(),
+                    ConfigError::new(
+                        "CLEF_AGENT_TELEMETRY_URL must be an http:// or https:// URL of an OTLP/HTTP logs endpoint",
                     )
                 })
             })
@@ -278,7 +317,7 @@ impl Config {
             lambda_runtime_api: get("AWS_LAMBDA_RUNTIME_API"),
             ssl_cert_file: get("SSL_CERT_FILE").map(PathBuf::from),
             max_connections,
-            watchdog_interval: crate::lifecycle::systemd::watchdog_interval(get, std::process::id()),
+            watchdog_interval: watchdog_interval(get, std::process::id()),
         })
     }
 
@@ -288,21 +327,37 @@ impl Config {
             None => Ok(None),
             Some(AgeKeySource::Inline(key)) => AgeIdentity::parse(key.expose())
                 .map(Some)
-                .map_err(|why| ConfigError(format!("CLEF_AGENT_AGE_KEY {why}"))),
+                .map_err(|why| ConfigError::new(format!("CLEF_AGENT_AGE_KEY {why}"))),
             Some(AgeKeySource::File(path)) => {
                 let contents = std::fs::read(path).map_err(|error| {
-                    ConfigError(format!("CLEF_AGENT_AGE_KEY_FILE: cannot read {}: {error}", path.display()))
+                    ConfigError::caused_by(
+                        format!("CLEF_AGENT_AGE_KEY_FILE: cannot read {}: {error}", path.display()),
+                        error,
+                    )
                 })?;
                 let contents = zeroize::Zeroizing::new(contents);
                 let text = std::str::from_utf8(&contents).map_err(|_| {
-                    ConfigError(format!("CLEF_AGENT_AGE_KEY_FILE: {} is not a text file", path.display()))
+                    ConfigError::new(format!("CLEF_AGENT_AGE_KEY_FILE: {} is not a text file", path.display()))
                 })?;
                 AgeIdentity::from_file_contents(text)
                     .map(Some)
-                    .map_err(|why| ConfigError(format!("CLEF_AGENT_AGE_KEY_FILE: {} {why}", path.display())))
+                    .map_err(|why| ConfigError::new(format!("CLEF_AGENT_AGE_KEY_FILE: {} {why}", path.display())))
             }
         }
     }
+}
+
+/// systemd's watchdog ping interval: half of `WATCHDOG_USEC`, when the watchdog is meant for
+/// this process (`WATCHDOG_PID` unset or `own_pid`). The daemon's main loop sends the pings
+/// (`lifecycle/systemd.rs`).
+fn watchdog_interval(lookup: impl Fn(&str) -> Option<String>, own_pid: u32) -> Option<Duration> {
+    let microseconds: u64 = lookup("WATCHDOG_USEC")?.trim().parse().ok().filter(|&usec| usec > 0)?;
+    if let Some(pid) = lookup("WATCHDOG_PID") {
+        if pid.trim().parse::<u32>().ok() != Some(own_pid) {
+            return None;
+        }
+    }
+    Some(Duration::from_micros(microseconds) / 2)
 }
 
 /// Variables naming endpoints that receive a credential, with the credential they receive;
@@ -471,7 +526,7 @@ fn vcs(get: &impl Fn(&str) -> Option<String>) -> Result<VcsConfig, ConfigError> 
     let api_url = get("CLEF_AGENT_VCS_API_URL")
         .map(|text| {
             HttpUrl::parse(&text)
-                .ok_or_else(|| ConfigError("CLEF_AGENT_VCS_API_URL must be an http:// or https:// URL".into()))
+                .ok_or_else(|| ConfigError::new("CLEF_AGENT_VCS_API_URL must be an http:// or https:// URL"))
         })
         .transpose()?;
     Ok(VcsConfig {
@@ -498,7 +553,33 @@ mod tests {
     }
 
     fn message(pairs: &[(&str, &str)]) -> String {
-        config(pairs).unwrap_err().0
+        config(pairs).unwrap_err().to_string()
+    }
+
+    fn lookup<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| pairs.iter().find(|(key, _)| *key == name).map(|(_, value)| value.to_string())
+    }
+
+    #[test]
+    fn watchdog_pings_at_half_the_timeout_for_our_pid_only() {
+        assert_eq!(watchdog_interval(lookup(&[("WATCHDOG_USEC", "10000000")]), 7), Some(Duration::from_secs(5)));
+        assert_eq!(
+            watchdog_interval(lookup(&[("WATCHDOG_USEC", "10000000"), ("WATCHDOG_PID", "7")]), 7),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(watchdog_interval(lookup(&[("WATCHDOG_USEC", "10000000"), ("WATCHDOG_PID", "8")]), 7), None);
+        assert_eq!(watchdog_interval(lookup(&[("WATCHDOG_USEC", "0")]), 7), None);
+        assert_eq!(watchdog_interval(lookup(&[]), 7), None);
+    }
+
+    #[test]
+    fn an_unreadable_age_key_file_is_a_config_error_that_keeps_the_io_error_as_its_source() {
+        let path = "/nonexistent-clef-dir/age.key";
+        let config = config(&[("CLEF_AGENT_SOURCE", "/a.json"), ("CLEF_AGENT_AGE_KEY_FILE", path)]).unwrap();
+        let error = config.load_age_identity().unwrap_err();
+        assert!(error.to_string().starts_with("CLEF_AGENT_AGE_KEY_FILE: cannot read /nonexistent-clef-dir/age.key: "));
+        let source = std::error::Error::source(&error).and_then(|source| source.downcast_ref::<std::io::Error>());
+        assert_eq!(source.map(std::io::Error::kind), Some(std::io::ErrorKind::NotFound));
     }
 
     #[test]
@@ -581,7 +662,7 @@ mod tests {
         assert_eq!(mode("30"), Ok(Mode::Cached { ttl: Duration::from_secs(30) }));
         for bad in ["29", "1", "-5", "5m", "1.5"] {
             assert_eq!(
-                mode(bad).unwrap_err().0,
+                mode(bad).unwrap_err().to_string(),
                 format!("CLEF_AGENT_CACHE_TTL must be 0 (JIT mode) or a whole number of seconds of at least 30, got '{bad}'")
             );
         }
@@ -597,7 +678,7 @@ mod tests {
         assert_eq!(max("16384"), Ok(16_384));
         for bad in ["0", "16385", "-1", "many", "1e3"] {
             assert_eq!(
-                max(bad).unwrap_err().0,
+                max(bad).unwrap_err().to_string(),
                 format!("CLEF_AGENT_MAX_CONNECTIONS must be a whole number from 1 to 16384, got '{bad}'")
             );
         }
@@ -649,7 +730,7 @@ mod tests {
             matches!(source("https://b.s3.amazonaws.com/k.json"), Ok(SourceConfig::S3 { region, .. }) if region == "us-east-1")
         );
         assert_eq!(
-            source("ftp://x/y").unwrap_err().0,
+            source("ftp://x/y").unwrap_err().to_string(),
             "CLEF_AGENT_SOURCE must be an http(s):// URL, an s3:// URL or a file path"
         );
         assert_eq!(
@@ -674,7 +755,7 @@ mod tests {
         for text in
             ["https://b.s3.amazonaws.com/k.json?response-content-type=x", "s3://b/k.json?response-content-type=x"]
         {
-            assert_eq!(source(text).unwrap_err().0, expected, "{text}");
+            assert_eq!(source(text).unwrap_err().to_string(), expected, "{text}");
         }
         // A pre-signed URL is an HTTP(S) source: sent as given, never signed again.
         let presigned = "https://b.s3.amazonaws.com/k.json?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=0f";

@@ -69,7 +69,7 @@ impl DiskCache {
             mark: dir.join(format!("{stem}.rollback-mark")),
             dir,
         };
-        cache.make_dirs().map_err(|error| ConfigError(error.to_string()))?;
+        cache.make_dirs().map_err(|error| ConfigError::caused_by(error.to_string(), error))?;
         Ok(cache)
     }
 
@@ -349,7 +349,7 @@ mod tests {
         let shared = base.join("shared");
         fs::create_dir(&shared).unwrap();
         fs::set_permissions(&shared, fs::Permissions::from_mode(0o1777)).unwrap();
-        let error = DiskCache::open(&shared, &source()).err().unwrap().0;
+        let error = DiskCache::open(&shared, &source()).err().unwrap().to_string();
         assert_eq!(
             error,
             format!(
@@ -366,7 +366,7 @@ mod tests {
         fs::set_permissions(&private, fs::Permissions::from_mode(0o700)).unwrap();
         let link = base.join("link");
         std::os::unix::fs::symlink(&private, &link).unwrap();
-        let error = DiskCache::open(&link, &source()).err().unwrap().0;
+        let error = DiskCache::open(&link, &source()).err().unwrap().to_string();
         assert!(error.contains("is a symbolic link, which is refused"), "{error}");
 
         let other_user = agent_user().wrapping_add(1);

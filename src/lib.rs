@@ -2,8 +2,13 @@
 //! it in memory, and serves the secrets to the application beside it over a loopback HTTP API.
 //!
 //! Data flows source → artifact → decrypt → snapshot → server; `refresh` is the only writer of
-//! the snapshot, `config` the only reader of the environment.
+//! the snapshot. Two modules read the environment: `config` reads and checks the agent's
+//! settings up front (`CLEF_AGENT_*`, and the systemd, Lambda and TLS variables it acts on),
+//! and `env` gives the cloud clients their providers' variables (`AWS_*`, `GOOGLE_*`,
+//! `AZURE_*`, the endpoint overrides), read when those clouds are used. `main` only lists
+//! variable names, to warn about misspelt ones.
 
+pub mod agent;
 pub mod alloc;
 pub mod artifact;
 pub mod aws;
@@ -13,6 +18,7 @@ pub mod config;
 pub mod decrypt;
 pub mod disk_cache;
 pub mod env;
+pub mod error;
 pub mod files;
 pub mod http;
 pub mod kms;

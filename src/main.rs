@@ -1,10 +1,12 @@
-//! The `clef-agent` executable: command line → configuration → lifecycle → exit code.
+//! The `clef-agent` executable: command line → configuration → lifecycle or command → exit
+//! code. The lifecycles and `check`/`exec` assemble the agent themselves (`agent.rs`).
 
 use std::process::ExitCode;
 
 use clef_agent::cli::{self, Command};
 use clef_agent::config::Config;
-use clef_agent::lifecycle::{daemon, lambda, Fatal};
+use clef_agent::error::Fatal;
+use clef_agent::lifecycle::{daemon, lambda};
 use clef_agent::{log, VERSION};
 
 /// Every freed block is zeroed, so no plaintext outlives the buffer that held it.
@@ -44,7 +46,7 @@ fn main() -> ExitCode {
         }
         Command::Healthcheck => cli::healthcheck::Target::from_env(environment)
             .map_err(Fatal::Config)
-            .and_then(|target| cli::healthcheck::check_ready(&target).map_err(Fatal::Other)),
+            .and_then(|target| cli::healthcheck::check_ready(&target).map_err(Fatal::NotReady)),
         Command::Run => Config::from_env(environment).map_err(Fatal::Config).and_then(|config| {
             match config.lambda_runtime_api.clone() {
                 Some(runtime_api) => lambda::run(config, &runtime_api),
@@ -67,7 +69,7 @@ fn main() -> ExitCode {
 fn report(fatal: Fatal) -> ExitCode {
     match fatal {
         Fatal::Config(error) => log::error(&format!("config error: {error}")),
-        Fatal::Other(message) => log::error(&format!("fatal: {message}")),
+        other => log::error(&format!("fatal: {other}")),
     }
     ExitCode::FAILURE
 }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use crate::artifact::Artifact;
 use crate::config::Config;
 use crate::decrypt::Plaintext;
-use crate::lifecycle::Fatal;
+use crate::error::Fatal;
 
 pub fn run(config: &Config) -> Result<(), Fatal> {
     let (artifact, plaintext) = super::load_once(config)?;

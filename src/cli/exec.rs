@@ -16,14 +16,14 @@ use std::os::unix::process::CommandExt;
 
 use crate::config::Config;
 use crate::decrypt::Plaintext;
-use crate::lifecycle::Fatal;
+use crate::error::Fatal;
 
 /// The agent's secret inputs, which CMD never sees.
 pub const WITHHELD_FROM_COMMAND: [&str; 3] = ["CLEF_AGENT_AGE_KEY", "CLEF_AGENT_TOKEN", "CLEF_AGENT_VCS_TOKEN"];
 
 pub fn run(config: &Config, program: &OsString, arguments: &[OsString]) -> Result<(), Fatal> {
     let (_, plaintext) = super::load_once(config)?;
-    let variables = environment(&plaintext).map_err(Fatal::Other)?;
+    let variables = environment(&plaintext).map_err(Fatal::NotAnEnvironmentVariable)?;
     let mut command = std::process::Command::new(program);
     command.args(arguments);
     for name in WITHHELD_FROM_COMMAND {
@@ -32,7 +32,7 @@ pub fn run(config: &Config, program: &OsString, arguments: &[OsString]) -> Resul
     command.envs(variables.iter().map(|(name, value)| (name.as_str(), value.as_str())));
     // `exec` only returns when the program could not be started.
     let error = command.exec();
-    Err(Fatal::Other(format!("cannot run {}: {error}", program.to_string_lossy())))
+    Err(Fatal::Exec { program: program.clone(), error })
 }
 
 /// The variables, named as `/v1/keys` names the secrets, or why one of them cannot be an

@@ -6,16 +6,12 @@ pub mod exec;
 pub mod healthcheck;
 
 use std::ffi::OsString;
-use std::sync::Arc;
 
+use crate::agent::Agent;
 use crate::artifact::Artifact;
-use crate::aws::credentials::CredentialChain;
-use crate::aws::Env;
-use crate::config::{Config, ConfigError};
-use crate::decrypt::{DecryptionKeys, Plaintext};
-use crate::http::HttpClient;
-use crate::kms::Kms;
-use crate::lifecycle::Fatal;
+use crate::config::Config;
+use crate::decrypt::Plaintext;
+use crate::error::Fatal;
 use crate::refresh::{self, RefreshError};
 use crate::source::Fetched;
 
@@ -74,23 +70,14 @@ pub fn parse(arguments: Vec<OsString>) -> Result<Command, String> {
 }
 
 /// One fetch and the full pipeline, for the one-shot commands: the artifact and its plaintext.
-/// The process is hardened like the daemon first, before it holds a key or a plaintext.
+/// Assembling the agent hardens the process like the daemon's, before it holds a key or a
+/// plaintext; there is no disk cache and no token.
 pub fn load_once(config: &Config) -> Result<(Box<Artifact>, Plaintext), Fatal> {
-    crate::lifecycle::forbid_core_dumps_and_ptrace();
-    let http = HttpClient::new(config.ssl_cert_file.as_deref()).map_err(ConfigError)?;
-    let env = Env::from_process();
-    let credentials = Arc::new(CredentialChain::new(env.clone(), http.clone()));
-    let keys = DecryptionKeys {
-        age: config.load_age_identity()?,
-        kms: Some(Kms::new(http.clone(), env.clone(), Arc::clone(&credentials))),
-    };
-    let mut source = crate::source::from_config(&config.source, &http, &env, &credentials).map_err(ConfigError)?;
-    let failed = |error: RefreshError| {
-        Fatal::Other(format!("cannot load the artifact from {}: {error}. {}", config.source.describe(), error.hint()))
-    };
+    let Agent { keys, mut source, .. } = Agent::assemble(config)?;
+    let failed = |error: RefreshError| Fatal::Load { source: config.source.describe(), error };
     let bytes = match source.fetch(None).map_err(|error| failed(error.into()))? {
         Fetched::Content { bytes, .. } => bytes,
-        Fetched::Unchanged => return Err(Fatal::Other("the source answered 'unchanged' to a first fetch".into())),
+        Fetched::Unchanged => return Err(Fatal::UnchangedOnFirstFetch),
     };
     let artifact = refresh::screen(&bytes, crate::time::now_ms()).map_err(failed)?;
     let plaintext = refresh::open(&artifact, config.verify_key.as_ref(), &keys).map_err(failed)?;

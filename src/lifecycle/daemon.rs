@@ -4,8 +4,9 @@
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
-use super::{systemd, Event, Fatal, DAEMON_SHUTDOWN};
+use super::{systemd, Event, DAEMON_SHUTDOWN};
 use crate::config::Config;
+use crate::error::Fatal;
 use crate::log;
 use crate::refresh::Poller;
 use crate::telemetry::{self, StopReason};
@@ -16,7 +17,7 @@ pub fn run(config: Config) -> Result<(), Fatal> {
     let poller = match Poller::spawn(std::sync::Arc::clone(&running.refresher)) {
         Ok(poller) => poller,
         Err(error) => {
-            let failure = Err(Fatal::Other(format!("cannot start the refresh thread: {error}")));
+            let failure = Err(Fatal::Thread { purpose: "refresh", error });
             return running.stop(StopReason::Error, failure, DAEMON_SHUTDOWN, |_| {});
         }
     };
@@ -39,7 +40,7 @@ pub fn run(config: Config) -> Result<(), Fatal> {
             Ok(Event::Shutdown | Event::LambdaShutdown) | Err(RecvTimeoutError::Disconnected) => {
                 break (StopReason::Signal, Ok(()))
             }
-            Ok(Event::Failed(message)) => break (StopReason::Error, Err(Fatal::Other(message))),
+            Ok(Event::Failed(fatal)) => break (StopReason::Error, Err(fatal)),
             Ok(Event::InitialFetched(_)) | Err(RecvTimeoutError::Timeout) => {}
         }
         let check = systemd::SelfCheck {

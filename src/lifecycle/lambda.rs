@@ -9,8 +9,9 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Event, Fatal, ShutdownBudget};
+use super::{Event, ShutdownBudget};
 use crate::config::{Config, Mode};
+use crate::error::Fatal;
 use crate::http::HttpClient;
 use crate::log;
 use crate::refresh::Refresher;
@@ -33,7 +34,9 @@ pub fn run(config: Config, runtime_api: &str) -> Result<(), Fatal> {
     let http = running.http.clone();
     let identifier = match register(&http, &base) {
         Ok(identifier) => identifier,
-        Err(message) => return running.stop(StopReason::Error, Err(Fatal::Other(message)), LAMBDA_SHUTDOWN, |_| {}),
+        Err(message) => {
+            return running.stop(StopReason::Error, Err(Fatal::LambdaApi(message)), LAMBDA_SHUTDOWN, |_| {})
+        }
     };
     log::info("Agent ready. Polling for updates.");
     running.telemetry.emit(telemetry::Event::AgentStarted);
@@ -43,7 +46,7 @@ pub fn run(config: Config, runtime_api: &str) -> Result<(), Fatal> {
         .name("lambda-events".into())
         .spawn(move || next_event_loop(&http, &base, &identifier, &refresher, &events));
     if let Err(error) = spawned {
-        let failure = Err(Fatal::Other(format!("cannot start the Lambda event thread: {error}")));
+        let failure = Err(Fatal::Thread { purpose: "Lambda event", error });
         return running.stop(StopReason::Error, failure, LAMBDA_SHUTDOWN, |_| {});
     }
     let (reason, outcome) = loop {
@@ -54,7 +57,7 @@ pub fn run(config: Config, runtime_api: &str) -> Result<(), Fatal> {
             }
             Ok(Event::LambdaShutdown) => break (StopReason::LambdaShutdown, Ok(())),
             Ok(Event::Shutdown) | Err(_) => break (StopReason::Signal, Ok(())),
-            Ok(Event::Failed(message)) => break (StopReason::Error, Err(Fatal::Other(message))),
+            Ok(Event::Failed(fatal)) => break (StopReason::Error, Err(fatal)),
             Ok(Event::InitialFetched(_)) => {}
         }
     };
@@ -89,7 +92,7 @@ fn next_event_loop(http: &HttpClient, base: &str, identifier: &str, refresher: &
         let event = match next_event(http, base, identifier) {
             Ok(event) => event,
             Err(message) => {
-                let _ = events.send(Event::Failed(message));
+                let _ = events.send(Event::Failed(Fatal::LambdaApi(message)));
                 return;
             }
         };

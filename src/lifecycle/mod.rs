@@ -1,5 +1,5 @@
-//! How the agent runs. Start-up is shared (this module): harden the process, resolve keys and
-//! token, bind the listeners, load the first artifact with retries, start serving. Then the
+//! How the agent runs. Start-up is shared (this module): assemble the agent (`agent.rs`:
+//! hardening, keys, source), resolve the token, bind the listeners, load the first artifact with retries, start serving. Then the
 //! daemon polls on its schedule, or the Lambda extension refreshes on invocations. Both end the
 //! same way: stop serving within a bounded time and flush telemetry.
 
@@ -14,17 +14,14 @@ use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use crate::aws::credentials::CredentialChain;
-use crate::aws::Env;
+use crate::agent::{self, Agent};
 use crate::bearer;
-use crate::config::{Config, ConfigError, SourceConfig};
-use crate::decrypt::DecryptionKeys;
-use crate::disk_cache::DiskCache;
+use crate::config::{Config, SourceConfig};
+use crate::error::Fatal;
 use crate::http::HttpClient;
-use crate::kms::Kms;
 use crate::log;
 use crate::pending::Pending;
-use crate::refresh::{Pipeline, RefreshError, Refresher};
+use crate::refresh::{RefreshError, Refresher};
 use crate::secret::{hex, random_bytes};
 use crate::server::routes::Api;
 use crate::server::{listener, Bound, Server};
@@ -53,21 +50,6 @@ pub const DAEMON_SHUTDOWN: ShutdownBudget = ShutdownBudget {
     telemetry: telemetry::FLUSH_TIMEOUT,
 };
 
-/// How a lifecycle or command ended badly; `main` prints it and exits with status 1.
-#[derive(Debug)]
-pub enum Fatal {
-    /// Printed as `[clef-agent] config error: …`.
-    Config(ConfigError),
-    /// Printed as `[clef-agent] fatal: …`.
-    Other(String),
-}
-
-impl From<ConfigError> for Fatal {
-    fn from(error: ConfigError) -> Self {
-        Fatal::Config(error)
-    }
-}
-
 /// What the running agent's main loop reacts to.
 pub enum Event {
     /// SIGTERM or SIGINT.
@@ -77,7 +59,7 @@ pub enum Event {
     /// Lambda's SHUTDOWN event.
     LambdaShutdown,
     /// Something the agent cannot serve without (the HTTP accept loop, the Lambda API).
-    Failed(String),
+    Failed(Fatal),
     /// A start-up fetch ended (see [`initial_load`]).
     InitialFetched(Result<(), RefreshError>),
 }
@@ -101,16 +83,9 @@ pub struct Running {
 /// signal asked to stop during the start-up retries.
 pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> {
     let started_at = Instant::now();
-    harden_process();
-    let http = HttpClient::new(config.ssl_cert_file.as_deref()).map_err(ConfigError)?;
-    let env = Env::from_process();
-    let credentials = Arc::new(CredentialChain::new(env.clone(), http.clone()));
-    let kms = Kms::new(http.clone(), env.clone(), Arc::clone(&credentials));
-    let keys = Arc::new(DecryptionKeys { age: config.load_age_identity()?, kms: Some(kms) });
-    let source = crate::source::from_config(&config.source, &http, &env, &credentials).map_err(ConfigError)?;
-    let cache = config.cache_path.as_deref().map(|root| DiskCache::open(root, &config.source)).transpose()?;
-    let mut pipeline = Pipeline::new(source, Arc::clone(&keys), config.verify_key.clone(), cache);
-    pipeline.restore_rollback_mark().map_err(ConfigError)?;
+    tune_process();
+    let Agent { http, env, keys, source } = Agent::assemble(&config)?;
+    let pipeline = agent::pipeline(&config, source, Arc::clone(&keys))?;
     let (token, token_line) = bearer::resolve(&config.token)?;
     for warning in crate::config::cleartext_credential_warnings(&config, |name| env.get(name)) {
         log::error(&format!("warning: {warning}"));
@@ -135,7 +110,7 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
         return Ok(None);
     }
     crate::refresh::spawn_expiry_timer(Arc::clone(&refresher))
-        .map_err(|error| Fatal::Other(format!("cannot start the TTL timer thread: {error}")))?;
+        .map_err(|error| Fatal::Thread { purpose: "TTL timer", error })?;
     log::info(&format!("mode: {}", config.mode.name()));
     log::info(&token_line);
     log::info(&format!("lifecycle: {lifecycle}"));
@@ -145,9 +120,9 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
     for (listener, address) in listeners {
         let failures = events.clone();
         let server = Server::start(listener, Arc::clone(&api), config.max_connections, move |message| {
-            let _ = failures.send(Event::Failed(message));
+            let _ = failures.send(Event::Failed(Fatal::Serve(message)));
         })
-        .map_err(Fatal::Other)?;
+        .map_err(Fatal::Serve)?;
         servers.push(server);
         log::info(&format!("Agent server listening at {address}"));
     }
@@ -206,7 +181,7 @@ fn initial_load(
                 let result = fetching.refresh(crate::time::now_ms()).map(|_| ());
                 let _ = fetched.send(Event::InitialFetched(result));
             })
-            .map_err(|error| Fatal::Other(format!("cannot start the initial fetch thread: {error}")))?;
+            .map_err(|error| Fatal::Thread { purpose: "initial fetch", error })?;
         let error: RefreshError = loop {
             match inbox.recv() {
                 Ok(Event::InitialFetched(Ok(()))) => return Ok(true),
@@ -217,12 +192,7 @@ fn initial_load(
             }
         };
         if error.is_configuration_problem() || attempt == STARTUP_ATTEMPTS {
-            let attempts = if attempt == 1 { "1 attempt".to_string() } else { format!("{attempt} attempts") };
-            return Err(Fatal::Other(format!(
-                "Failed to fetch artifact from {} after {attempts}: {error}. {}",
-                refresher.describe_source(),
-                error.hint()
-            )));
+            return Err(Fatal::InitialLoad { source: refresher.describe_source(), attempts: attempt, error });
         }
         let backoff = STARTUP_BACKOFF[(attempt - 1) as usize];
         log::error(&format!(
@@ -249,8 +219,7 @@ fn initial_load(
 /// SIGHUPs that arrive before that refresh is taken from `refresh_asked` send nothing more.
 /// Handlers are installed explicitly, so this works as PID 1 too.
 fn watch_signals(events: Sender<Event>, refresh_asked: Pending) -> Result<(), Fatal> {
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
-        .map_err(|error| Fatal::Other(format!("cannot install signal handlers: {error}")))?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]).map_err(Fatal::Signals)?;
     let stops = AtomicUsize::new(0);
     std::thread::Builder::new()
         .name("signals".into())
@@ -269,13 +238,12 @@ fn watch_signals(events: Sender<Event>, refresh_asked: Pending) -> Result<(), Fa
                 let _ = events.send(Event::Shutdown);
             }
         })
-        .map_err(|error| Fatal::Other(format!("cannot start the signal thread: {error}")))?;
+        .map_err(|error| Fatal::Thread { purpose: "signal", error })?;
     Ok(())
 }
 
-/// The daemon's process settings: no core dumps or ptrace, then tuning for serving.
-fn harden_process() {
-    forbid_core_dumps_and_ptrace();
+/// The serving agent's process settings, beside the hardening [`Agent::assemble`] does.
+fn tune_process() {
     // glibc raises its mmap threshold after the first large block is freed; then large
     // request buffers (a client's 1 MiB header) come from per-thread arenas that keep the
     // memory for good. A fixed threshold keeps large blocks in mmap, returned when freed.
@@ -288,37 +256,16 @@ fn harden_process() {
     listener::raise_file_descriptor_limit();
 }
 
-/// No core dumps and no same-user ptrace (or `/proc/<pid>/mem` reads): whoever calls this is
-/// about to hold plaintext secrets — the daemon, `check` and `exec` alike. After `execve` the
-/// kernel makes the new program dumpable again; that is `exec`'s child, which is meant to have
-/// the secrets.
-pub fn forbid_core_dumps_and_ptrace() {
-    // SAFETY: prctl(PR_SET_DUMPABLE, 0) changes only this process's dumpable flag.
-    unsafe {
-        libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0);
-    }
-    // No core files either: with fs.suid_dumpable=2 the kernel dumps non-dumpable processes
-    // too. Only lowered when it is not 0 already (a sandbox may forbid setrlimit).
-    let mut core = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_CORE, &mut core) == 0 && core.rlim_cur != 0 {
-            core.rlim_cur = 0;
-            libc::setrlimit(libc::RLIMIT_CORE, &core);
-        }
-    }
-}
-
 /// The Unix socket when `CLEF_AGENT_SOCKET` is set (then TCP only with an explicit
 /// `CLEF_AGENT_PORT`), else TCP on loopback; each with the address the log names.
 fn bind_listeners(config: &Config) -> Result<Vec<(Bound, String)>, Fatal> {
     let mut listeners = Vec::new();
     if let Some(path) = &config.socket {
-        let listener = listener::bind_unix(path).map_err(Fatal::Other)?;
+        let listener = listener::bind_unix(path).map_err(Fatal::Listen)?;
         listeners.push((Bound::Unix(listener), format!("unix:{}", path.display())));
     }
     if config.socket.is_none() || config.port_explicit {
-        let listener = listener::bind_loopback(config.port).map_err(Fatal::Other)?;
+        let listener = listener::bind_loopback(config.port).map_err(Fatal::Listen)?;
         listeners.push((Bound::Tcp(listener), format!("http://127.0.0.1:{}", config.port)));
     }
     Ok(listeners)
@@ -328,7 +275,7 @@ fn start_telemetry(config: &Config, http: &HttpClient) -> Result<Telemetry, Fata
     let Some(url) = &config.telemetry_url else { return Ok(Telemetry::default()) };
     let agent_id = match &config.agent_id {
         Some(id) => id.clone(),
-        None => uuid_v4().map_err(Fatal::Other)?,
+        None => uuid_v4().map_err(Fatal::Randomness)?,
     };
     Ok(Telemetry::start(url, telemetry_resource(&config.source, agent_id), http.clone()))
 }

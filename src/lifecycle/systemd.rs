@@ -60,36 +60,9 @@ impl SelfCheck {
     }
 }
 
-/// The watchdog ping interval: half of `WATCHDOG_USEC`, when the watchdog is meant for us.
-pub fn watchdog_interval(lookup: impl Fn(&str) -> Option<String>, own_pid: u32) -> Option<Duration> {
-    let microseconds: u64 = lookup("WATCHDOG_USEC")?.trim().parse().ok().filter(|&usec| usec > 0)?;
-    if let Some(pid) = lookup("WATCHDOG_PID") {
-        if pid.trim().parse::<u32>().ok() != Some(own_pid) {
-            return None;
-        }
-    }
-    Some(Duration::from_micros(microseconds) / 2)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn lookup<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
-        move |name| pairs.iter().find(|(key, _)| *key == name).map(|(_, value)| value.to_string())
-    }
-
-    #[test]
-    fn watchdog_pings_at_half_the_timeout_for_our_pid_only() {
-        assert_eq!(watchdog_interval(lookup(&[("WATCHDOG_USEC", "10000000")]), 7), Some(Duration::from_secs(5)));
-        assert_eq!(
-            watchdog_interval(lookup(&[("WATCHDOG_USEC", "10000000"), ("WATCHDOG_PID", "7")]), 7),
-            Some(Duration::from_secs(5))
-        );
-        assert_eq!(watchdog_interval(lookup(&[("WATCHDOG_USEC", "10000000"), ("WATCHDOG_PID", "8")]), 7), None);
-        assert_eq!(watchdog_interval(lookup(&[("WATCHDOG_USEC", "0")]), 7), None);
-        assert_eq!(watchdog_interval(lookup(&[]), 7), None);
-    }
 
     #[test]
     fn the_watchdog_pings_only_while_everything_is_alive_and_no_refresh_is_stuck() {
