@@ -1,7 +1,8 @@
 //! How the agent runs. Start-up is shared (this module): assemble the agent (`agent.rs`:
-//! hardening, keys, source), resolve the token, bind the listeners, load the first artifact with retries, start serving. Then the
-//! daemon polls on its schedule, or the Lambda extension refreshes on invocations. Both end the
-//! same way: stop serving within a bounded time and flush telemetry.
+//! hardening, keys, source), resolve the token, bind the listeners, load the first artifact
+//! with retries, start serving. Then the daemon polls on its schedule, or the Lambda extension
+//! refreshes on invocations. Both end the same way: stop serving within a bounded time and
+//! flush telemetry.
 
 pub mod daemon;
 pub mod lambda;
