@@ -6,13 +6,12 @@
 
 pub mod alloc;
 pub mod artifact;
-pub mod aws;
 pub mod bearer;
 pub mod cli;
+pub mod cloud;
 pub mod config;
 pub mod decrypt;
 pub mod disk_cache;
-pub mod env;
 pub mod files;
 pub mod http;
 pub mod kms;

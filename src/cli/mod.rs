@@ -9,8 +9,8 @@ use std::ffi::OsString;
 use std::sync::Arc;
 
 use crate::artifact::Artifact;
-use crate::aws::credentials::CredentialChain;
-use crate::aws::Env;
+use crate::cloud::aws::credentials::CredentialChain;
+use crate::cloud::Env;
 use crate::config::{Config, ConfigError};
 use crate::decrypt::{DecryptionKeys, Plaintext};
 use crate::http::HttpClient;
@@ -77,7 +77,7 @@ pub fn parse(arguments: Vec<OsString>) -> Result<Command, String> {
 /// The process is hardened like the daemon first, before it holds a key or a plaintext.
 pub fn load_once(config: &Config) -> Result<(Box<Artifact>, Plaintext), Fatal> {
     crate::lifecycle::forbid_core_dumps_and_ptrace();
-    let http = HttpClient::new(config.ssl_cert_file.as_deref()).map_err(ConfigError)?;
+    let http = HttpClient::new(config.ssl_cert_file.as_deref()).map_err(|error| ConfigError(error.to_string()))?;
     let env = Env::from_process();
     let credentials = Arc::new(CredentialChain::new(env.clone(), http.clone()));
     let keys = DecryptionKeys {

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
-use crate::aws::credentials::CredentialChain;
-use crate::aws::Env;
 use crate::bearer;
+use crate::cloud::aws::credentials::CredentialChain;
+use crate::cloud::Env;
 use crate::config::{Config, ConfigError, SourceConfig};
 use crate::decrypt::DecryptionKeys;
 use crate::disk_cache::DiskCache;
@@ -102,7 +102,7 @@ pub struct Running {
 pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> {
     let started_at = Instant::now();
     harden_process();
-    let http = HttpClient::new(config.ssl_cert_file.as_deref()).map_err(ConfigError)?;
+    let http = HttpClient::new(config.ssl_cert_file.as_deref()).map_err(|error| ConfigError(error.to_string()))?;
     let env = Env::from_process();
     let credentials = Arc::new(CredentialChain::new(env.clone(), http.clone()));
     let kms = Kms::new(http.clone(), env.clone(), Arc::clone(&credentials));
