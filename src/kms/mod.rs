@@ -136,3 +136,20 @@ pub(crate) fn post_with_token(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn unwrap_errors_say_what_they_said_as_text_and_keep_the_kms_error_as_their_source() {
+        let unknown = UnwrapError::UnknownProvider("vault".into());
+        assert_eq!(unknown.to_string(), "unknown envelope provider 'vault'");
+        let refused =
+            CloudError::status("AWS KMS Decrypt", 400, "AccessDeniedException", " AccessDeniedException: no".into());
+        let error = UnwrapError::from(refused);
+        assert_eq!(error.to_string(), "AWS KMS Decrypt answered HTTP 400 AccessDeniedException: no");
+        assert_eq!(error.source().map(|source| source.to_string()), Some(error.to_string()));
+    }
+}

@@ -118,4 +118,13 @@ mod tests {
         let file = FetchError::NotFound { source: "/srv/a.json".into(), status: None };
         assert_eq!(file.to_string(), "/srv/a.json was not found");
     }
+
+    #[test]
+    fn a_credentials_failure_keeps_the_cloud_error_as_its_source() {
+        use std::error::Error as _;
+        let cause = CloudError::missing_variable("AWS_ROLE_ARN", "set AWS_ROLE_ARN");
+        let error = FetchError::Credentials { source: "s3://b/k".into(), cause: cause.clone() };
+        assert_eq!(error.to_string(), "cannot sign the request for s3://b/k: set AWS_ROLE_ARN");
+        assert_eq!(error.source().map(|source| source.to_string()), Some(cause.to_string()));
+    }
 }
