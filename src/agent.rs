@@ -9,8 +9,8 @@
 
 use std::sync::Arc;
 
-use crate::aws::credentials::CredentialChain;
-use crate::aws::Env;
+use crate::cloud::aws::credentials::CredentialChain;
+use crate::cloud::Env;
 use crate::config::{Config, ConfigError};
 use crate::decrypt::DecryptionKeys;
 use crate::disk_cache::DiskCache;
@@ -35,7 +35,8 @@ impl Agent {
     /// and plaintext — then builds the parts. Reads the age key file; makes no network call.
     pub fn assemble(config: &Config) -> Result<Agent, Fatal> {
         forbid_core_dumps_and_ptrace();
-        let http = HttpClient::new(config.ssl_cert_file.as_deref()).map_err(ConfigError::new)?;
+        let http =
+            HttpClient::new(config.ssl_cert_file.as_deref()).map_err(|error| ConfigError::new(error.to_string()))?;
         let env = Env::from_process();
         let credentials = Arc::new(CredentialChain::new(env.clone(), http.clone()));
         let kms = Kms::new(http.clone(), env.clone(), Arc::clone(&credentials));

@@ -26,13 +26,13 @@ pub enum Fatal {
     /// No random bytes for the agent id.
     Randomness(String),
     /// Start-up gave up on the first artifact.
-    InitialLoad { source: String, attempts: u32, error: RefreshError },
+    InitialLoad { source: String, attempts: u32, error: Box<RefreshError> },
     /// The HTTP server could not start, or stopped accepting connections.
     Serve(String),
     /// The Lambda Extensions API failed (registration or `event/next`).
     LambdaApi(String),
     /// `check` or `exec` could not load the artifact.
-    Load { source: String, error: RefreshError },
+    Load { source: String, error: Box<RefreshError> },
     /// `check` or `exec`: the source answered "unchanged" to a fetch that named no version.
     UnchangedOnFirstFetch,
     /// `exec`: a secret's name or value cannot be an environment variable.
@@ -75,7 +75,7 @@ impl std::error::Error for Fatal {
         match self {
             Fatal::Config(error) => Some(error),
             Fatal::Thread { error, .. } | Fatal::Signals(error) | Fatal::Exec { error, .. } => Some(error),
-            Fatal::InitialLoad { error, .. } | Fatal::Load { error, .. } => Some(error),
+            Fatal::InitialLoad { error, .. } | Fatal::Load { error, .. } => Some(error.as_ref()),
             Fatal::Listen(_)
             | Fatal::Randomness(_)
             | Fatal::Serve(_)
@@ -106,12 +106,12 @@ mod tests {
     fn start_up_names_the_source_the_attempts_the_error_and_its_hint() {
         let error = RefreshError::Expired { expires_at: "2026-01-01T00:00:00Z".into() };
         let hint = error.hint();
-        let once = Fatal::InitialLoad { source: "file /a.json".into(), attempts: 1, error: error.clone() };
+        let once = Fatal::InitialLoad { source: "file /a.json".into(), attempts: 1, error: Box::new(error.clone()) };
         assert_eq!(
             once.to_string(),
             format!("Failed to fetch artifact from file /a.json after 1 attempt: {error}. {hint}")
         );
-        let thrice = Fatal::InitialLoad { source: "file /a.json".into(), attempts: 3, error: error.clone() };
+        let thrice = Fatal::InitialLoad { source: "file /a.json".into(), attempts: 3, error: Box::new(error.clone()) };
         assert!(thrice.to_string().contains(" after 3 attempts: "), "{thrice}");
         assert_eq!(thrice.source().map(ToString::to_string), Some(error.to_string()));
     }

@@ -7,7 +7,9 @@
 //! with the bundled web PKI roots, so it works in a scratch image, plus the certificates of
 //! `SSL_CERT_FILE` when it is set (added to the bundled roots, not replacing them).
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 mod forward;
@@ -52,10 +54,10 @@ impl Default for HttpClient {
 impl HttpClient {
     /// The client for this process: bundled roots, plus the PEM certificates in
     /// `ssl_cert_file` (the `SSL_CERT_FILE` variable) when given.
-    pub fn new(ssl_cert_file: Option<&Path>) -> Result<HttpClient, String> {
+    pub fn new(ssl_cert_file: Option<&Path>) -> Result<HttpClient, CertFileError> {
         let Some(path) = ssl_cert_file else { return Ok(HttpClient::default()) };
-        let pem =
-            std::fs::read(path).map_err(|error| format!("SSL_CERT_FILE: cannot read {}: {error}", path.display()))?;
+        let pem = std::fs::read(path)
+            .map_err(|error| CertFileError::Unreadable { path: path.to_path_buf(), cause: Arc::new(error) })?;
         let mut roots: Vec<Certificate<'static>> =
             webpki_root_certs::TLS_SERVER_ROOT_CERTS.iter().map(|der| Certificate::from_der(der).to_owned()).collect();
         let bundled = roots.len();
@@ -63,16 +65,11 @@ impl HttpClient {
             match item {
                 Ok(PemItem::Certificate(certificate)) => roots.push(certificate),
                 Ok(_) => {}
-                Err(error) => {
-                    return Err(format!("SSL_CERT_FILE: {} is not a valid PEM bundle: {error}", path.display()))
-                }
+                Err(error) => return Err(CertFileError::NotPem { path: path.to_path_buf(), cause: Arc::new(error) }),
             }
         }
         if roots.len() == bundled {
-            return Err(format!(
-                "SSL_CERT_FILE: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----); unset it to use only the bundled roots",
-                path.display()
-            ));
+            return Err(CertFileError::NoCertificate { path: path.to_path_buf() });
         }
         Ok(HttpClient::with_roots(RootCerts::from(roots)))
     }
@@ -99,8 +96,8 @@ impl HttpClient {
     /// proxy's credentials in `Proxy-Authorization`. ureq 3 alone would open a `CONNECT` tunnel
     /// for it, which proxies such as Squid refuse for any port but 443; only `https://` URLs
     /// (and any URL through an `https://` or SOCKS proxy) are tunnelled.
-    pub fn get(&self, url: &HttpUrl) -> Result<RequestBuilder<WithoutBody>, String> {
-        let target: Uri = url.full.parse().map_err(|_| format!("{} is not a valid URL", url.redacted()))?;
+    pub fn get(&self, url: &HttpUrl) -> Result<RequestBuilder<WithoutBody>, InvalidUrl> {
+        let target: Uri = url.full.parse().map_err(|_| InvalidUrl { redacted: url.redacted() })?;
         match (&self.forwarding, &self.proxy) {
             (Some(forwarding), Some(proxy))
                 if url.scheme == "http" && !goes_direct(&url.host) && !proxy.is_no_proxy(&target) =>
@@ -178,19 +175,135 @@ fn config(proxy: Option<ureq::Proxy>, request_timeout: Option<Duration>, tls: Tl
 /// http, and a request that carries credentials (a token header, a signature, user-info) only
 /// within its origin — same scheme, host and port — so a credential never reaches a server the
 /// configuration did not name. Returns why not, naming the Location's origin.
-pub fn check_redirect(from: &HttpUrl, to: &HttpUrl, credentialed: bool) -> Result<(), String> {
+pub fn check_redirect(from: &HttpUrl, to: &HttpUrl, credentialed: bool) -> Result<(), RedirectRefused> {
     if from.scheme == "https" && to.scheme == "http" {
-        return Err(format!("refused a redirect from https to plain http ({})", to.origin()));
+        return Err(RedirectRefused::ToPlainHttp { to: to.origin() });
     }
     if credentialed && from.origin() != to.origin() {
-        return Err(format!(
-            "refused a redirect to another origin ({}): the request carries credentials, which go only to {}",
-            to.origin(),
-            from.origin()
-        ));
+        return Err(RedirectRefused::ToAnotherOrigin { to: to.origin(), from: from.origin() });
     }
     Ok(())
 }
+
+/// Why [`check_redirect`] refused a redirect; origins as `scheme://host:port`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedirectRefused {
+    /// From https to plain http.
+    ToPlainHttp { to: String },
+    /// A credentialed request to an origin other than its own.
+    ToAnotherOrigin { to: String, from: String },
+}
+
+impl fmt::Display for RedirectRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RedirectRefused::ToPlainHttp { to } => write!(f, "refused a redirect from https to plain http ({to})"),
+            RedirectRefused::ToAnotherOrigin { to, from } => write!(
+                f,
+                "refused a redirect to another origin ({to}): the request carries credentials, which go only to {from}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for RedirectRefused {}
+
+/// A URL that parsed as [`HttpUrl`] but that the HTTP library does not accept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidUrl {
+    /// The URL as it may be logged.
+    pub redacted: String,
+}
+
+impl fmt::Display for InvalidUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} is not a valid URL", self.redacted)
+    }
+}
+
+impl std::error::Error for InvalidUrl {}
+
+/// Why `SSL_CERT_FILE` cannot be used.
+#[derive(Debug, Clone)]
+pub enum CertFileError {
+    Unreadable { path: PathBuf, cause: Arc<std::io::Error> },
+    NotPem { path: PathBuf, cause: Arc<ureq::Error> },
+    NoCertificate { path: PathBuf },
+}
+
+impl fmt::Display for CertFileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CertFileError::Unreadable { path, cause } => write!(f, "SSL_CERT_FILE: cannot read {}: {cause}", path.display()),
+            CertFileError::NotPem { path, cause } => {
+                write!(f, "SSL_CERT_FILE: {} is not a valid PEM bundle: {cause}", path.display())
+            }
+            CertFileError::NoCertificate { path } => write!(
+                f,
+                "SSL_CERT_FILE: {} holds no PEM certificate (-----BEGIN CERTIFICATE-----); unset it to use only the bundled roots",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for CertFileError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CertFileError::Unreadable { cause, .. } => Some(cause.as_ref()),
+            CertFileError::NotPem { cause, .. } => Some(cause.as_ref()),
+            CertFileError::NoCertificate { .. } => None,
+        }
+    }
+}
+
+/// Why a call got no answer: the connection, TLS or a timeout failed, or the body could not be
+/// read. The cause is kept (shared, so that errors stay cheap to clone).
+#[derive(Debug, Clone)]
+pub enum TransportError {
+    TimedOut,
+    Failed(Arc<ureq::Error>),
+    Reading(Arc<std::io::Error>),
+}
+
+impl From<ureq::Error> for TransportError {
+    fn from(error: ureq::Error) -> TransportError {
+        match error {
+            ureq::Error::Timeout(_) => TransportError::TimedOut,
+            // ureq's messages name hosts and reasons, never a URL's credentials.
+            other => TransportError::Failed(Arc::new(other)),
+        }
+    }
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransportError::TimedOut => f.write_str("timed out"),
+            TransportError::Failed(cause) => write!(f, "{cause}"),
+            TransportError::Reading(cause) => write!(f, "reading the answer failed: {cause}"),
+        }
+    }
+}
+
+impl std::error::Error for TransportError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TransportError::TimedOut => None,
+            TransportError::Failed(cause) => Some(cause.as_ref()),
+            TransportError::Reading(cause) => Some(cause.as_ref()),
+        }
+    }
+}
+
+/// Equal when of the same kind and saying the same thing (the causes are not comparable).
+impl PartialEq for TransportError {
+    fn eq(&self, other: &TransportError) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other) && self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for TransportError {}
 
 /// Headers that carry no credential; any other header a request sets is taken to be one.
 const PLAIN_HEADERS: [&str; 4] = ["accept", "if-none-match", "x-github-api-version", "user-agent"];
@@ -206,7 +319,7 @@ pub fn form(fields: &[(&str, &str)]) -> zeroize::Zeroizing<String> {
     zeroize::Zeroizing::new(
         fields
             .iter()
-            .map(|(name, value)| format!("{name}={}", crate::aws::sigv4::encode(value, true)))
+            .map(|(name, value)| format!("{name}={}", crate::url::percent_encode(value, true)))
             .collect::<Vec<_>>()
             .join("&"),
     )
@@ -216,15 +329,12 @@ pub fn form(fields: &[(&str, &str)]) -> zeroize::Zeroizing<String> {
 pub const SMALL_ANSWER_LIMIT: u64 = 64 * 1024;
 
 /// The status and the body (at most [`SMALL_ANSWER_LIMIT`] bytes, in a buffer that is zeroed
-/// when dropped, because such answers carry tokens and keys) of a call; transport errors as text.
+/// when dropped, because such answers carry tokens and keys) of a call.
 pub fn small_reply(
     result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-) -> Result<(u16, zeroize::Zeroizing<Vec<u8>>), String> {
+) -> Result<(u16, zeroize::Zeroizing<Vec<u8>>), TransportError> {
     use std::io::Read;
-    let response = result.map_err(|error| match error {
-        ureq::Error::Timeout(_) => "timed out".to_string(),
-        other => other.to_string(),
-    })?;
+    let response = result?;
     let status = response.status().as_u16();
     let mut body = zeroize::Zeroizing::new(Vec::new());
     response
@@ -232,7 +342,7 @@ pub fn small_reply(
         .into_reader()
         .take(SMALL_ANSWER_LIMIT)
         .read_to_end(&mut body)
-        .map_err(|error| format!("reading the answer failed: {error}"))?;
+        .map_err(|error| TransportError::Reading(Arc::new(error)))?;
     Ok((status, body))
 }
 
@@ -277,7 +387,7 @@ mod tests {
         let api = url("https://gitlab.example/api/v4/x");
         assert_eq!(check_redirect(&api, &url("https://gitlab.example:443/api/v4/y"), true), Ok(()));
         assert_eq!(
-            check_redirect(&api, &url("https://127.0.0.1:8080/y"), true),
+            check_redirect(&api, &url("https://127.0.0.1:8080/y"), true).map_err(|refused| refused.to_string()),
             Err("refused a redirect to another origin (https://127.0.0.1:8080): the request carries credentials, \
                  which go only to https://gitlab.example:443"
                 .into())
@@ -286,7 +396,7 @@ mod tests {
         assert!(check_redirect(&api, &url("https://gitlab.example:8443/y"), true).is_err());
         assert_eq!(check_redirect(&api, &url("https://cdn.example/y"), false), Ok(()));
         assert_eq!(
-            check_redirect(&api, &url("http://cdn.example/y"), false),
+            check_redirect(&api, &url("http://cdn.example/y"), false).map_err(|refused| refused.to_string()),
             Err("refused a redirect from https to plain http (http://cdn.example:80)".into())
         );
         assert_eq!(check_redirect(&url("http://a.example/"), &url("https://b.example/"), false), Ok(()));

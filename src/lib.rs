@@ -4,20 +4,19 @@
 //! Data flows source → artifact → decrypt → snapshot → server; `refresh` is the only writer of
 //! the snapshot. Two modules read the environment: `config` reads and checks the agent's
 //! settings up front (`CLEF_AGENT_*`, and the systemd, Lambda and TLS variables it acts on),
-//! and `env` gives the cloud clients their providers' variables (`AWS_*`, `GOOGLE_*`,
+//! and `cloud::env` gives the cloud clients their providers' variables (`AWS_*`, `GOOGLE_*`,
 //! `AZURE_*`, the endpoint overrides), read when those clouds are used. `main` only lists
 //! variable names, to warn about misspelt ones.
 
 pub mod agent;
 pub mod alloc;
 pub mod artifact;
-pub mod aws;
 pub mod bearer;
 pub mod cli;
+pub mod cloud;
 pub mod config;
 pub mod decrypt;
 pub mod disk_cache;
-pub mod env;
 pub mod error;
 pub mod files;
 pub mod http;

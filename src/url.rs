@@ -222,6 +222,28 @@ impl S3Location {
     }
 }
 
+/// RFC 3986 percent-encoding of everything but `A–Z a–z 0–9 - . _ ~` (and `/` unless
+/// `encode_slash`), upper-case hex: what SigV4 signs, and what query strings, form bodies and
+/// provider API paths need.
+pub fn percent_encode(text: &str, encode_slash: bool) -> String {
+    let mut encoded = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') || (byte == b'/' && !encode_slash)
+        {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+/// A path as sent and signed: every byte but the unreserved characters and `/`
+/// percent-encoded once (S3 does not double-encode).
+pub fn percent_encode_path(path: &str) -> String {
+    percent_encode(path, false)
+}
+
 /// Decodes `%XX` escapes; the result must be UTF-8.
 pub fn percent_decode(segment: &str) -> Result<String, String> {
     let bytes = segment.as_bytes();
@@ -246,6 +268,12 @@ pub fn percent_decode(segment: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encodes_like_sigv4() {
+        assert_eq!(percent_encode_path("/a b/café+~x.json"), "/a%20b/caf%C3%A9%2B~x.json");
+        assert_eq!(percent_encode("a/b=c", true), "a%2Fb%3Dc");
+    }
 
     #[test]
     fn resolves_redirect_locations_and_compares_origins() {

@@ -74,7 +74,7 @@ pub fn parse(arguments: Vec<OsString>) -> Result<Command, String> {
 /// plaintext; there is no disk cache and no token.
 pub fn load_once(config: &Config) -> Result<(Box<Artifact>, Plaintext), Fatal> {
     let Agent { keys, mut source, .. } = Agent::assemble(config)?;
-    let failed = |error: RefreshError| Fatal::Load { source: config.source.describe(), error };
+    let failed = |error: RefreshError| Fatal::Load { source: config.source.describe(), error: Box::new(error) };
     let bytes = match source.fetch(None).map_err(|error| failed(error.into()))? {
         Fetched::Content { bytes, .. } => bytes,
         Fetched::Unchanged => return Err(Fatal::UnchangedOnFirstFetch),

@@ -27,7 +27,7 @@ pub fn open(envelope: &Envelope, ciphertext: Vec<u8>, kms: Option<&Kms>) -> Resu
     let data_key = kms.unwrap(&envelope.provider, &envelope.key_id, &envelope.algorithm, &wrapped).map_err(
         |error| match error {
             crate::kms::UnwrapError::KeyId(error) => DecryptError::KeyId(error),
-            crate::kms::UnwrapError::Kms(detail) => DecryptError::Kms(detail),
+            other => DecryptError::Kms(other.to_string()),
         },
     )?;
     open_with_data_key(&data_key, &iv, &tag, ciphertext)

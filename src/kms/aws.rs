@@ -8,9 +8,9 @@ use base64::Engine as _;
 use zeroize::Zeroizing;
 
 use super::key_id::AwsRegion;
-use crate::aws::credentials::CredentialChain;
-use crate::aws::sigv4;
-use crate::env::Env;
+use crate::cloud::aws::credentials::CredentialChain;
+use crate::cloud::aws::sigv4;
+use crate::cloud::{CloudError, Env};
 use crate::http::{small_reply, HttpClient};
 use crate::secret::sha256_hex;
 use crate::url::HttpUrl;
@@ -38,20 +38,25 @@ impl AwsKms {
         arn_region: Option<AwsRegion>,
         algorithm: &str,
         wrapped: &[u8],
-    ) -> Result<Zeroizing<Vec<u8>>, String> {
+    ) -> Result<Zeroizing<Vec<u8>>, CloudError> {
         let AwsRegion { region, dns_suffix } = match arn_region {
             Some(found) => found,
             None => AwsRegion {
                 region: self.env.aws_region().ok_or_else(|| {
                     let key_id = crate::text::quoted(key_id);
-                    format!("the key id '{key_id}' is not an ARN with a region: set AWS_REGION or AWS_DEFAULT_REGION")
+                    let message = format!(
+                        "the key id '{key_id}' is not an ARN with a region: set AWS_REGION or AWS_DEFAULT_REGION"
+                    );
+                    CloudError::missing_variable("AWS_REGION", message)
                 })?,
                 dns_suffix: "amazonaws.com",
             },
         };
         let endpoint = self.env.aws_endpoint("KMS").unwrap_or_else(|| format!("https://kms.{region}.{dns_suffix}"));
-        let url = HttpUrl::parse(&format!("{endpoint}/"))
-            .ok_or_else(|| format!("AWS_ENDPOINT_URL_KMS / AWS_ENDPOINT_URL: '{endpoint}' is not an http(s) URL"))?;
+        let url = HttpUrl::parse(&format!("{endpoint}/")).ok_or_else(|| {
+            let message = format!("AWS_ENDPOINT_URL_KMS / AWS_ENDPOINT_URL: '{endpoint}' is not an http(s) URL");
+            CloudError::invalid_variable("AWS_ENDPOINT_URL_KMS", message)
+        })?;
         let algorithm = if KMS_ALGORITHMS.contains(&algorithm) { algorithm } else { "SYMMETRIC_DEFAULT" };
         let body = serde_json::json!({
             "CiphertextBlob": base64::engine::general_purpose::STANDARD.encode(wrapped),
@@ -81,8 +86,8 @@ impl AwsKms {
         for (name, value) in &signed.headers {
             call = call.header(*name, value.as_str());
         }
-        let (status, answer) =
-            small_reply(call.send(body.as_bytes())).map_err(|why| format!("AWS KMS at {endpoint}: {why}"))?;
+        let (status, answer) = small_reply(call.send(body.as_bytes()))
+            .map_err(|why| CloudError::from(why).after_prefix(format_args!("AWS KMS at {endpoint}")))?;
         if status != 200 {
             let (kind, message) = error_of(&answer);
             if matches!(
@@ -97,14 +102,15 @@ impl AwsKms {
                 .copied()
                 .collect::<Vec<_>>()
                 .join(": ");
-            return Err(format!("AWS KMS Decrypt answered HTTP {status} {explanation}").trim_end().to_string());
+            let message = format!(" {explanation}").trim_end().to_string();
+            return Err(CloudError::status("AWS KMS Decrypt", status, &kind, message));
         }
-        let plaintext =
-            super::take_secret_field(&answer, "Plaintext").ok_or("AWS KMS Decrypt answered without a Plaintext")?;
+        let plaintext = crate::cloud::take_secret_field(&answer, "Plaintext")
+            .ok_or_else(|| CloudError::malformed("AWS KMS Decrypt answered without a Plaintext"))?;
         base64::engine::general_purpose::STANDARD
             .decode(plaintext.as_bytes())
             .map(Zeroizing::new)
-            .map_err(|_| "AWS KMS Decrypt answered a Plaintext that is not base64".to_string())
+            .map_err(|_| CloudError::malformed("AWS KMS Decrypt answered a Plaintext that is not base64"))
     }
 }
 
@@ -114,7 +120,7 @@ impl AwsKms {
 fn error_of(answer: &[u8]) -> (String, String) {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(answer) else {
         let text = String::from_utf8_lossy(answer);
-        let field = |tag: &str| crate::aws::xml_text(&text, tag).unwrap_or_default().chars().take(300).collect();
+        let field = |tag: &str| crate::cloud::aws::xml_text(&text, tag).unwrap_or_default().chars().take(300).collect();
         return (field("Code"), field("Message"));
     };
     let text = |name: &str| value.get(name).and_then(|field| field.as_str()).unwrap_or_default().to_string();

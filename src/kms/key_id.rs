@@ -21,6 +21,8 @@ impl fmt::Display for KeyIdError {
     }
 }
 
+impl std::error::Error for KeyIdError {}
+
 pub const AZURE_EXPECTED: &str = "an https:// Key Vault or Managed HSM key URL for provider azure, \
     https://<name>.<vault.azure.net|managedhsm.azure.net|vault.azure.cn|managedhsm.azure.cn|vault.usgovcloudapi.net|\
     managedhsm.usgovcloudapi.net|vault.microsoftazure.de>/keys/<key>[/<version>]";

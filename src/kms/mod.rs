@@ -9,14 +9,15 @@ pub mod aws;
 pub mod azure;
 pub mod gcp;
 pub mod key_id;
-mod token;
 
+use std::fmt;
 use std::sync::Arc;
 
 use zeroize::Zeroizing;
 
-use crate::aws::credentials::CredentialChain;
-use crate::env::Env;
+use crate::cloud::aws::credentials::CredentialChain;
+use crate::cloud::oauth::TokenChain;
+use crate::cloud::{CloudError, Env};
 use crate::http::HttpClient;
 
 /// The `envelope.provider` values the agent knows.
@@ -56,7 +57,7 @@ impl Kms {
                 Ok(self.gcp.decrypt(key_id, wrapped)?)
             }
             "azure" => Ok(self.azure.unwrap_key(&key_id::azure(key_id)?, algorithm, wrapped)?),
-            other => Err(UnwrapError::Kms(format!("unknown envelope provider '{other}'"))),
+            other => Err(UnwrapError::UnknownProvider(other.to_string())),
         }
     }
 }
@@ -67,7 +68,29 @@ pub enum UnwrapError {
     /// `envelope.keyId` is not a key id of the provider: nothing was sent.
     KeyId(key_id::KeyIdError),
     /// The KMS or its credentials failed (their explanation).
-    Kms(String),
+    Kms(CloudError),
+    /// `envelope.provider` is none of [`PROVIDERS`]: nothing was sent.
+    UnknownProvider(String),
+}
+
+impl fmt::Display for UnwrapError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UnwrapError::KeyId(error) => write!(f, "{error}"),
+            UnwrapError::Kms(error) => write!(f, "{error}"),
+            UnwrapError::UnknownProvider(provider) => write!(f, "unknown envelope provider '{provider}'"),
+        }
+    }
+}
+
+impl std::error::Error for UnwrapError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            UnwrapError::KeyId(error) => Some(error),
+            UnwrapError::Kms(error) => Some(error),
+            UnwrapError::UnknownProvider(_) => None,
+        }
+    }
 }
 
 impl From<key_id::KeyIdError> for UnwrapError {
@@ -76,46 +99,34 @@ impl From<key_id::KeyIdError> for UnwrapError {
     }
 }
 
-impl From<String> for UnwrapError {
-    fn from(detail: String) -> UnwrapError {
-        UnwrapError::Kms(detail)
+impl From<CloudError> for UnwrapError {
+    fn from(error: CloudError) -> UnwrapError {
+        UnwrapError::Kms(error)
     }
 }
 
-/// Takes the string field `name` out of a JSON object answer, into a buffer zeroed on drop
-/// (the field holds key material or a token).
-pub(crate) fn take_secret_field(body: &[u8], name: &str) -> Option<Zeroizing<String>> {
-    let mut value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    match value.get_mut(name)?.take() {
-        serde_json::Value::String(text) => Some(Zeroizing::new(text)),
-        _ => None,
-    }
-}
-
-/// POSTs the JSON `body` to `url` with a bearer token from `tokens` (`fetch` gets a new one
-/// when needed). A 401 means the service no longer accepts the token: it is dropped and the
+/// POSTs the JSON `body` to `url` with a bearer token from `tokens`. A 401 means the service no longer accepts the token: it is dropped and the
 /// call made once more with a new one, so a rotated token costs no failed request. Returns
 /// the last answer's status and body; `what` names the service in transport errors.
 pub(crate) fn post_with_token(
     http: &HttpClient,
-    tokens: &token::TokenCache,
-    fetch: impl Fn() -> Result<token::Fetched, String>,
+    tokens: &dyn TokenChain,
     url: &str,
     body: &str,
     what: &str,
-) -> Result<(u16, Zeroizing<Vec<u8>>), String> {
+) -> Result<(u16, Zeroizing<Vec<u8>>), CloudError> {
     let mut attempts_left = 2;
     loop {
         attempts_left -= 1;
-        let token = tokens.get(crate::time::now_ms(), &fetch)?;
+        let token = tokens.token(crate::time::now_ms())?;
         let bearer = Zeroizing::new(format!("Bearer {}", token.expose()));
         let call = http
             .for_url(url)
             .post(url)
             .header("Authorization", bearer.as_str())
             .header("Content-Type", "application/json");
-        let (status, answer) =
-            crate::http::small_reply(call.send(body.as_bytes())).map_err(|why| format!("{what}: {why}"))?;
+        let (status, answer) = crate::http::small_reply(call.send(body.as_bytes()))
+            .map_err(|why| CloudError::from(why).after_prefix(what))?;
         if status != 401 {
             return Ok((status, answer));
         }
@@ -123,5 +134,22 @@ pub(crate) fn post_with_token(
         if attempts_left == 0 {
             return Ok((status, answer));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn unwrap_errors_say_what_they_said_as_text_and_keep_the_kms_error_as_their_source() {
+        let unknown = UnwrapError::UnknownProvider("vault".into());
+        assert_eq!(unknown.to_string(), "unknown envelope provider 'vault'");
+        let refused =
+            CloudError::status("AWS KMS Decrypt", 400, "AccessDeniedException", " AccessDeniedException: no".into());
+        let error = UnwrapError::from(refused);
+        assert_eq!(error.to_string(), "AWS KMS Decrypt answered HTTP 400 AccessDeniedException: no");
+        assert_eq!(error.source().map(|source| source.to_string()), Some(error.to_string()));
     }
 }

@@ -193,7 +193,11 @@ fn initial_load(
             }
         };
         if error.is_configuration_problem() || attempt == STARTUP_ATTEMPTS {
-            return Err(Fatal::InitialLoad { source: refresher.describe_source(), attempts: attempt, error });
+            return Err(Fatal::InitialLoad {
+                source: refresher.describe_source(),
+                attempts: attempt,
+                error: Box::new(error),
+            });
         }
         let backoff = STARTUP_BACKOFF[(attempt - 1) as usize];
         log::error(&format!(

@@ -36,7 +36,7 @@ impl Get<'_> {
         let mut url = self.url.clone();
         let mut redirects = 0;
         let response = loop {
-            let mut request = self.http.get(&url).map_err(|why| self.failed(why))?;
+            let mut request = self.http.get(&url).map_err(|why| self.failed(why.to_string()))?;
             for (name, value) in self.headers {
                 request = request.header(*name, *value);
             }
@@ -90,12 +90,7 @@ impl Get<'_> {
     }
 
     fn network(&self, error: ureq::Error) -> FetchError {
-        let detail = match error {
-            ureq::Error::Timeout(_) => "timed out".to_string(),
-            // ureq's messages name hosts and reasons, never the URL's credentials.
-            other => other.to_string(),
-        };
-        self.failed(detail)
+        self.failed(crate::http::TransportError::from(error).to_string())
     }
 
     fn failed(&self, detail: String) -> FetchError {

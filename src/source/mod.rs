@@ -9,8 +9,8 @@ pub mod vcs;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::aws::credentials::CredentialChain;
-use crate::aws::Env;
+use crate::cloud::aws::credentials::CredentialChain;
+use crate::cloud::{CloudError, Env};
 use crate::config::SourceConfig;
 use crate::http::HttpClient;
 
@@ -45,7 +45,7 @@ pub enum FetchError {
     /// A local read failed for another reason.
     Io { source: String, detail: String },
     /// No usable cloud credentials (the message says which provider failed and why).
-    Credentials { source: String, detail: String },
+    Credentials { source: String, cause: CloudError },
     /// The artifact is larger than [`MAX_ARTIFACT_BYTES`].
     TooLarge { source: String },
 }
@@ -59,7 +59,7 @@ impl fmt::Display for FetchError {
             FetchError::Status { source, status } => write!(f, "{source} answered {status}"),
             FetchError::Network { source, detail } => write!(f, "cannot reach {source}: {detail}"),
             FetchError::Io { source, detail } => write!(f, "cannot read {source}: {detail}"),
-            FetchError::Credentials { source, detail } => write!(f, "cannot sign the request for {source}: {detail}"),
+            FetchError::Credentials { source, cause } => write!(f, "cannot sign the request for {source}: {cause}"),
             FetchError::TooLarge { source } => {
                 write!(f, "{source} is larger than the {} MiB artifact limit", MAX_ARTIFACT_BYTES / (1024 * 1024))
             }
@@ -67,7 +67,14 @@ impl fmt::Display for FetchError {
     }
 }
 
-impl std::error::Error for FetchError {}
+impl std::error::Error for FetchError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            FetchError::Credentials { cause, .. } => Some(cause),
+            _ => None,
+        }
+    }
+}
 
 pub trait Source: Send {
     /// The source for log lines, with credentials redacted.
@@ -90,7 +97,8 @@ pub fn from_config(
         SourceConfig::File(path) => Box::new(file::FileSource::new(path.clone())),
         SourceConfig::Http(url) => Box::new(http::HttpSource::new(http.clone(), url.clone())),
         SourceConfig::S3 { location, region } => {
-            Box::new(s3::S3Source::new(http.clone(), Arc::clone(credentials), env, location, region.clone())?)
+            let source = s3::S3Source::new(http.clone(), Arc::clone(credentials), env, location, region.clone());
+            Box::new(source.map_err(|error| error.to_string())?)
         }
         SourceConfig::Vcs(vcs) => Box::new(vcs::VcsSource::new(http.clone(), vcs)),
     })
@@ -109,5 +117,14 @@ mod tests {
         assert_eq!(status.to_string(), "https://a.example/x.json answered HTTP 500");
         let file = FetchError::NotFound { source: "/srv/a.json".into(), status: None };
         assert_eq!(file.to_string(), "/srv/a.json was not found");
+    }
+
+    #[test]
+    fn a_credentials_failure_keeps_the_cloud_error_as_its_source() {
+        use std::error::Error as _;
+        let cause = CloudError::missing_variable("AWS_ROLE_ARN", "set AWS_ROLE_ARN");
+        let error = FetchError::Credentials { source: "s3://b/k".into(), cause: cause.clone() };
+        assert_eq!(error.to_string(), "cannot sign the request for s3://b/k: set AWS_ROLE_ARN");
+        assert_eq!(error.source().map(|source| source.to_string()), Some(cause.to_string()));
     }
 }

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use super::http::{if_none_match, Get};
 use super::{FetchError, Fetched, Source};
-use crate::aws::credentials::CredentialChain;
-use crate::aws::sigv4::{self, UNSIGNED_PAYLOAD};
-use crate::aws::{xml_text, Env};
+use crate::cloud::aws::credentials::CredentialChain;
+use crate::cloud::aws::sigv4::{self, UNSIGNED_PAYLOAD};
+use crate::cloud::aws::xml_text;
+use crate::cloud::{CloudError, Env};
 use crate::http::HttpClient;
-use crate::url::{HttpUrl, S3Location};
+use crate::url::{percent_encode, percent_encode_path, HttpUrl, S3Location};
 
 pub struct S3Source {
     http: HttpClient,
@@ -30,8 +31,8 @@ impl S3Source {
         env: &Env,
         location: &S3Location,
         region: String,
-    ) -> Result<S3Source, String> {
-        let key = sigv4::encode_path(&location.key);
+    ) -> Result<S3Source, CloudError> {
+        let key = percent_encode_path(&location.key);
         let bucket = &location.bucket;
         let mut url = match env.aws_endpoint("S3") {
             Some(endpoint) => format!("{endpoint}/{bucket}/{key}"),
@@ -41,10 +42,12 @@ impl S3Source {
         if let Some(version) = &location.version_id {
             // Encoded exactly as SigV4 encodes it in the canonical query, so what is sent is
             // what is signed.
-            url = format!("{url}?versionId={}", sigv4::encode(version, true));
+            url = format!("{url}?versionId={}", percent_encode(version, true));
         }
         let url = HttpUrl::parse(&url).ok_or_else(|| {
-            format!("AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL: {url} is not an http:// or https:// URL with a host")
+            let message =
+                format!("AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL: {url} is not an http:// or https:// URL with a host");
+            CloudError::invalid_variable("AWS_ENDPOINT_URL_S3", message)
         })?;
         let description = location.describe();
         Ok(S3Source { http, credentials, region, url, version_id: location.version_id.clone(), description })
@@ -60,7 +63,7 @@ impl Source for S3Source {
         let credentials = self
             .credentials
             .credentials(crate::time::now_ms())
-            .map_err(|detail| FetchError::Credentials { source: self.description.clone(), detail })?;
+            .map_err(|cause| FetchError::Credentials { source: self.description.clone(), cause })?;
         let host = self.url.host_header();
         let mut headers = vec![("x-amz-content-sha256", UNSIGNED_PAYLOAD)];
         if let Some(etag) = if_none_match(last_content_hash) {

@@ -20,11 +20,10 @@ use serde_json::Value;
 
 use super::http::{Answer, Get};
 use super::{FetchError, Fetched, Source};
-use crate::aws::sigv4::encode;
 use crate::config::{VcsConfig, VcsProvider};
 use crate::http::HttpClient;
 use crate::secret::Secret;
-use crate::url::HttpUrl;
+use crate::url::{percent_encode, HttpUrl};
 
 const GITHUB_API: &str = "https://api.github.com";
 const GITLAB_API: &str = "https://gitlab.com";
@@ -85,9 +84,9 @@ impl VcsSource {
     }
 
     fn github(&mut self, last: Option<&str>) -> Result<Fetched, FetchError> {
-        let mut url = format!("{}/repos/{}/contents/{}", self.api, self.repo, encode(&self.path, false));
+        let mut url = format!("{}/repos/{}/contents/{}", self.api, self.repo, percent_encode(&self.path, false));
         if let Some(reference) = &self.reference {
-            url.push_str(&format!("?ref={}", encode(reference, true)));
+            url.push_str(&format!("?ref={}", percent_encode(reference, true)));
         }
         let bearer = format!("Bearer {}", self.token.expose());
         let headers = |accept| {
@@ -127,9 +126,9 @@ impl VcsSource {
         let url = format!(
             "{}/api/v4/projects/{}/repository/files/{}?ref={}",
             self.api,
-            encode(&self.repo, true),
-            encode(&self.path, true),
-            encode(reference, true)
+            percent_encode(&self.repo, true),
+            percent_encode(&self.path, true),
+            percent_encode(reference, true)
         );
         let answer = self.get(&url, &[("PRIVATE-TOKEN", self.token.expose())])?;
         let meta = self.json(&answer.body)?;
@@ -150,8 +149,8 @@ impl VcsSource {
                 "{}/2.0/repositories/{}/src/{}/{}",
                 self.api,
                 self.repo,
-                encode(at, true),
-                encode(&self.path, false)
+                percent_encode(at, true),
+                percent_encode(&self.path, false)
             )
         };
         let meta = self.get(&format!("{}?format=meta", src(reference)), &headers)?;

@@ -13,8 +13,8 @@ use clef_agent::refresh::{open, screen};
 use base64::Engine as _;
 use std::sync::Arc;
 
-use clef_agent::aws::credentials::CredentialChain;
-use clef_agent::env::Env;
+use clef_agent::cloud::aws::credentials::CredentialChain;
+use clef_agent::cloud::Env;
 use clef_agent::http::HttpClient;
 use clef_agent::kms::Kms;
 

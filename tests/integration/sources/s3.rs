@@ -728,7 +728,8 @@ fn web_identity_credentials_come_from_sts_assume_role_with_web_identity() {
     assert_eq!(form_fields(&request.body_text()), expected);
     // Moto issued the credentials; moto then checked the S3 request's signature with them.
     let answer = answers.lock().unwrap()[0].clone();
-    let field = |name: &str| clef_agent::aws::xml_text(&answer, name).unwrap_or_else(|| panic!("no {name}: {answer}"));
+    let field =
+        |name: &str| clef_agent::cloud::aws::xml_text(&answer, name).unwrap_or_else(|| panic!("no {name}: {answer}"));
     let (access_key_id, secret, session_token) =
         (field("AccessKeyId"), field("SecretAccessKey"), field("SessionToken"));
     assert!(access_key_id.starts_with("ASIA"), "{answer}");
@@ -884,8 +885,8 @@ fn serves_the_object_version_pinned_by_version_id_not_the_latest() {
     moto.enforce_auth(0);
 
     // Moto checks the signature over the query it received: an unsigned versionId fails.
-    let encoded_key = clef_agent::aws::sigv4::encode_path(KEY);
-    let version = clef_agent::aws::sigv4::encode(&pinned, true);
+    let encoded_key = clef_agent::url::percent_encode_path(KEY);
+    let version = clef_agent::url::percent_encode(&pinned, true);
     let source = format!("https://{BUCKET}.s3.amazonaws.com/{encoded_key}?versionId={version}");
     let (_deployment, agent) = start_agent("s3-version-id", &moto, &source, &keys_env(&reader));
     agent.get("/v1/secrets").assert(200, PLAINTEXT);

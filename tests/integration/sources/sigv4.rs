@@ -1,7 +1,7 @@
 //! The Rust SigV4 signer against botocore's, byte for byte: for each fixed request (S3 GETs of
 //! keys with spaces, UTF-8 and reserved characters, virtual-hosted and path style, with and
 //! without a session token, across regions; KMS `Decrypt` POSTs with a JSON body; header values
-//! with runs of spaces and tabs), `clef_agent::aws::sigv4::sign` and `tests/aws/botocore_sign.py`
+//! with runs of spaces and tabs), `clef_agent::cloud::aws::sigv4::sign` and `tests/aws/botocore_sign.py`
 //! (botocore's `S3SigV4Auth` / `SigV4Auth.add_auth`, its clock stopped at the same instant)
 //! must produce the same encoded path, canonical request, string to sign, signature,
 //! `Authorization` header and `X-Amz-*` headers.
@@ -9,10 +9,11 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use clef_agent::aws::credentials::Credentials;
-use clef_agent::aws::sigv4::{encode_path, sign, Request, Signed, UNSIGNED_PAYLOAD};
+use clef_agent::cloud::aws::credentials::Credentials;
+use clef_agent::cloud::aws::sigv4::{sign, Request, Signed, UNSIGNED_PAYLOAD};
 use clef_agent::secret::sha256_hex;
 use clef_agent::secret::Secret;
+use clef_agent::url::percent_encode_path;
 use serde_json::{json, Value};
 
 use super::s3::{aws_script, venv_tool};
@@ -26,7 +27,7 @@ const SESSION_TOKEN: &str =
 
 /// What is signed, as the S3 source builds it or as a JSON-protocol service is called.
 enum Target {
-    /// An S3 object: the path is `prefix` then the key encoded by [`encode_path`] (Rust) and by
+    /// An S3 object: the path is `prefix` then the key encoded by [`percent_encode_path`] (Rust) and by
     /// botocore's S3 serializer (Python).
     S3 { prefix: &'static str, key: &'static str },
     /// Any other service: the path as sent, SigV4Auth (not S3SigV4Auth).
@@ -126,7 +127,7 @@ impl Case {
     /// The encoded path the Rust side sends and signs.
     fn path(&self) -> String {
         match self.target {
-            Target::S3 { prefix, key } => format!("{prefix}{}", encode_path(key)),
+            Target::S3 { prefix, key } => format!("{prefix}{}", percent_encode_path(key)),
             Target::Service { path } => path.to_string(),
         }
     }

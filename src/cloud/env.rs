@@ -1,4 +1,5 @@
-//! Environment lookups for the cloud clients.
+//! Environment lookups for the cloud clients, and the endpoint overrides each cloud documents
+//! (or the agent adds, for private endpoints and test doubles), with their defaults.
 
 use std::sync::Arc;
 
@@ -43,5 +44,30 @@ impl Env {
         self.get(&format!("AWS_ENDPOINT_URL_{service}"))
             .or_else(|| self.get("AWS_ENDPOINT_URL"))
             .map(|url| url.trim_end_matches('/').to_string())
+    }
+
+    /// `AWS_EC2_METADATA_SERVICE_ENDPOINT`, else the IPv4 instance metadata address.
+    pub fn aws_imds_endpoint(&self) -> String {
+        self.get("AWS_EC2_METADATA_SERVICE_ENDPOINT").unwrap_or_else(|| "http://169.254.169.254".into())
+    }
+
+    /// `CLEF_AGENT_GCP_KMS_ENDPOINT`, else Cloud KMS.
+    pub fn gcp_kms_endpoint(&self) -> String {
+        self.get("CLEF_AGENT_GCP_KMS_ENDPOINT").unwrap_or_else(|| "https://cloudkms.googleapis.com".into())
+    }
+
+    /// `GCE_METADATA_HOST` (`host[:port]`), else the GCE metadata server.
+    pub fn gce_metadata_host(&self) -> String {
+        self.get("GCE_METADATA_HOST").unwrap_or_else(|| "metadata.google.internal".into())
+    }
+
+    /// `AZURE_AUTHORITY_HOST`, else Microsoft Entra ID's public cloud.
+    pub fn azure_authority_host(&self) -> String {
+        self.get("AZURE_AUTHORITY_HOST").unwrap_or_else(|| "https://login.microsoftonline.com".into())
+    }
+
+    /// `CLEF_AGENT_AZURE_IMDS_ENDPOINT`, else the IPv4 instance metadata address.
+    pub fn azure_imds_endpoint(&self) -> String {
+        self.get("CLEF_AGENT_AZURE_IMDS_ENDPOINT").unwrap_or_else(|| "http://169.254.169.254".into())
     }
 }

@@ -7,6 +7,7 @@ use ring::hmac;
 
 use super::credentials::Credentials;
 use crate::secret::{hex, sha256_hex};
+use crate::url::percent_encode;
 
 /// The payload hash S3 accepts instead of hashing the body.
 pub const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
@@ -16,7 +17,7 @@ pub struct Request<'a> {
     pub method: &'a str,
     /// `host` or `host:port`, exactly as the request's `Host` header will carry it.
     pub host: &'a str,
-    /// The path as sent on the wire, already percent-encoded ([`encode_path`]).
+    /// The path as sent on the wire, already percent-encoded ([`crate::url::percent_encode_path`]).
     pub path: &'a str,
     /// Query parameters, not encoded.
     pub query: &'a [(&'a str, &'a str)],
@@ -52,7 +53,7 @@ pub fn sign(request: &Request<'_>, credentials: &Credentials, amz_date: &str) ->
     let signed_headers = headers.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>().join(";");
 
     let mut query: Vec<(String, String)> =
-        request.query.iter().map(|(name, value)| (encode(name, true), encode(value, true))).collect();
+        request.query.iter().map(|(name, value)| (percent_encode(name, true), percent_encode(value, true))).collect();
     query.sort();
     let canonical_query = query.iter().map(|(name, value)| format!("{name}={value}")).collect::<Vec<_>>().join("&");
 
@@ -80,27 +81,6 @@ pub fn sign(request: &Request<'_>, credentials: &Credentials, amz_date: &str) ->
         extra.push(("X-Amz-Security-Token", token.expose().to_string()));
     }
     Signed { canonical_request, string_to_sign, signature, headers: extra }
-}
-
-/// An S3 object path as sent and signed: every byte but the unreserved characters and `/`
-/// percent-encoded once (S3 does not double-encode).
-pub fn encode_path(path: &str) -> String {
-    encode(path, false)
-}
-
-/// RFC 3986 percent-encoding of everything but `A–Z a–z 0–9 - . _ ~` (and `/` unless
-/// `encode_slash`), upper-case hex, as SigV4 requires.
-pub fn encode(text: &str, encode_slash: bool) -> String {
-    let mut encoded = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') || (byte == b'/' && !encode_slash)
-        {
-            encoded.push(byte as char);
-        } else {
-            encoded.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    encoded
 }
 
 /// Header values are trimmed and their inner runs of spaces collapsed to one.
@@ -143,9 +123,7 @@ mod tests {
     }
 
     #[test]
-    fn encodes_like_sigv4() {
-        assert_eq!(encode_path("/a b/café+~x.json"), "/a%20b/caf%C3%A9%2B~x.json");
-        assert_eq!(encode("a/b=c", true), "a%2Fb%3Dc");
+    fn header_values_have_their_spaces_normalised() {
         assert_eq!(normalize_spaces("  a   b  "), "a b");
     }
 }

@@ -1,10 +1,9 @@
-//! The AWS plumbing S3 sources and KMS envelopes share: the environment they read, endpoint
-//! overrides, SigV4 and the credential chain (SPEC §5).
+//! The AWS plumbing S3 sources and KMS envelopes share: SigV4, the credential chain (SPEC §5)
+//! and the little XML AWS answers need. The environment and its endpoint overrides are
+//! [`crate::cloud::Env`]'s.
 
 pub mod credentials;
 pub mod sigv4;
-
-pub use crate::env::Env;
 
 /// The text of the first `<tag>…</tag>` in an AWS XML answer, entities decoded. AWS answers
 /// are flat enough that this is all the XML the agent needs.
@@ -24,6 +23,7 @@ pub fn xml_text(xml: &str, tag: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cloud::Env;
 
     #[test]
     fn finds_xml_fields_and_endpoints() {

@@ -5,9 +5,10 @@
 //! no longer good. Error messages name the provider and what to fix, never a key, token or secret.
 
 use std::fmt;
-use std::sync::Mutex;
 
-use super::{xml_text, Env};
+use super::xml_text;
+use crate::cloud::expiring::Expiring;
+use crate::cloud::{CloudError, Env};
 use crate::http::{small_reply, HttpClient};
 use crate::secret::Secret;
 
@@ -23,7 +24,6 @@ pub const S3_STALE_CREDENTIAL_CODES: [&str; 4] =
     ["ExpiredToken", "InvalidToken", "TokenRefreshRequired", "RequestTimeTooSkewed"];
 /// The container credentials host of `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`.
 const CONTAINER_HOST: &str = "http://169.254.170.2";
-const IMDS_DEFAULT: &str = "http://169.254.169.254";
 
 #[derive(Clone)]
 pub struct Credentials {
@@ -45,38 +45,27 @@ impl fmt::Debug for Credentials {
 pub struct CredentialChain {
     env: Env,
     http: HttpClient,
-    cached: Mutex<Option<Cached>>,
-}
-
-#[derive(Debug)]
-struct Cached {
-    credentials: Credentials,
-    /// When to look them up again (epoch ms); `None` for long-term keys.
-    renew_at_ms: Option<u64>,
+    /// Renewed at [`renew_at_ms`]; long-term keys never.
+    cached: Expiring<Credentials>,
 }
 
 impl CredentialChain {
     pub fn new(env: Env, http: HttpClient) -> CredentialChain {
-        CredentialChain { env, http, cached: Mutex::new(None) }
+        CredentialChain { env, http, cached: Expiring::default() }
     }
 
     /// Credentials valid at `now_ms`, from the cache or the first provider that applies.
-    pub fn credentials(&self, now_ms: u64) -> Result<Credentials, String> {
-        let mut cached = self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(entry) = cached.as_ref() {
-            if entry.renew_at_ms.is_none_or(|renew_at| now_ms < renew_at) {
-                return Ok(entry.credentials.clone());
-            }
-        }
-        let (credentials, long_term) = self.resolve(now_ms)?;
-        let renew_at_ms = (!long_term).then(|| renew_at_ms(credentials.expires_at_ms, now_ms));
-        *cached = Some(Cached { credentials: credentials.clone(), renew_at_ms });
-        Ok(credentials)
+    pub fn credentials(&self, now_ms: u64) -> Result<Credentials, CloudError> {
+        self.cached.get(now_ms, || {
+            let (credentials, long_term) = self.resolve(now_ms)?;
+            let renew_at = (!long_term).then(|| renew_at_ms(credentials.expires_at_ms, now_ms));
+            Ok((credentials, renew_at))
+        })
     }
 
     /// Forgets cached credentials (after the service refused them).
     pub fn forget(&self) {
-        *self.cached.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        self.cached.forget();
     }
 
     /// Forgets cached credentials when an S3 error `code` says they are stale
@@ -90,7 +79,7 @@ impl CredentialChain {
     }
 
     /// The first provider's credentials, and whether they are long-term keys (never renewed).
-    fn resolve(&self, now_ms: u64) -> Result<(Credentials, bool), String> {
+    fn resolve(&self, now_ms: u64) -> Result<(Credentials, bool), CloudError> {
         let env = &self.env;
         match (env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")) {
             (Some(access_key_id), Some(secret)) => {
@@ -102,13 +91,20 @@ impl CredentialChain {
                 };
                 return Ok((credentials, true));
             }
-            (Some(_), None) => return Err("AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not: set both".into()),
-            (None, Some(_)) => return Err("AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not: set both".into()),
+            (Some(_), None) => {
+                let message = "AWS_ACCESS_KEY_ID is set but AWS_SECRET_ACCESS_KEY is not: set both";
+                return Err(CloudError::missing_variable("AWS_SECRET_ACCESS_KEY", message));
+            }
+            (None, Some(_)) => {
+                let message = "AWS_SECRET_ACCESS_KEY is set but AWS_ACCESS_KEY_ID is not: set both";
+                return Err(CloudError::missing_variable("AWS_ACCESS_KEY_ID", message));
+            }
             (None, None) => {}
         }
         if let Some(token_file) = env.get("AWS_WEB_IDENTITY_TOKEN_FILE") {
             let Some(role_arn) = env.get("AWS_ROLE_ARN") else {
-                return Err("AWS_WEB_IDENTITY_TOKEN_FILE is set but AWS_ROLE_ARN is not: set the role to assume".into());
+                let message = "AWS_WEB_IDENTITY_TOKEN_FILE is set but AWS_ROLE_ARN is not: set the role to assume";
+                return Err(CloudError::missing_variable("AWS_ROLE_ARN", message));
             };
             return self.web_identity(&token_file, &role_arn, now_ms).map(|credentials| (credentials, false));
         }
@@ -122,18 +118,19 @@ impl CredentialChain {
             return self.container(&url).map(|credentials| (credentials, false));
         }
         if env.get("AWS_EC2_METADATA_DISABLED").is_some_and(|value| value.eq_ignore_ascii_case("true")) {
-            return Err(NO_CREDENTIALS.to_string() + " (instance metadata is off: AWS_EC2_METADATA_DISABLED=true)");
+            let message = NO_CREDENTIALS.to_string() + " (instance metadata is off: AWS_EC2_METADATA_DISABLED=true)";
+            return Err(CloudError::missing_variable("AWS_ACCESS_KEY_ID", message));
         }
-        let endpoint = env.get("AWS_EC2_METADATA_SERVICE_ENDPOINT").unwrap_or_else(|| IMDS_DEFAULT.into());
+        let endpoint = env.aws_imds_endpoint();
         self.instance_metadata(endpoint.trim_end_matches('/'))
             .map(|credentials| (credentials, false))
-            .map_err(|why| format!("{NO_CREDENTIALS} (instance metadata at {endpoint}: {why})"))
+            .map_err(|why| why.within(format_args!("{NO_CREDENTIALS} (instance metadata at {endpoint}: "), ")"))
     }
 
     /// STS `AssumeRoleWithWebIdentity` with the token in the file (EKS IRSA).
-    fn web_identity(&self, token_file: &str, role_arn: &str, now_ms: u64) -> Result<Credentials, String> {
+    fn web_identity(&self, token_file: &str, role_arn: &str, now_ms: u64) -> Result<Credentials, CloudError> {
         let token = std::fs::read_to_string(token_file)
-            .map_err(|error| format!("AWS_WEB_IDENTITY_TOKEN_FILE: cannot read {token_file}: {error}"))?;
+            .map_err(|error| CloudError::unreadable("AWS_WEB_IDENTITY_TOKEN_FILE", token_file, error))?;
         let token = Secret::new(token.trim().to_string());
         let session = self.env.get("AWS_ROLE_SESSION_NAME").unwrap_or_else(|| format!("clef-agent-{}", now_ms / 1000));
         let endpoint = self.env.aws_endpoint("STS").unwrap_or_else(|| match self.env.aws_region() {
@@ -149,21 +146,25 @@ impl CredentialChain {
         ];
         let body = crate::http::form(&form);
         let url = format!("{}/", endpoint.trim_end_matches('/'));
-        let context = |why: String| format!("STS AssumeRoleWithWebIdentity at {endpoint} for {role_arn} failed: {why}");
+        let context = |why: CloudError| {
+            why.after_prefix(format_args!("STS AssumeRoleWithWebIdentity at {endpoint} for {role_arn} failed"))
+        };
         let response = self
             .http
             .for_url(&url)
             .post(&url)
             .header("Content-Type", "application/x-www-form-urlencoded")
             .send(body.as_bytes());
-        let (status, answer) = small_reply(response).map_err(context)?;
+        let (status, answer) = small_reply(response).map_err(|why| context(why.into()))?;
         let text = String::from_utf8_lossy(&answer);
         if status != 200 {
             let code = xml_text(&text, "Code").unwrap_or_default();
             let message = xml_text(&text, "Message").unwrap_or_default();
-            return Err(context(format!("HTTP {status} {code}: {message}")));
+            return Err(context(CloudError::status("", status, &code, format!(" {code}: {message}"))));
         }
-        let field = |name: &str| xml_text(&text, name).ok_or_else(|| context(format!("the answer has no {name}")));
+        let field = |name: &str| {
+            xml_text(&text, name).ok_or_else(|| context(CloudError::malformed(format!("the answer has no {name}"))))
+        };
         Ok(Credentials {
             access_key_id: field("AccessKeyId")?,
             secret_access_key: Secret::new(field("SecretAccessKey")?),
@@ -173,16 +174,16 @@ impl CredentialChain {
     }
 
     /// ECS / Fargate / EKS Pod Identity credentials endpoint.
-    fn container(&self, url: &str) -> Result<Credentials, String> {
+    fn container(&self, url: &str) -> Result<Credentials, CloudError> {
         let described = crate::url::HttpUrl::parse(url).map(|url| url.redacted()).unwrap_or_else(|| url.to_string());
-        let context = |why: String| format!("container credentials at {described}: {why}");
+        let context = |why: CloudError| why.after_prefix(format_args!("container credentials at {described}"));
         let authorization = match (
             self.env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
             self.env.get("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
         ) {
             (Some(path), _) => Some(Secret::new(
                 std::fs::read_to_string(&path)
-                    .map_err(|error| format!("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE: cannot read {path}: {error}"))?
+                    .map_err(|error| CloudError::unreadable("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", &path, error))?
                     .trim()
                     .to_string(),
             )),
@@ -192,36 +193,36 @@ impl CredentialChain {
         if let Some(token) = &authorization {
             request = request.header("Authorization", token.expose());
         }
-        let (status, answer) = small_reply(request.call()).map_err(context)?;
+        let (status, answer) = small_reply(request.call()).map_err(|why| context(why.into()))?;
         if status != 200 {
-            return Err(context(format!("HTTP {status}")));
+            return Err(context(CloudError::status("", status, "", String::new())));
         }
         credentials_from_json(&answer).map_err(context)
     }
 
     /// IMDSv2: a session token by PUT, then the role's credentials.
-    fn instance_metadata(&self, endpoint: &str) -> Result<Credentials, String> {
+    fn instance_metadata(&self, endpoint: &str) -> Result<Credentials, CloudError> {
         let token_url = format!("{endpoint}/latest/api/token");
         let response =
             self.http.metadata().put(&token_url).header("X-aws-ec2-metadata-token-ttl-seconds", "21600").send_empty();
         let (status, token) = small_reply(response)?;
         if status != 200 {
-            return Err(format!("the token request answered HTTP {status}"));
+            return Err(CloudError::status("the token request", status, "", String::new()));
         }
         let token = Secret::new(String::from_utf8_lossy(&token).trim().to_string());
-        let get = |url: &str| -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+        let get = |url: &str| -> Result<zeroize::Zeroizing<Vec<u8>>, CloudError> {
             let response = self.http.metadata().get(url).header("X-aws-ec2-metadata-token", token.expose()).call();
             match small_reply(response)? {
                 (200, body) => Ok(body),
-                (404, _) => Err("no IAM role is attached to this instance".into()),
-                (status, _) => Err(format!("HTTP {status}")),
+                (404, _) => Err(CloudError::malformed(NO_ROLE)),
+                (status, _) => Err(CloudError::status("", status, "", String::new())),
             }
         };
         let roles_url = format!("{endpoint}/latest/meta-data/iam/security-credentials/");
         let roles = get(&roles_url)?;
         let role = String::from_utf8_lossy(&roles).lines().next().unwrap_or_default().trim().to_string();
         if role.is_empty() {
-            return Err("no IAM role is attached to this instance".into());
+            return Err(CloudError::malformed(NO_ROLE));
         }
         credentials_from_json(&get(&format!("{roles_url}{role}"))?)
     }
@@ -230,13 +231,18 @@ impl CredentialChain {
 const NO_CREDENTIALS: &str = "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
      or AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN, or run where container credentials \
      (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI / _FULL_URI) or an EC2 instance role are available";
+const NO_ROLE: &str = "no IAM role is attached to this instance";
 
 /// The JSON shape container endpoints and IMDS share.
-fn credentials_from_json(body: &[u8]) -> Result<Credentials, String> {
+fn credentials_from_json(body: &[u8]) -> Result<Credentials, CloudError> {
     let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|_| "the answer is not the expected JSON".to_string())?;
+        serde_json::from_slice(body).map_err(|_| CloudError::malformed("the answer is not the expected JSON"))?;
     let field = |name: &str| {
-        value.get(name).and_then(|field| field.as_str()).map(str::to_string).ok_or(format!("the answer has no {name}"))
+        value
+            .get(name)
+            .and_then(|field| field.as_str())
+            .map(str::to_string)
+            .ok_or_else(|| CloudError::malformed(format!("the answer has no {name}")))
     };
     Ok(Credentials {
         access_key_id: field("AccessKeyId")?,
@@ -287,16 +293,16 @@ mod tests {
 
     #[test]
     fn half_configured_providers_say_what_is_missing() {
-        let error = chain(&[("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")]).credentials(0).unwrap_err();
+        let error = chain(&[("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")]).credentials(0).unwrap_err().to_string();
         assert!(error.contains("AWS_SECRET_ACCESS_KEY"), "{error}");
-        let error = chain(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/x")]).credentials(0).unwrap_err();
+        let error = chain(&[("AWS_WEB_IDENTITY_TOKEN_FILE", "/x")]).credentials(0).unwrap_err().to_string();
         assert!(error.contains("AWS_ROLE_ARN"), "{error}");
-        let error = chain(&[("AWS_EC2_METADATA_DISABLED", "true")]).credentials(0).unwrap_err();
+        let error = chain(&[("AWS_EC2_METADATA_DISABLED", "true")]).credentials(0).unwrap_err().to_string();
         assert!(error.starts_with("no AWS credentials found"), "{error}");
     }
 
     /// Request lines and lowercased headers, as a test server received them.
-    type Seen = std::sync::Arc<Mutex<Vec<(String, Vec<String>)>>>;
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<String>)>>>;
 
     /// A loopback HTTP server: each request (request line and lowercased headers, recorded) is
     /// answered 200 with what `answer` returns, and the connection closed.
@@ -389,12 +395,12 @@ mod tests {
         assert!(chain.credentials(u64::MAX).is_ok());
         for code in ["AccessDenied", "NoSuchKey", "SlowDown", ""] {
             assert!(!chain.forget_if_stale_for_s3(code), "{code}");
-            assert!(chain.cached.lock().unwrap().is_some(), "{code} keeps the credentials");
+            assert!(chain.cached.is_held(), "{code} keeps the credentials");
         }
         for code in S3_STALE_CREDENTIAL_CODES {
             chain.credentials(0).unwrap();
             assert!(chain.forget_if_stale_for_s3(code), "{code}");
-            assert!(chain.cached.lock().unwrap().is_none(), "{code} forgets the credentials");
+            assert!(!chain.cached.is_held(), "{code} forgets the credentials");
         }
     }
 

@@ -1,8 +1,8 @@
-//! An OAuth access token kept until shortly before it expires, shared by the GCP and Azure
-//! clients.
+//! OAuth access tokens as the GCP and Azure credential chains get them: the token answer, and
+//! keeping a token until shortly before it expires.
 
-use std::sync::Mutex;
-
+use super::expiring::Expiring;
+use super::CloudError;
 use crate::secret::Secret;
 
 /// A token is renewed this long before its stated expiry.
@@ -14,30 +14,26 @@ pub struct Fetched {
     pub lifetime_seconds: u64,
 }
 
-#[derive(Default)]
-pub struct TokenCache {
-    current: Mutex<Option<(Secret, u64)>>,
+/// The bearer tokens of one service's credential chain (GCP, Azure), held until a minute before
+/// they expire.
+pub trait TokenChain: Send + Sync {
+    /// A token valid at `now_ms`, held or newly fetched.
+    fn token(&self, now_ms: u64) -> Result<Secret, CloudError>;
+    /// Drops the held token (the service refused it).
+    fn forget(&self);
 }
 
-impl TokenCache {
-    /// The cached token while it has more than a minute left, else a new one from `fetch`.
-    pub fn get(&self, now_ms: u64, fetch: impl FnOnce() -> Result<Fetched, String>) -> Result<Secret, String> {
-        let mut current = self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some((token, expires_at_ms)) = current.as_ref() {
-            if now_ms + RENEW_BEFORE_MS < *expires_at_ms {
-                return Ok(token.clone());
-            }
-        }
+/// The token `cache` holds while it has more than a minute left, else a new one from `fetch`.
+pub fn held_token(
+    cache: &Expiring<Secret>,
+    now_ms: u64,
+    fetch: impl FnOnce() -> Result<Fetched, CloudError>,
+) -> Result<Secret, CloudError> {
+    cache.get(now_ms, || {
         let fetched = fetch()?;
         let expires_at_ms = now_ms.saturating_add(fetched.lifetime_seconds.saturating_mul(1000));
-        *current = Some((fetched.token.clone(), expires_at_ms));
-        Ok(fetched.token)
-    }
-
-    /// Drops the cached token (the service refused it).
-    pub fn forget(&self) {
-        *self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
-    }
+        Ok((fetched.token, Some(expires_at_ms.saturating_sub(RENEW_BEFORE_MS))))
+    })
 }
 
 /// The lifetime of an OAuth token answer: `expires_in` (a number or, from some Azure
@@ -55,19 +51,21 @@ pub fn lifetime_seconds(answer: &serde_json::Value, now_ms: u64) -> u64 {
 }
 
 /// The `access_token` of an OAuth answer with its lifetime, or the endpoint's explanation.
-pub fn from_answer(status: u16, body: &[u8], now_ms: u64, what: &str) -> Result<Fetched, String> {
+pub fn from_answer(status: u16, body: &[u8], now_ms: u64, what: &str) -> Result<Fetched, CloudError> {
     if status != 200 {
-        let explanation = serde_json::from_slice::<serde_json::Value>(body).ok().and_then(|value| {
-            let text = |name: &str| value.get(name).and_then(|field| field.as_str()).map(str::to_string);
-            text("error_description").or_else(|| text("error")).or_else(|| text("message"))
-        });
+        let answer = serde_json::from_slice::<serde_json::Value>(body).ok();
+        let text = |name: &str| {
+            answer.as_ref().and_then(|value| value.get(name)).and_then(|field| field.as_str()).map(str::to_string)
+        };
+        let explanation = text("error_description").or_else(|| text("error")).or_else(|| text("message"));
         let explanation = explanation.map(|text| text.chars().take(300).collect::<String>()).unwrap_or_default();
-        return Err(format!("{what} answered HTTP {status} {explanation}").trim_end().to_string());
+        let code = text("error").unwrap_or_default();
+        return Err(CloudError::status(what, status, &code, format!(" {explanation}").trim_end().to_string()));
     }
     let lifetime =
         serde_json::from_slice::<serde_json::Value>(body).map(|value| lifetime_seconds(&value, now_ms)).unwrap_or(3600);
     let token = super::take_secret_field(body, "access_token")
-        .ok_or_else(|| format!("{what} answered without an access_token"))?;
+        .ok_or_else(|| CloudError::malformed(format!("{what} answered without an access_token")))?;
     Ok(Fetched { token: Secret::new(token.to_string()), lifetime_seconds: lifetime })
 }
 
@@ -77,16 +75,16 @@ mod tests {
 
     #[test]
     fn reuses_a_token_until_a_minute_before_it_expires() {
-        let cache = TokenCache::default();
+        let cache = Expiring::default();
         let fetch = |name: &str| {
             let name = name.to_string();
             move || Ok(Fetched { token: Secret::new(name), lifetime_seconds: 120 })
         };
-        assert_eq!(cache.get(0, fetch("a")).unwrap().expose(), "a");
-        assert_eq!(cache.get(59_000, fetch("b")).unwrap().expose(), "a");
-        assert_eq!(cache.get(60_000, fetch("c")).unwrap().expose(), "c");
+        assert_eq!(held_token(&cache, 0, fetch("a")).unwrap().expose(), "a");
+        assert_eq!(held_token(&cache, 59_000, fetch("b")).unwrap().expose(), "a");
+        assert_eq!(held_token(&cache, 60_000, fetch("c")).unwrap().expose(), "c");
         cache.forget();
-        assert_eq!(cache.get(60_001, fetch("d")).unwrap().expose(), "d");
+        assert_eq!(held_token(&cache, 60_001, fetch("d")).unwrap().expose(), "d");
     }
 
     #[test]
@@ -101,7 +99,10 @@ mod tests {
             now,
             "the token endpoint",
         );
-        assert_eq!(error.err().as_deref(), Some("the token endpoint answered HTTP 400 Bad refresh"));
+        assert_eq!(
+            error.err().map(|error| error.to_string()).as_deref(),
+            Some("the token endpoint answered HTTP 400 Bad refresh")
+        );
         let fetched = from_answer(200, br#"{"access_token":"ya29.x","expires_in":3599}"#, now, "t").unwrap();
         assert_eq!((fetched.token.expose(), fetched.lifetime_seconds), ("ya29.x", 3599));
     }
