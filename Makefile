@@ -121,14 +121,14 @@ static: static-deps ## Build the fully static executable into target/static/clef
 	  || { echo "error: $(STATIC_BIN) is not statically linked"; exit 1; }
 	@echo "$(STATIC_BIN): $$(stat -c %s $(STATIC_BIN)) bytes, static"
 
-test-packaging: static podman-deps packaging-deps ## Static binary in a chroot, the image under podman, the Kubernetes pod, systemd unit, Lambda layer
+test-packaging: static deps podman-deps packaging-deps ## Static binary in a chroot, the image under podman, the Kubernetes pod, systemd unit, Lambda layer
 	tests/packaging/static_isolation.sh $(STATIC_BIN)
 	tests/packaging/container_image.sh
 	tests/packaging/kubernetes_sidecar.sh
 	tests/packaging/systemd_verify.sh $(STATIC_BIN)
 	tests/packaging/lambda_layer.sh
 
-image: static podman-deps ## Build the scratch image $(IMAGE) with podman from target/static/clef-agent
+image: static podman-deps ## Build the scratch image localhost/clef-agent:dev (or IMAGE=…) with podman from target/static/clef-agent
 	podman build --format docker -f packaging/docker/Dockerfile --build-arg BINARY=prebuilt -t $(IMAGE) .
 	@echo "$(IMAGE): $$(podman image inspect --format '{{.Size}}' $(IMAGE)) bytes"
 

@@ -22,6 +22,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+# shellcheck source=tests/packaging/podman_common.sh
 . "$(dirname "$0")/podman_common.sh"
 binary=$repo/target/static/clef-agent
 [ -x "$binary" ] || fail "$binary is missing: run make static"

@@ -5,9 +5,11 @@ container that the plain `containers:` example (sidecar-containers.yaml) runs, w
 settings, so that the pod podman plays stands for both.
 
 `variant` prints the plain example with only what podman 4.3 or this machine cannot have
-replaced: the demo artifact in a file instead of S3 (no AWS here), a hostPath directory instead
-of the age-key Secret (podman writes a Secret volume's data base64-encoded), locally built
-images, one replica, names made unique for the test, and busybox as the application.
+replaced: S3 is moto_server (AWS_ENDPOINT_URL), the credentials come from IRSA as EKS's webhook
+would inject them (AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE and the token's volume, here a
+hostPath), a hostPath directory stands for the age-key Secret (podman writes a Secret volume's
+data base64-encoded), the images are built locally, there is one replica, names are made unique
+for the test, and busybox is the application.
 """
 import copy
 import sys
@@ -53,7 +55,7 @@ def check(native_path, plain_path):
         sys.exit("kube_variant: the ServiceAccounts differ between the two manifests")
 
 
-def variant(plain_path, suffix, agent_image, app_image, artifact_dir, key_dir, app_script):
+def variant(plain_path, suffix, agent_image, app_image, key_dir, token_dir, endpoint, role_arn, app_script):
     docs = copy.deepcopy(load(plain_path))
     for doc in docs:
         doc["metadata"]["name"] += suffix
@@ -67,27 +69,46 @@ def variant(plain_path, suffix, agent_image, app_image, artifact_dir, key_dir, a
             del volume["secret"]
             volume["hostPath"] = {"path": key_dir, "type": "Directory"}
         volume["name"] = renamed[volume["name"]]
-    spec["volumes"].append({"name": "clef-artifact" + suffix, "hostPath": {"path": artifact_dir, "type": "Directory"}})
+    spec["volumes"].append({"name": "aws-iam-token" + suffix, "hostPath": {"path": token_dir, "type": "Directory"}})
     for container in spec["containers"]:
         for mount in container.get("volumeMounts", []):
             mount["name"] = renamed[mount["name"]]
     agent = agent_of(spec)
     agent["image"] = agent_image
-    agent["env"] = [e for e in agent["env"] if not e["name"].startswith("AWS_")]
-    for e in agent["env"]:
-        if e["name"] == "CLEF_AGENT_SOURCE":
-            e["value"] = "/etc/clef/artifact/demo.age.json"
-    agent["volumeMounts"].append({"name": "clef-artifact" + suffix, "mountPath": "/etc/clef/artifact", "readOnly": True})
+    # What EKS adds to every container of a pod whose service account names an IRSA role.
+    agent["env"] += [
+        {"name": "AWS_ENDPOINT_URL", "value": endpoint},
+        {"name": "AWS_ROLE_ARN", "value": role_arn},
+        {"name": "AWS_WEB_IDENTITY_TOKEN_FILE", "value": "/var/run/secrets/eks.amazonaws.com/serviceaccount/token"},
+    ]
+    agent["volumeMounts"].append(
+        {"name": "aws-iam-token" + suffix, "mountPath": "/var/run/secrets/eks.amazonaws.com/serviceaccount", "readOnly": True}
+    )
     app = next(c for c in spec["containers"] if c["name"] == "app")
     app["image"] = app_image
     app["command"] = ["/bin/busybox", "sh", "-c", open(app_script).read()]
     yaml.safe_dump_all(docs, sys.stdout, sort_keys=False)
 
 
+def source(native_path):
+    """The manifest's S3 bucket and key and its IRSA role's name, one a line."""
+    docs = load(native_path)
+    env = {e["name"]: e["value"] for e in agent_of(deployment(docs)["spec"]["template"]["spec"])["env"]}
+    bucket, _, key = env["CLEF_AGENT_SOURCE"].removeprefix("s3://").partition("/")
+    account = next(d for d in docs if d["kind"] == "ServiceAccount")
+    role = account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].rpartition("/")[2]
+    print(bucket, key, role, sep="\n")
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["check"] and len(sys.argv) == 4:
         check(*sys.argv[2:])
-    elif sys.argv[1:2] == ["variant"] and len(sys.argv) == 9:
+    elif sys.argv[1:2] == ["variant"] and len(sys.argv) == 11:
         variant(*sys.argv[2:])
+    elif sys.argv[1:2] == ["source"] and len(sys.argv) == 3:
+        source(sys.argv[2])
     else:
-        sys.exit("usage: kube_variant.py check NATIVE PLAIN | variant PLAIN SUFFIX AGENT_IMAGE APP_IMAGE ARTIFACT_DIR KEY_DIR APP_SCRIPT")
+        sys.exit(
+            "usage: kube_variant.py check NATIVE PLAIN | source MANIFEST | "
+            "variant PLAIN SUFFIX AGENT_IMAGE APP_IMAGE KEY_DIR TOKEN_DIR ENDPOINT ROLE_ARN APP_SCRIPT"
+        )

@@ -2,12 +2,14 @@
 # `podman` (root podman with runc and explicit rlimits, through a containers.conf of our own),
 # `build_agent_image TAG` and `build_busybox_image TAG`. Expects `name` (the test's name) and
 # `work` (its temporary directory) to be set.
+# shellcheck shell=bash disable=SC2154 # name and work are the sourcing test's
 fail() { echo "$name: FAILED: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || fail "the podman tests run podman as root"
 command -v podman >/dev/null || fail "podman is required: make podman-deps (apt-get install podman runc busybox-static)"
 command -v runc >/dev/null || fail "runc is required: make podman-deps (apt-get install runc)"
-[ -x /bin/busybox ] && { ldd /bin/busybox 2>&1 || true; } | grep -Eq 'statically linked|not a dynamic executable' \
-  || fail "a static /bin/busybox is required: make podman-deps (apt-get install busybox-static)"
+if [ ! -x /bin/busybox ] || ! { ldd /bin/busybox 2>&1 || true; } | grep -Eq 'statically linked|not a dynamic executable'; then
+  fail "a static /bin/busybox is required: make podman-deps (apt-get install busybox-static)"
+fi
 
 # runc: crun 1.8 fails on this kernel's hybrid cgroups. The rlimits: podman's defaults raise
 # RLIMIT_NOFILE and RLIMIT_NPROC above what these machines allow, so runc cannot start anything.
