@@ -12,8 +12,12 @@ DEMO_TOKEN ?= demo-token-not-secret
 # The Python environment of the AWS tests (moto_server, boto3, botocore), git-ignored.
 VENV := .venv
 AWS_REQUIREMENTS := tests/aws/requirements.txt
+# The Kubernetes schema validator of tests/packaging/kubernetes_sidecar.sh, also in .venv.
+PACKAGING_REQUIREMENTS := tests/packaging/requirements.txt
+# What `make image` tags: push it to your registry under your own name (README, Deployment).
+IMAGE ?= localhost/clef-agent:dev
 
-.PHONY: help build run test deps lint fmt bench bench-deps fixtures clean static static-deps test-packaging lambda-layer fuzz
+.PHONY: help build run test deps lint fmt bench bench-deps fixtures clean static static-deps test-packaging lambda-layer fuzz image podman-deps packaging-deps
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -117,10 +121,41 @@ static: static-deps ## Build the fully static executable into target/static/clef
 	  || { echo "error: $(STATIC_BIN) is not statically linked"; exit 1; }
 	@echo "$(STATIC_BIN): $$(stat -c %s $(STATIC_BIN)) bytes, static"
 
-test-packaging: static ## Static binary alone in a chroot, systemd unit verification, Lambda layer
+test-packaging: static deps podman-deps packaging-deps ## Static binary in a chroot, the image under podman, the Kubernetes pod, systemd unit, Lambda layer
 	tests/packaging/static_isolation.sh $(STATIC_BIN)
+	tests/packaging/container_image.sh
+	tests/packaging/kubernetes_sidecar.sh
 	tests/packaging/systemd_verify.sh $(STATIC_BIN)
 	tests/packaging/lambda_layer.sh
+
+image: static podman-deps ## Build the scratch image localhost/clef-agent:dev (or IMAGE=…) with podman from target/static/clef-agent
+	podman build --format docker -f packaging/docker/Dockerfile --build-arg BINARY=prebuilt -t $(IMAGE) .
+	@echo "$(IMAGE): $$(podman image inspect --format '{{.Size}}' $(IMAGE)) bytes"
+
+# podman and runc run the image and the Kubernetes pod; Debian's static busybox is the
+# stand-in application in a scratch image (nothing can be pulled in CI).
+podman-deps:
+	@if ! command -v podman >/dev/null || ! command -v runc >/dev/null || [ ! -x /bin/busybox ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc busybox-static >/dev/null; \
+	  else echo "error: the container tests need podman, runc and a static busybox: apt-get install podman runc busybox-static"; exit 1; fi; \
+	fi
+	@command -v podman >/dev/null && command -v runc >/dev/null && [ -x /bin/busybox ] \
+	  || { echo "error: installing podman, runc and busybox-static failed"; exit 1; }
+
+packaging-deps:
+	@if [ ! -x $(VENV)/bin/pip ]; then \
+	  rm -rf $(VENV) && python3 -m venv $(VENV) \
+	    || { echo "error: python3 -m venv $(VENV) failed"; exit 1; }; \
+	fi
+	@if [ ! -x $(VENV)/bin/kubernetes-validate ] || ! cmp -s $(PACKAGING_REQUIREMENTS) $(VENV)/packaging-requirements.installed; then \
+	  echo "Installing $(PACKAGING_REQUIREMENTS) into $(VENV)"; \
+	  $(VENV)/bin/pip install -q --disable-pip-version-check -r $(PACKAGING_REQUIREMENTS) \
+	    || { echo "error: pip install -r $(PACKAGING_REQUIREMENTS) into $(VENV) failed"; exit 1; }; \
+	  cp $(PACKAGING_REQUIREMENTS) $(VENV)/packaging-requirements.installed; \
+	fi
+	@test -x $(VENV)/bin/kubernetes-validate && $(VENV)/bin/python -c 'import yaml' \
+	  || { echo "error: $(VENV) lacks kubernetes-validate or PyYAML after the install"; exit 1; }
 
 lambda-layer: static ## Build the Lambda layer zip (target/lambda/clef-agent-layer.zip)
 	packaging/lambda/build-layer.sh $(STATIC_BIN) target/lambda/clef-agent-layer.zip
