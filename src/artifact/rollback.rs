@@ -113,6 +113,8 @@ impl fmt::Display for Rollback {
     }
 }
 
+impl std::error::Error for Rollback {}
+
 /// The decision: may an artifact packed at `packed_at` replace what the mark stands for? The
 /// same `packedAt` as the artifact in service is no rollback (a poll that finds it again, or
 /// the reload after a wipe); a newer one is accepted even when it is in the future.
