@@ -261,6 +261,9 @@ mod tests {
         Wipe::ArtifactExpired(Refusal::new("Artifact expired", &format!("Artifact expired at {EXPIRES}")))
     }
 
+    /// name, mode, served before, outcome, now, served after, effects.
+    type Row = (&'static str, Mode, Serving, Landed, u64, Serving, Vec<Effect>);
+
     #[test]
     fn each_outcome_serves_keeps_or_wipes_as_the_spec_says() {
         let rejected = RefreshError::from(Rejection::JsonParse("invalid JSON at line 1 column 2".into()));
@@ -273,7 +276,7 @@ mod tests {
         let revoked_event = Effect::Telemetry(Event::ArtifactRevoked { revoked_at: "2026-11-24T13:00:00Z".into() });
         let r1 = || serving("r1", None);
         // (name, mode, served before, outcome, now, served after, effects)
-        let rows: Vec<(&str, Mode, Serving, Landed, u64, Serving, Vec<Effect>)> = vec![
+        let rows: Vec<Row> = vec![
             (
                 "the same artifact marks the one served fresh",
                 CACHED,
