@@ -447,6 +447,109 @@ pub(super) mod tests {
         }
     }
 
+    /// The reason code of `validate`'s verdict, or "new" / "same revision" / "revoked" / "expired".
+    fn verdict(document: &serde_json::Value, policy: &Policy<'_>) -> &'static str {
+        const NOW: u64 = 1_800_000_000_000;
+        match validate(document.to_string().as_bytes(), NOW, policy) {
+            Ok(Validated::New { .. }) => "new",
+            Ok(Validated::SameRevision) => "same revision",
+            Err(RefreshError::Revoked(_)) => "revoked",
+            Err(RefreshError::Expired { .. }) => "expired",
+            Err(RefreshError::Rejected { rejection, .. }) => rejection.reason(),
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn validate_takes_the_steps_of_spec_section_2_in_order() {
+        let fixture = rollback::Fixture::new();
+        let key = fixture.pipeline.verify_key.clone();
+        let mark = HighWaterMark::accepted(PackedAt::parse(rollback::NEWEST).unwrap());
+        let strict =
+            Policy { verify_key: key.as_ref(), last_revision: Some("r1"), check_rollback: true, mark: Some(&mark) };
+        let signed = fixture.artifact("r2", rollback::OLDER);
+        let with = |field: &str, value: serde_json::Value| signed.clone().with_field(field, value);
+        let tampered = || "0".repeat(64).into();
+        let unsigned = || {
+            let mut document = signed.clone();
+            document.as_object_mut().map(|fields| fields.remove("signature"));
+            document
+        };
+        // (name, artifact, policy, verdict)
+        let rows = [
+            (
+                "a revocation comes before the shape",
+                serde_json::json!({"identity": "api", "environment": "prod", "revokedAt": "2026-11-24T13:00:00Z", "version": 9}),
+                strict,
+                "revoked",
+            ),
+            (
+                "the shape comes before the expiry",
+                with("version", 2.into()).expired_and_tampered(),
+                strict,
+                "unsupported_version",
+            ),
+            (
+                "the expiry comes before the same revision",
+                with("revision", "r1".into()).expired_and_tampered(),
+                strict,
+                "expired",
+            ),
+            (
+                "the same revision stops before the integrity check",
+                with("revision", "r1".into()).with_field("ciphertextHash", tampered()),
+                strict,
+                "same revision",
+            ),
+            ("the integrity check comes before the signature", with("ciphertextHash", tampered()), strict, "integrity"),
+            ("the signature comes before the rollback check", unsigned(), strict, "signature_missing"),
+            ("an older signed artifact is a rollback", signed.clone(), strict, "rollback"),
+            ("a one-off check keeps no mark", signed.clone(), Policy { check_rollback: false, ..strict }, "new"),
+            (
+                "without a verify key nothing is signed, so nothing is a rollback",
+                unsigned(),
+                Policy { verify_key: None, ..strict },
+                "new",
+            ),
+        ];
+        for (name, document, policy, expected) in rows {
+            assert_eq!(verdict(&document, &policy), expected, "{name}");
+        }
+    }
+
+    /// A builder for the table above.
+    trait Edit {
+        fn with_field(self, field: &str, value: serde_json::Value) -> Self;
+        fn expired_and_tampered(self) -> Self;
+    }
+
+    impl Edit for serde_json::Value {
+        fn with_field(mut self, field: &str, value: serde_json::Value) -> Self {
+            self[field] = value;
+            self
+        }
+
+        /// Expired long ago, and tampered with so that every later step would refuse it.
+        fn expired_and_tampered(self) -> Self {
+            self.with_field("expiresAt", "2020-01-01T00:00:00.000Z".into())
+                .with_field("ciphertextHash", "0".repeat(64).into())
+        }
+    }
+
+    #[test]
+    fn open_reads_as_its_cause_so_a_jit_request_answers_as_before() {
+        let fixture = rollback::Fixture::new();
+        let mut document = fixture.artifact("r1", rollback::OLDER);
+        document["ciphertext"] = "bm90IGFnZQ==".into();
+        document["ciphertextHash"] = crate::secret::sha256_hex(b"bm90IGFnZQ==").into();
+        let Ok(Validated::New { artifact, .. }) = validate(document.to_string().as_bytes(), 0, &Policy::default())
+        else {
+            panic!("the artifact validates")
+        };
+        let error = open(&artifact, &fixture.pipeline.keys).unwrap_err();
+        assert_eq!(error.to_string(), "the ciphertext is not a binary age file (bad or unknown header)");
+    }
+
     /// Rollback protection through the real pipeline: an in-memory source, a fresh age key and
     /// a fresh Ed25519 signing key.
     pub(in crate::refresh) mod rollback {
@@ -559,7 +662,7 @@ pub(super) mod tests {
 
         pub(in crate::refresh) const OLDER: &str = "2026-11-24T12:00:00.000Z";
         const NEWER: &str = "2026-11-25T12:00:00.000Z";
-        const NEWEST: &str = "2026-11-26T12:00:00.000Z";
+        pub(in crate::refresh) const NEWEST: &str = "2026-11-26T12:00:00.000Z";
 
         #[test]
         fn a_wipe_does_not_reset_the_mark() {
