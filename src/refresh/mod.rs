@@ -129,8 +129,8 @@ impl Refresher {
     /// A refresh on behalf of a request that found the cache expired. It runs on its own
     /// thread, one at a time: requests that arrive while one is running wait for it and share
     /// its result, but only until [`REQUEST_WAIT`] after it began; then they get a 503 saying
-    /// so. For [`crate::retry::RETRY_AFTER_FAILURE`] after a failure they get that failure instead of
-    /// fetching again. The answer to give on failure is rendered already.
+    /// so. For [`crate::retry::RETRY_AFTER_FAILURE`] after a failure they get that failure
+    /// instead of fetching again. The answer to give on failure is rendered already.
     pub fn refresh_for_request(self: &Arc<Self>, now_ms: u64) -> Result<Change, Refusal> {
         self.wipe_if_expired(now_ms);
         let mut flight = self.lock_flight();
@@ -276,8 +276,8 @@ impl Refresher {
         self.log_result(&mut state, &result, now_ms, true);
     }
 
-    /// A failure is logged at once, then once per [`crate::retry::REPEAT_LOG_WINDOW`] while it repeats
-    /// (`asked`: always, see [`FailureLog::failed`]).
+    /// A failure is logged at once, then once per [`crate::retry::REPEAT_LOG_WINDOW`] while it
+    /// repeats (`asked`: always, see [`FailureLog::failed`]).
     fn log_result(&self, state: &mut PipelineState, result: &Result<Change, RefreshError>, now_ms: u64, asked: bool) {
         let owed = match result {
             Ok(_) => state.failure_log.succeeded().into_iter().collect(),
