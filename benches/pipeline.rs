@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use clef_agent::decrypt::{AgeIdentity, DecryptionKeys};
-use clef_agent::refresh::{open, screen};
+use clef_agent::refresh::validate_and_open_once;
 use clef_agent::snapshot::Snapshot;
 
 const NAMESPACES: usize = 50;
@@ -61,8 +61,8 @@ fn main() {
     let mut rendered = 0;
     for _ in 0..RUNS {
         let started = Instant::now();
-        let artifact = screen(artifact.as_bytes(), clef_agent::time::now_ms()).expect("the artifact screens");
-        let opened = open(&artifact, None, &keys).expect("the artifact opens");
+        let (artifact, opened) = validate_and_open_once(artifact.as_bytes(), clef_agent::time::now_ms(), None, &keys)
+            .expect("the artifact validates and opens");
         let snapshot = Snapshot::build(&artifact, opened);
         times.push(started.elapsed());
         rendered = snapshot.body(clef_agent::snapshot::Part::Secrets).len();

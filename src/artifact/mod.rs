@@ -161,7 +161,14 @@ impl fmt::Display for Rejection {
     }
 }
 
-impl std::error::Error for Rejection {}
+impl std::error::Error for Rejection {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Rejection::Rollback(rollback) => Some(rollback),
+            _ => None,
+        }
+    }
+}
 
 /// Parses fetched bytes: revocation first (it needs nothing else to be valid), then the shape
 /// check of SPEC §2 step 4.

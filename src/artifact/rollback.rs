@@ -13,8 +13,8 @@
 //! lock out every artifact packed until then. A signed `packedAt` is a time the signer really
 //! packed at, so a newer pack always gets past the mark.
 //!
-//! Everything here is pure; the pipeline (`refresh.rs`) applies it and the disk cache keeps the
-//! encoded mark.
+//! Everything here is pure; the pipeline (`refresh/pipeline.rs`) applies it and the disk cache
+//! keeps the encoded mark.
 
 use std::fmt;
 
@@ -112,6 +112,8 @@ impl fmt::Display for Rollback {
         }
     }
 }
+
+impl std::error::Error for Rollback {}
 
 /// The decision: may an artifact packed at `packed_at` replace what the mark stands for? The
 /// same `packedAt` as the artifact in service is no rollback (a poll that finds it again, or

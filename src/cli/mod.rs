@@ -79,9 +79,7 @@ pub fn load_once(config: &Config) -> Result<(Box<Artifact>, Plaintext), Fatal> {
         Fetched::Content { bytes, .. } => bytes,
         Fetched::Unchanged => return Err(Fatal::UnchangedOnFirstFetch),
     };
-    let artifact = refresh::screen(&bytes, crate::time::now_ms()).map_err(failed)?;
-    let plaintext = refresh::open(&artifact, config.verify_key.as_ref(), &keys).map_err(failed)?;
-    Ok((artifact, plaintext))
+    refresh::validate_and_open_once(&bytes, crate::time::now_ms(), config.verify_key.as_ref(), &keys).map_err(failed)
 }
 
 #[cfg(test)]

@@ -74,6 +74,10 @@ impl fmt::Display for DecryptError {
     }
 }
 
+/// No `source()`: its causes are texts already (age's and the KMS's explanations), and
+/// `KeyIdError` (in `kms`) is not an error type of its own.
+impl std::error::Error for DecryptError {}
+
 impl From<DecryptError> for Rejection {
     fn from(error: DecryptError) -> Rejection {
         match error {

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use super::accept::prefers_json;
-use crate::decrypt::{DecryptionKeys, Plaintext};
-use crate::refresh::Refresher;
+use crate::decrypt::DecryptionKeys;
+use crate::refresh::{self, Refresher};
 use crate::secret::{constant_time_eq, Secret, SecretBytes};
-use crate::snapshot::{error_body, LiveSnapshot, Part, Refusal, Served, Snapshot, Wipe};
+use crate::snapshot::{error_body, LiveSnapshot, Part, Refusal, SealedArtifact, Served, Snapshot, Wipe};
 use crate::url::percent_decode;
 
 /// The parts of an HTTP request the API looks at.
@@ -219,7 +219,7 @@ impl Api {
         }
         match &*served {
             Served::Cached(snapshot) => Ok(Arc::clone(snapshot)),
-            Served::Jit(sealed) => self.decrypt_now(&sealed.artifact),
+            Served::Jit(sealed) => self.decrypt_now(sealed),
             Served::NotLoaded => Err(Reply::error(503, "Secrets not yet loaded", None)),
             Served::Wiped(Wipe::CacheExpired) => {
                 Err(Reply::error(503, "Refresh failed", Some("no successful refresh within CLEF_AGENT_CACHE_TTL")))
@@ -228,11 +228,10 @@ impl Api {
         }
     }
 
-    fn decrypt_now(&self, artifact: &crate::artifact::Artifact) -> Result<Arc<Snapshot>, Reply> {
-        let failed = |detail: String| Reply::error(503, "Decryption failed", Some(&detail));
-        let plaintext: SecretBytes = self.keys.decrypt(artifact).map_err(|error| failed(error.to_string()))?;
-        let plaintext = Plaintext::parse(&plaintext).map_err(failed)?;
-        Ok(Arc::new(Snapshot::build(artifact, plaintext)))
+    /// JIT mode: the sealed artifact opened for this request by the refresh pipeline.
+    fn decrypt_now(&self, sealed: &SealedArtifact) -> Result<Arc<Snapshot>, Reply> {
+        refresh::open_for_request(sealed, &self.keys)
+            .map_err(|error| Reply::error(503, "Decryption failed", Some(&error.to_string())))
     }
 }
 

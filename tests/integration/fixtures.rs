@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use clef_agent::artifact::signature::VerifyKey;
 use clef_agent::decrypt::{AgeIdentity, DecryptionKeys, Plaintext};
-use clef_agent::refresh::{open, screen};
+use clef_agent::refresh::validate_and_open_once;
 
 use base64::Engine as _;
 use std::sync::Arc;
@@ -249,8 +249,9 @@ fn with_hashes(expected: &str, artifact: &[u8]) -> String {
 
 /// The library's verdict on an artifact: its plaintext, or the error message.
 fn verdict(bytes: &[u8], verify_key: Option<&VerifyKey>, keys: &DecryptionKeys) -> Result<Plaintext, String> {
-    let artifact = screen(bytes, now_ms()).map_err(|error| error.to_string())?;
-    open(&artifact, verify_key, keys).map_err(|error| error.to_string())
+    let (_, plaintext) =
+        validate_and_open_once(bytes, now_ms(), verify_key, keys).map_err(|error| error.to_string())?;
+    Ok(plaintext)
 }
 
 #[test]
@@ -344,8 +345,9 @@ fn goes_by_the_verify_key_not_by_the_signature_label() {
     // An ECDSA signature labelled Ed25519: the P-256 key accepts it, the Ed25519 key refuses it.
     let key = read_fixture("keys/p256.spki.b64");
     assert_served_byte_for_byte("signed-ecdsa-label-lies.json", &[("CLEF_AGENT_VERIFY_KEY", key.trim())]);
-    let artifact = screen(read_fixture("artifacts/signed-ecdsa-label-lies.json").as_bytes(), now_ms()).unwrap();
-    let refused = open(&artifact, Some(&verify_key("keys/ed25519.spki.b64")), &keys()).unwrap_err();
+    let artifact = read_fixture("artifacts/signed-ecdsa-label-lies.json");
+    let ed25519 = verify_key("keys/ed25519.spki.b64");
+    let refused = validate_and_open_once(artifact.as_bytes(), now_ms(), Some(&ed25519), &keys()).unwrap_err();
     assert_eq!(
         refused.to_string(),
         "artifact rejected (signature_invalid): signature verification failed: \
