@@ -93,9 +93,6 @@ impl From<ConfigError> for Fatal {
     }
 }
 
-// So that `Fatal::source` can hand on why a refresh failed.
-impl std::error::Error for RefreshError {}
-
 #[cfg(test)]
 mod tests {
     use std::error::Error as _;

@@ -262,6 +262,8 @@ impl std::error::Error for CertFileError {
 #[derive(Debug, Clone)]
 pub enum TransportError {
     TimedOut,
+    /// The server's certificate chain ends at no root the agent trusts (a private CA).
+    UntrustedCertificate(Arc<ureq::Error>),
     Failed(Arc<ureq::Error>),
     Reading(Arc<std::io::Error>),
 }
@@ -270,17 +272,29 @@ impl From<ureq::Error> for TransportError {
     fn from(error: ureq::Error) -> TransportError {
         match error {
             ureq::Error::Timeout(_) => TransportError::TimedOut,
+            other if is_unknown_issuer(&other) => TransportError::UntrustedCertificate(Arc::new(other)),
             // ureq's messages name hosts and reasons, never a URL's credentials.
             other => TransportError::Failed(Arc::new(other)),
         }
     }
 }
 
+/// rustls's "unknown issuer", whether ureq hands it over directly or inside the I/O error of
+/// the handshake.
+fn is_unknown_issuer(error: &ureq::Error) -> bool {
+    let rustls_error = match error {
+        ureq::Error::Rustls(inner) => Some(inner),
+        ureq::Error::Io(io) => io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    matches!(rustls_error, Some(rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)))
+}
+
 impl fmt::Display for TransportError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TransportError::TimedOut => f.write_str("timed out"),
-            TransportError::Failed(cause) => write!(f, "{cause}"),
+            TransportError::UntrustedCertificate(cause) | TransportError::Failed(cause) => write!(f, "{cause}"),
             TransportError::Reading(cause) => write!(f, "reading the answer failed: {cause}"),
         }
     }
@@ -290,7 +304,7 @@ impl std::error::Error for TransportError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             TransportError::TimedOut => None,
-            TransportError::Failed(cause) => Some(cause.as_ref()),
+            TransportError::UntrustedCertificate(cause) | TransportError::Failed(cause) => Some(cause.as_ref()),
             TransportError::Reading(cause) => Some(cause.as_ref()),
         }
     }

@@ -45,10 +45,7 @@ impl RefreshError {
                 "Give the agent AWS credentials: environment keys, a web identity (IRSA), container credentials or an instance role."
             }
             RefreshError::Fetch(FetchError::TooLarge { .. }) => "Check that CLEF_AGENT_SOURCE points to a packed artifact.",
-            // rustls's name for a certificate chain that ends at no trusted root: a private CA.
-            // FetchError carries the transport's text only; a variant for it belongs to the
-            // typed errors of `source`/`http` (issue 12, item 3).
-            RefreshError::Fetch(FetchError::Network { detail, .. }) if detail.contains("UnknownIssuer") => {
+            RefreshError::Fetch(FetchError::UntrustedCertificate { .. }) => {
                 "The server's certificate is not signed by a CA the agent trusts: for a private CA, set SSL_CERT_FILE to a PEM file holding its certificate."
             }
             RefreshError::Fetch(_) | RefreshError::DiskCacheExpired(_) => {

@@ -5,7 +5,7 @@
 use std::io::Read;
 
 use super::{FetchError, Fetched, Source, MAX_ARTIFACT_BYTES};
-use crate::http::HttpClient;
+use crate::http::{HttpClient, TransportError};
 use crate::url::HttpUrl;
 
 /// How much of an error answer is read to explain it.
@@ -90,7 +90,12 @@ impl Get<'_> {
     }
 
     fn network(&self, error: ureq::Error) -> FetchError {
-        self.failed(crate::http::TransportError::from(error).to_string())
+        match TransportError::from(error) {
+            cause @ TransportError::UntrustedCertificate(_) => {
+                FetchError::UntrustedCertificate { source: self.source.into(), cause }
+            }
+            cause => self.failed(cause.to_string()),
+        }
     }
 
     fn failed(&self, detail: String) -> FetchError {

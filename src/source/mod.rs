@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::cloud::aws::credentials::CredentialChain;
 use crate::cloud::{CloudError, Env};
 use crate::config::SourceConfig;
-use crate::http::HttpClient;
+use crate::http::{HttpClient, TransportError};
 
 /// Artifacts larger than this are refused without reading further (SPEC §4).
 pub const MAX_ARTIFACT_BYTES: u64 = 32 * 1024 * 1024;
@@ -42,6 +42,8 @@ pub enum FetchError {
     Status { source: String, status: String },
     /// The source could not be reached or the transfer broke.
     Network { source: String, detail: String },
+    /// The server's TLS certificate is not signed by a CA the agent trusts.
+    UntrustedCertificate { source: String, cause: TransportError },
     /// A local read failed for another reason.
     Io { source: String, detail: String },
     /// No usable cloud credentials (the message says which provider failed and why).
@@ -58,6 +60,7 @@ impl fmt::Display for FetchError {
             FetchError::Forbidden { source, detail } => write!(f, "access to {source} was denied ({detail})"),
             FetchError::Status { source, status } => write!(f, "{source} answered {status}"),
             FetchError::Network { source, detail } => write!(f, "cannot reach {source}: {detail}"),
+            FetchError::UntrustedCertificate { source, cause } => write!(f, "cannot reach {source}: {cause}"),
             FetchError::Io { source, detail } => write!(f, "cannot read {source}: {detail}"),
             FetchError::Credentials { source, cause } => write!(f, "cannot sign the request for {source}: {cause}"),
             FetchError::TooLarge { source } => {
@@ -71,6 +74,7 @@ impl std::error::Error for FetchError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             FetchError::Credentials { cause, .. } => Some(cause),
+            FetchError::UntrustedCertificate { cause, .. } => Some(cause),
             _ => None,
         }
     }
