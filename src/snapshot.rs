@@ -14,6 +14,7 @@ use crate::artifact::{Artifact, Expiry};
 use crate::config::Mode;
 use crate::decrypt::Plaintext;
 use crate::secret::SecretBytes;
+use crate::text::json_string;
 use crate::time::{elapsed_ms, Moment, Monotonic, SystemMonotonic};
 
 /// Decrypted secrets with their pre-rendered bodies.
@@ -279,7 +280,6 @@ impl Refusal {
 
 /// The JSON body of an error answer: `{"error": …}` with an optional `"detail"`.
 pub fn error_body(error: &str, detail: Option<&str>) -> String {
-    let json_string = |text: &str| serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into());
     let mut body = format!("{{\"error\":{}", json_string(error));
     if let Some(detail) = detail {
         body.push_str(&format!(",\"detail\":{}", json_string(detail)));

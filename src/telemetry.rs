@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::decrypt::Plaintext;
 use crate::http::HttpClient;
 use crate::secret::Secret;
+use crate::text::json_string;
 use crate::url::HttpUrl;
 
 const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
@@ -236,10 +237,6 @@ fn push_attributes<'a>(body: &mut String, attributes: impl Iterator<Item = (Stri
         };
         let _ = write!(body, r#"{{"key":{},"value":{value}}}"#, json_string(&key));
     }
-}
-
-fn json_string(text: &str) -> String {
-    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into())
 }
 
 /// The telemetry request headers named by the secrets: `CLEF_TELEMETRY_HEADERS` (`k=v,k2=v2`),

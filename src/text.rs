@@ -6,6 +6,12 @@
 
 use std::borrow::Cow;
 
+/// `text` as a JSON string, quotes and escapes included: for the few short texts (a revision,
+/// an error, a telemetry field) not rendered into the snapshot's zeroed buffers.
+pub fn json_string(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into())
+}
+
 /// Quoted outside text keeps at most this many characters, then says how long it was.
 pub const MAX_QUOTED_CHARS: usize = 200;
 

@@ -9,6 +9,7 @@ use crate::decrypt::DecryptionKeys;
 use crate::refresh::{self, Refresher};
 use crate::secret::{constant_time_eq, Secret, SecretBytes};
 use crate::snapshot::{error_body, LiveSnapshot, Part, Refusal, SealedArtifact, Served, Snapshot, Wipe};
+use crate::text::json_string;
 use crate::url::percent_decode;
 
 /// The parts of an HTTP request the API looks at.
@@ -86,10 +87,6 @@ impl Reply {
         self.headers.push((name, value));
         self
     }
-}
-
-fn json_string(text: &str) -> String {
-    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".into())
 }
 
 /// Everything a request needs: the served state, the refresher for expired caches, the keys
