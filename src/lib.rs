@@ -11,6 +11,7 @@ pub mod bearer;
 pub mod cli;
 pub mod config;
 pub mod decrypt;
+pub mod delivery;
 pub mod disk_cache;
 pub mod env;
 pub mod files;

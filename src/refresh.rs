@@ -645,6 +645,9 @@ impl Refresher {
             result = self.run_and_apply(state, now_ms);
         }
         let result = result.unwrap_or(Ok(Change::Unchanged));
+        // Delivery (issue 13): files and the change hook learn of a new revision or of a wipe
+        // by revocation or expiry; `observe` turns only changes into events.
+        crate::delivery::observe(&self.cell.current());
         let mut flight = self.lock_flight();
         flight.last_result = result
             .clone()
@@ -737,6 +740,8 @@ impl Refresher {
             self.forget_asked.store(true, Ordering::SeqCst);
         });
         if wiped {
+            // Delivery (issue 13): the TTL wipe removes rendered files and runs the hook too.
+            crate::delivery::observe(&self.cell.current());
             log::error("cache expired: no successful refresh within CLEF_AGENT_CACHE_TTL; secrets wiped");
             if let Mode::Cached { ttl } = self.cell.mode {
                 self.telemetry.emit(Event::CacheExpired { cache_ttl_seconds: ttl.as_secs(), disk_cache_purged: false });

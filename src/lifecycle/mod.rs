@@ -116,6 +116,8 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
         log::error(&format!("warning: {warning}"));
     }
     let listeners = bind_listeners(&config)?;
+    // Delivery (issue 13): render directory checked, credential socket bound, before any thread.
+    let deliveries = crate::delivery::prepare(&config)?;
     let (events, inbox) = mpsc::channel();
     let refresh_asked = Pending::default();
     watch_signals(events.clone(), refresh_asked.clone())?;
@@ -123,6 +125,8 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
 
     let cell = Arc::new(LiveSnapshot::new(config.mode));
     let refresher = Arc::new(Refresher::new(Arc::clone(&cell), pipeline, telemetry.clone()));
+    // Delivery (issue 13): before the first load, so that its revision is delivered too.
+    deliveries.start(Arc::clone(&cell), Arc::clone(&keys)).map_err(Fatal::Other)?;
     log::info(&format!("source: {}", refresher.describe_source()));
     log::info("fetching initial artifact...");
     let loaded = initial_load(&refresher, &events, &inbox, &refresh_asked).inspect_err(|_| {
@@ -130,6 +134,7 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
         telemetry.shutdown(telemetry::FLUSH_TIMEOUT);
     })?;
     if !loaded {
+        crate::delivery::shutdown();
         log::info("Shutting down...");
         log::info("Shutdown complete.");
         return Ok(None);
@@ -174,6 +179,8 @@ impl Running {
             server.finish_requests(deadline);
         }
         stop_poller(Instant::now() + budget.poller);
+        // Delivery (issue 13): rendered files and the credential socket go with the agent.
+        crate::delivery::shutdown();
         if let Some(path) = &self.config.socket {
             let _ = std::fs::remove_file(path);
         }
