@@ -50,8 +50,7 @@ pub fn credentials(get: &impl Fn(&str) -> Option<String>) -> Result<Option<Crede
 fn unit_patterns(text: &str) -> Result<Vec<String>, ConfigError> {
     let patterns: Vec<String> = text.split(',').map(|item| item.trim().to_string()).collect();
     let valid = |pattern: &str| {
-        !pattern.is_empty()
-            && pattern.bytes().all(|byte| byte.is_ascii_alphanumeric() || b":-_.\\@*".contains(&byte))
+        !pattern.is_empty() && pattern.bytes().all(|byte| byte.is_ascii_alphanumeric() || b":-_.\\@*".contains(&byte))
     };
     if let Some(bad) = patterns.iter().find(|pattern| !valid(pattern)) {
         return error(format!(
@@ -129,7 +128,8 @@ mod tests {
         assert!(message(&[SOURCE, ("CLEF_AGENT_CREDENTIAL_SOCKET", "c.sock")]).contains("absolute path"));
         assert!(message(&[SOURCE, ("CLEF_AGENT_CREDENTIAL_UNITS", "a.service")])
             .starts_with("CLEF_AGENT_CREDENTIAL_UNITS is set but CLEF_AGENT_CREDENTIAL_SOCKET is not"));
-        let bad = message(&[SOURCE, ("CLEF_AGENT_CREDENTIAL_SOCKET", "/c.sock"), ("CLEF_AGENT_CREDENTIAL_UNITS", "a,,b")]);
+        let bad =
+            message(&[SOURCE, ("CLEF_AGENT_CREDENTIAL_SOCKET", "/c.sock"), ("CLEF_AGENT_CREDENTIAL_UNITS", "a,,b")]);
         assert!(bad.ends_with("got ''"), "{bad}");
     }
 
@@ -157,13 +157,17 @@ mod tests {
         assert!(message(&[SOURCE, ("CLEF_AGENT_RENDER_DIR", "run/s")]).contains("absolute path"));
         assert!(message(&[SOURCE, ("CLEF_AGENT_RENDER_GROUP", "app")])
             .starts_with("CLEF_AGENT_RENDER_GROUP is set but CLEF_AGENT_RENDER_DIR is not"));
-        assert!(message(&[SOURCE, dir, ("CLEF_AGENT_CACHE_TTL", "0")]).starts_with("CLEF_AGENT_RENDER_DIR needs cached mode"));
+        assert!(message(&[SOURCE, dir, ("CLEF_AGENT_CACHE_TTL", "0")])
+            .starts_with("CLEF_AGENT_RENDER_DIR needs cached mode"));
     }
 
     #[test]
     fn the_change_hook_is_split_on_whitespace_and_never_empty() {
-        let config = config(&[SOURCE, ("CLEF_AGENT_ON_CHANGE", " /usr/bin/systemctl  try-restart\tapp.service ")]).unwrap();
+        let config =
+            config(&[SOURCE, ("CLEF_AGENT_ON_CHANGE", " /usr/bin/systemctl  try-restart\tapp.service ")]).unwrap();
         assert_eq!(config.on_change.unwrap(), ["/usr/bin/systemctl", "try-restart", "app.service"]);
-        assert!(message(&[SOURCE, ("CLEF_AGENT_ON_CHANGE", "   ")]).starts_with("CLEF_AGENT_ON_CHANGE must name a command"));
+        assert!(
+            message(&[SOURCE, ("CLEF_AGENT_ON_CHANGE", "   ")]).starts_with("CLEF_AGENT_ON_CHANGE must name a command")
+        );
     }
 }

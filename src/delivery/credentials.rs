@@ -188,7 +188,9 @@ mod tests {
     fn reads_unit_and_id_from_systemds_peer_name() {
         assert_eq!(parse_peer_name(b"f00dfeed/unit/app.service/db_password"), Some(("app.service", "db_password")));
         assert_eq!(parse_peer_name(b"x/unit/a@1.service/database__DB_URL"), Some(("a@1.service", "database__DB_URL")));
-        for bad in [&b"x/unit/app.service"[..], b"x/user/app.service/id", b"x/unit//id", b"x/unit/a/b/c", b"\xff/unit/a/b"] {
+        for bad in
+            [&b"x/unit/app.service"[..], b"x/user/app.service/id", b"x/unit//id", b"x/unit/a/b/c", b"\xff/unit/a/b"]
+        {
             assert_eq!(parse_peer_name(bad), None, "{}", String::from_utf8_lossy(bad));
         }
     }

@@ -44,10 +44,8 @@ impl Hook {
             .spawn(move || {
                 for next in runs {
                     let outcome = run(&argv, next.event, &next.revision, HOOK_TIMEOUT);
-                    let line = format!(
-                        "on-change: {} (event {}, revision {}) {outcome}",
-                        argv[0], next.event, next.revision
-                    );
+                    let line =
+                        format!("on-change: {} (event {}, revision {}) {outcome}", argv[0], next.event, next.revision);
                     if outcome.starts_with("exited with status 0") {
                         log::info(&line);
                     } else {
@@ -141,7 +139,11 @@ mod tests {
     #[test]
     fn a_hook_sees_only_path_event_and_revision() {
         let outcome = run(
-            &argv(&["/bin/sh", "-c", r#"test "$(env | grep -v '^PWD=' | cut -d= -f1 | sort | tr '\n' ' ')" = "CLEF_EVENT CLEF_REVISION PATH " && test "$CLEF_EVENT/$CLEF_REVISION" = "revoked/r9""#]),
+            &argv(&[
+                "/bin/sh",
+                "-c",
+                r#"test "$(env | grep -v '^PWD=' | cut -d= -f1 | sort | tr '\n' ' ')" = "CLEF_EVENT CLEF_REVISION PATH " && test "$CLEF_EVENT/$CLEF_REVISION" = "revoked/r9""#,
+            ]),
             "revoked",
             "r9",
             HOOK_TIMEOUT,

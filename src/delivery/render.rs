@@ -45,6 +45,9 @@ const NEW_LINK: &str = "..new-link";
 const ENV_FILE: &str = "secrets.env";
 const JSON_FILE: &str = "secrets.json";
 
+/// A file of a revision: its name and its content (zeroed when dropped).
+type RenderedFile = (String, Zeroizing<Vec<u8>>);
+
 pub struct RenderDir {
     state: Arc<Mutex<State>>,
 }
@@ -144,8 +147,10 @@ impl State {
             return Err(error);
         }
         let _ = unlink_at(self.dir.as_raw_fd(), NEW_LINK, 0);
-        symlink_at(&name, self.dir.as_raw_fd(), NEW_LINK).map_err(|error| format!("cannot link {NEW_LINK}: {error}"))?;
-        rename_at(self.dir.as_raw_fd(), NEW_LINK, DATA_LINK).map_err(|error| format!("cannot swap {DATA_LINK}: {error}"))?;
+        symlink_at(&name, self.dir.as_raw_fd(), NEW_LINK)
+            .map_err(|error| format!("cannot link {NEW_LINK}: {error}"))?;
+        rename_at(self.dir.as_raw_fd(), NEW_LINK, DATA_LINK)
+            .map_err(|error| format!("cannot swap {DATA_LINK}: {error}"))?;
         let names: BTreeSet<String> = files.iter().map(|(name, _)| name.clone()).collect();
         for added in names.difference(&self.links) {
             let target = format!("{DATA_LINK}/{added}");
@@ -161,7 +166,7 @@ impl State {
         Ok(self.current.replace(name))
     }
 
-    fn write_revision(&self, name: &str, files: &[(String, Zeroizing<Vec<u8>>)]) -> Result<(), String> {
+    fn write_revision(&self, name: &str, files: &[RenderedFile]) -> Result<(), String> {
         let c_name = c_string(name)?;
         // SAFETY: mkdirat reads the NUL-terminated name; it never follows a link at the name.
         if unsafe { libc::mkdirat(self.dir.as_raw_fd(), c_name.as_ptr(), 0o700) } != 0 {
@@ -169,14 +174,11 @@ impl State {
         }
         let revision = open_at(self.dir.as_raw_fd(), name.as_bytes(), libc::O_RDONLY | libc::O_DIRECTORY)
             .map_err(|error| format!("cannot open {name}: {error}"))?;
-        set_owner_and_mode(revision.as_raw_fd(), self.gid, self.dir_mode).map_err(|error| format!("{name}: {error}"))?;
+        set_owner_and_mode(revision.as_raw_fd(), self.gid, self.dir_mode)
+            .map_err(|error| format!("{name}: {error}"))?;
         for (file, content) in files {
-            let fd = open_at(
-                revision.as_raw_fd(),
-                file.as_bytes(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
-            )
-            .map_err(|error| format!("cannot create {file}: {error}"))?;
+            let fd = open_at(revision.as_raw_fd(), file.as_bytes(), libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL)
+                .map_err(|error| format!("cannot create {file}: {error}"))?;
             // Owner and mode before the content: no moment with a secret under a wider mode.
             set_owner_and_mode(fd.as_raw_fd(), self.gid, self.file_mode).map_err(|error| format!("{file}: {error}"))?;
             File::from(fd).write_all(content).map_err(|error| format!("cannot write {file}: {error}"))?;
@@ -207,15 +209,17 @@ impl State {
     /// Everything a run of the agent may have put here: `..`-names (revisions, `..data`), and
     /// links into `..data`. Anything else is not ours and stays.
     fn remove_leftovers(&mut self) {
-        let Ok(entries) = std::fs::read_dir(&self.path) else { return };
+        // Listed through the descriptor, never the path: the path could be made to lead elsewhere.
+        let Ok(entries) = std::fs::read_dir(format!("/proc/self/fd/{}", self.dir.as_raw_fd())) else { return };
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             if name.starts_with(REVISION_PREFIX) {
                 remove_tree(self.dir.as_raw_fd(), name);
-            } else if name == DATA_LINK || name == NEW_LINK {
-                let _ = unlink_at(self.dir.as_raw_fd(), name, 0);
-            } else if std::fs::read_link(entry.path()).is_ok_and(|target| target.starts_with(DATA_LINK)) {
+            } else if name == DATA_LINK
+                || name == NEW_LINK
+                || std::fs::read_link(entry.path()).is_ok_and(|target| target.starts_with(DATA_LINK))
+            {
                 let _ = unlink_at(self.dir.as_raw_fd(), name, 0);
             }
         }
@@ -224,7 +228,7 @@ impl State {
 
 /// The files of a revision: one per value (by its `/v1/keys` name), `secrets.env`,
 /// `secrets.json`. Names that cannot be a file name are left out, with a log line.
-fn files_of(snapshot: &Snapshot) -> Result<Vec<(String, Zeroizing<Vec<u8>>)>, String> {
+fn files_of(snapshot: &Snapshot) -> Result<Vec<RenderedFile>, String> {
     let names: Vec<String> = serde_json::from_slice(snapshot.body(Part::Keys))
         .map_err(|error| format!("the key list does not parse: {error}"))?;
     let mut files = Vec::with_capacity(names.len() + 2);
@@ -299,8 +303,7 @@ fn resolve_group(group: &str) -> Result<libc::gid_t, String> {
     let mut buffer = vec![0 as libc::c_char; 16 * 1024];
     let mut found: *mut libc::group = std::ptr::null_mut();
     // SAFETY: getgrnam_r writes only into `entry` and `buffer`, whose sizes we pass.
-    let status =
-        unsafe { libc::getgrnam_r(name.as_ptr(), &mut entry, buffer.as_mut_ptr(), buffer.len(), &mut found) };
+    let status = unsafe { libc::getgrnam_r(name.as_ptr(), &mut entry, buffer.as_mut_ptr(), buffer.len(), &mut found) };
     if status != 0 || found.is_null() {
         return Err(format!(
             "CLEF_AGENT_RENDER_GROUP: no group named '{group}' (give a group that exists in /etc/group, or its number)"
