@@ -5,9 +5,10 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{names_in, Tmpfs};
+use crate::support::loopback::HeldSource;
 use crate::support::{build_artifact, sighup_and_wait_for_refresh, Agent, ArtifactOptions, Deployment, PLAINTEXT};
 
 const SLOW_POLLING: (&str, &str) = ("CLEF_AGENT_CACHE_TTL", "300");
@@ -34,10 +35,11 @@ fn number_after(text: &str, prefix: &str) -> Option<usize> {
     text[start..].chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
 }
 
-/// What a careful reader does: resolve `..data` once, then read the set from there. Returns
-/// the revision number each file shows.
-fn read_set(dir: &Path) -> Result<[Option<usize>; 3], String> {
+/// What a careful reader does: resolve `..data` once, then read the set from there (after
+/// `pause`: a slow reader). Returns the revision number each file shows.
+fn read_set(dir: &Path, pause: Duration) -> Result<[Option<usize>; 3], String> {
     let target = std::fs::read_link(dir.join("..data")).map_err(|error| format!("..data: {error}"))?;
+    std::thread::sleep(pause);
     let read =
         |name: &str| std::fs::read_to_string(dir.join(&target).join(name)).map_err(|error| format!("{name}: {error}"));
     let json: serde_json::Value = serde_json::from_str(&read("secrets.json")?).map_err(|error| error.to_string())?;
@@ -60,31 +62,38 @@ fn a_reader_never_sees_a_mixed_set_or_a_missing_file_through_50_rotations() {
     let agent = start(&deployment, &dir, &[]);
     let stop = Arc::new(AtomicBool::new(false));
     let reads = Arc::new(AtomicUsize::new(0));
-    let reader = {
-        let (dir, stop, reads) = (dir.clone(), Arc::clone(&stop), Arc::clone(&reads));
-        std::thread::spawn(move || -> Result<(), String> {
-            while !stop.load(Ordering::SeqCst) {
-                let [json, file, env] = read_set(&dir)?;
-                if json != file || file != env || json.is_none() {
-                    return Err(format!(
-                        "a mixed set: secrets.json {json:?}, db__PASSWORD {file:?}, secrets.env {env:?}"
-                    ));
+    // A fast reader, and a slow one that reads a set a few rotations after it resolved
+    // `..data` (the old revision's directory must stay for it, within its grace).
+    let readers: Vec<_> = [Duration::ZERO, Duration::from_millis(200)]
+        .into_iter()
+        .map(|pause| {
+            let (dir, stop, reads) = (dir.clone(), Arc::clone(&stop), Arc::clone(&reads));
+            std::thread::spawn(move || -> Result<(), String> {
+                while !stop.load(Ordering::SeqCst) {
+                    let [json, file, env] = read_set(&dir, pause)?;
+                    if json != file || file != env || json.is_none() {
+                        return Err(format!(
+                            "a mixed set: secrets.json {json:?}, db__PASSWORD {file:?}, secrets.env {env:?}"
+                        ));
+                    }
+                    for name in ["db__USER", "db__PASSWORD", "secrets.env", "secrets.json"] {
+                        std::fs::read(dir.join(name)).map_err(|error| format!("{name} went missing: {error}"))?;
+                    }
+                    reads.fetch_add(1, Ordering::SeqCst);
                 }
-                for name in ["db__USER", "db__PASSWORD", "secrets.env", "secrets.json"] {
-                    std::fs::read(dir.join(name)).map_err(|error| format!("{name} went missing: {error}"))?;
-                }
-                reads.fetch_add(1, Ordering::SeqCst);
-            }
-            Ok(())
+                Ok(())
+            })
         })
-    };
+        .collect();
     for n in 1..=50 {
         deployment.publish(&artifact(&numbered(n), &format!("rev-{n}")));
         sighup_and_wait_for_refresh(&agent, LIMIT);
         agent.wait_for_stdout(&format!("render: revision rev-{n} in "), LIMIT);
     }
     stop.store(true, Ordering::SeqCst);
-    reader.join().unwrap().unwrap_or_else(|error| panic!("after {} reads: {error}", reads.load(Ordering::SeqCst)));
+    for reader in readers {
+        reader.join().unwrap().unwrap_or_else(|error| panic!("after {} reads: {error}", reads.load(Ordering::SeqCst)));
+    }
     assert!(reads.load(Ordering::SeqCst) > 50, "the reader hardly ran");
     assert_eq!(std::fs::read_to_string(dir.join("db__PASSWORD")).unwrap(), "pass 50's");
     // Old revisions go after their grace: in the end only the one served is left.
@@ -185,4 +194,30 @@ fn a_disk_backed_or_shared_directory_is_refused_and_tmpfs_is_accepted() {
     let tmpfs = Tmpfs::mount("render-disk");
     let _agent = start(&deployment, &tmpfs.join("app"), &[]);
     assert!(tmpfs.join("app/secrets.json").exists());
+}
+
+/// The TTL wipe comes from its own timer while a fetch hangs (the source holds every fetch
+/// after the first past the TTL): the files go with it, not when the fetch gives up.
+#[test]
+fn files_are_removed_at_the_ttl_while_a_fetch_hangs() {
+    let tmpfs = Tmpfs::mount("render-ttl");
+    let dir = tmpfs.join("app");
+    let source = HeldSource::start(artifact(PLAINTEXT, "rev-1"));
+    let deployment = Deployment::new("render-ttl", "{}");
+    let agent = deployment.start(&[
+        ("CLEF_AGENT_SOURCE", &source.url()),
+        ("CLEF_AGENT_RENDER_DIR", dir.to_str().unwrap()),
+        ("CLEF_AGENT_CACHE_TTL", "30"),
+    ]);
+    let ready = Instant::now();
+    assert!(dir.join("secrets.json").exists());
+    assert!(source.wait_for_fetches(2, Duration::from_secs(10)), "no poll");
+    agent.wait_for_stderr("cache expired: no successful refresh within CLEF_AGENT_CACHE_TTL", Duration::from_secs(40));
+    assert!(
+        crate::support::wait_until(LIMIT, || names_in(&dir).is_empty()),
+        "left after the TTL: {:?}",
+        names_in(&dir)
+    );
+    assert_eq!(source.fetches(), 2, "the hung fetch ended first: proves nothing");
+    assert!(ready.elapsed() < Duration::from_secs(34), "the hung fetch may have ended: proves nothing");
 }
