@@ -72,11 +72,11 @@ impl RenderDir {
         let path = &config.dir;
         let fail = |why: String| ConfigError(format!("CLEF_AGENT_RENDER_DIR {}: {why}", path.display()));
         let gid = config.group.as_deref().map(resolve_group).transpose().map_err(fail)?;
-        match std::fs::DirBuilder::new().mode(0o700).create(path) {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+        let created = match std::fs::DirBuilder::new().mode(0o700).create(path) {
+            Ok(()) => true,
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => false,
             Err(error) => return Err(fail(format!("cannot create it: {error}"))),
-        }
+        };
         let dir = open_at(libc::AT_FDCWD, path.as_os_str().as_bytes(), libc::O_RDONLY | libc::O_DIRECTORY)
             .map_err(|error| fail(format!("cannot open it as a directory (a symbolic link is refused): {error}")))?;
         check_owner_and_mode(&dir).map_err(fail)?;
@@ -84,6 +84,10 @@ impl RenderDir {
             check_memory_backed(&dir).map_err(fail)?;
         }
         let dir_mode = if config.mode & 0o040 != 0 { 0o750 } else { 0o700 };
+        if created {
+            // A directory we made lets the group in when the files do; one given is left as is.
+            set_owner_and_mode(dir.as_raw_fd(), gid, dir_mode).map_err(|error| fail(error.to_string()))?;
+        }
         let mut state = State {
             path: path.clone(),
             dir,

@@ -127,8 +127,10 @@ fn files_have_the_mode_and_group_asked_for_and_secrets_env_reads_back_exactly() 
         let metadata = std::fs::metadata(dir.join(name)).unwrap();
         assert_eq!((metadata.permissions().mode() & 0o7777, metadata.gid()), (0o440, 4321), "{name}");
     }
-    let revision = std::fs::metadata(dir.join("..data")).unwrap();
-    assert_eq!((revision.permissions().mode() & 0o7777, revision.gid()), (0o750, 4321));
+    for directory in [dir.join("..data"), dir.clone()] {
+        let metadata = std::fs::metadata(&directory).unwrap();
+        assert_eq!((metadata.permissions().mode() & 0o7777, metadata.gid()), (0o750, 4321), "{}", directory.display());
+    }
     assert_eq!(std::fs::read_to_string(dir.join("payments__café")).unwrap(), "crème-brûlée-7e3b");
     let secrets: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("secrets.json")).unwrap()).unwrap();
     assert_eq!(secrets, serde_json::from_str::<serde_json::Value>(PLAINTEXT).unwrap());
