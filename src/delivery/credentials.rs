@@ -83,13 +83,14 @@ impl Bound {
                         ));
                         continue;
                     }
-                    let (cell, keys, units, active) =
+                    let (cell, keys, units, done) =
                         (Arc::clone(&cell), Arc::clone(&keys), Arc::clone(&units), Arc::clone(&active));
                     let spawned = std::thread::Builder::new().name("credential".into()).spawn(move || {
                         answer(stream, &cell, &keys, units.as_deref());
-                        active.fetch_sub(1, Ordering::SeqCst);
+                        done.fetch_sub(1, Ordering::SeqCst);
                     });
                     if spawned.is_err() {
+                        active.fetch_sub(1, Ordering::SeqCst);
                         log::error("credential: cannot start a thread; closing a connection unanswered");
                     }
                 }

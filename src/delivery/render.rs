@@ -237,7 +237,12 @@ fn files_of(snapshot: &Snapshot) -> Result<Vec<RenderedFile>, String> {
         .map_err(|error| format!("the key list does not parse: {error}"))?;
     let mut files = Vec::with_capacity(names.len() + 2);
     let mut env = Zeroizing::new(Vec::new());
+    let mut seen = std::collections::HashSet::with_capacity(names.len());
     for name in names {
+        // `a`/`b__c` and `a__b`/`c` share a name: the first one is served (as by the API).
+        if !seen.insert(name.clone()) {
+            continue;
+        }
         let Some(part) = snapshot.flat_value(&name) else { continue };
         let value = snapshot.body(part);
         if is_env_name(&name) {
@@ -471,6 +476,17 @@ mod tests {
         push_env_line(&mut lines, "DB_URL", b"postgres://db.internal:5432/app");
         push_env_line(&mut lines, "PASSWORD", b"two words");
         assert_eq!(lines, b"DB_URL=postgres://db.internal:5432/app\nPASSWORD='two words'\n");
+    }
+
+    #[test]
+    fn a_name_two_values_share_is_written_once_with_the_value_the_api_serves() {
+        let plaintext = crate::decrypt::Plaintext::parse(br#"{"a":{"b__c":"first"},"a__b":{"c":"second"}}"#).unwrap();
+        let snapshot = Snapshot::build(&crate::artifact::sample(), plaintext);
+        let files = files_of(&snapshot).unwrap();
+        let names: Vec<&str> = files.iter().map(|(name, _)| name.as_str()).collect();
+        assert_eq!(names, ["a__b__c", "secrets.env", "secrets.json"]);
+        assert_eq!(&files[0].1[..], b"first");
+        assert_eq!(&files[1].1[..], b"a__b__c=first\n");
     }
 
     #[test]
