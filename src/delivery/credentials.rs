@@ -11,7 +11,7 @@
 //! Anyone who can connect may claim any unit (the peer chooses its own name), so the socket is
 //! the agent's user's only: mode 0600, set by the umask at `bind` so it is never wider. A client
 //! that connects and never reads costs one of [`MAX_CREDENTIAL_CONNECTIONS`] for at most
-//! [`CREDENTIAL_WRITE_TIMEOUT`]; beyond that many, connections are closed at once.
+//! [`CREDENTIAL_WRITE_TIMEOUT`] in all; beyond that many, connections are closed at once.
 
 use std::io::Write;
 use std::os::linux::net::SocketAddrExt;
@@ -20,7 +20,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{Delivery, Subscriber};
 use crate::config::{ConfigError, CredentialConfig};
@@ -30,7 +30,7 @@ use crate::snapshot::{LiveSnapshot, Served, Snapshot};
 
 /// Connections handled at once; one more is closed unanswered.
 pub const MAX_CREDENTIAL_CONNECTIONS: usize = 16;
-/// A write that makes no progress this long ends the connection.
+/// An answer not taken within this long (in all) is abandoned and the connection closed.
 pub const CREDENTIAL_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The bound socket, not yet serving.
@@ -129,11 +129,30 @@ fn answer(mut stream: UnixStream, cell: &LiveSnapshot, keys: &DecryptionKeys, un
     let Some(part) = snapshot.flat_value(id) else {
         return refuse("no such key (the id is a name of /v1/keys: <namespace>__<key>, or a flat key)");
     };
-    let _ = stream.set_write_timeout(Some(CREDENTIAL_WRITE_TIMEOUT));
-    match stream.write_all(snapshot.body(part)) {
+    match write_within(&mut stream, snapshot.body(part), CREDENTIAL_WRITE_TIMEOUT) {
         Ok(()) => log::info(&format!("credential: gave {id} to {unit}")),
         Err(error) => log::error(&format!("credential: could not give {id} to {unit}: {error}")),
     }
+}
+
+/// Writes all of `bytes` within `limit` in all (a socket timeout alone bounds each `write`,
+/// and a reader that takes a little now and then would make each one progress).
+fn write_within(stream: &mut UnixStream, mut bytes: &[u8], limit: Duration) -> std::io::Result<()> {
+    let deadline = Instant::now() + limit;
+    while !bytes.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "the peer did not read it in time"));
+        }
+        stream.set_write_timeout(Some(left))?;
+        match stream.write(bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(written) => bytes = &bytes[written..],
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 /// `<random>/unit/<unit>/<id>` → (unit, id), as systemd names its end (systemd.exec(5)).

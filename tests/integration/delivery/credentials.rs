@@ -108,3 +108,32 @@ fn an_unknown_id_a_unit_not_allowed_and_a_nameless_client_get_nothing() {
         .wait_for_stderr("credential: refused a connection whose socket name is not systemd's", Duration::from_secs(2));
     assert!(!agent.stderr().contains("db-pass-4a1f"));
 }
+
+/// A local client that asks for a large value and never reads holds one of 16 connections
+/// for at most 5 s: the 17th is closed unanswered, and the socket serves again after that.
+#[test]
+fn clients_that_never_read_hold_a_bounded_number_of_connections_for_a_bounded_time() {
+    let big = "x".repeat(1 << 20); // more than a Unix socket's send buffer
+    let plaintext = format!(r#"{{"big":{{"BLOB":"{big}"}},"db":{{"P":"small-value"}}}}"#);
+    let deployment =
+        Deployment::new("credential-hold", &build_artifact(&plaintext, "rev-1", &ArtifactOptions::default()));
+    let socket = deployment.dir.join("credentials.sock");
+    let agent = deployment.start(&[("CLEF_AGENT_CREDENTIAL_SOCKET", socket.to_str().unwrap())]);
+    let holders: Vec<UnixStream> = (0..16)
+        .map(|n| {
+            let name = format!("\0{n:016x}/unit/hold.service/big__BLOB");
+            connect_from(&socket, Some(name.as_bytes()))
+        })
+        .collect();
+    assert_eq!(load_credential(&socket, "app.service", "db__P"), b"", "a 17th connection was served");
+    agent.wait_for_stderr("credential: 16 connections are open already", Duration::from_secs(2));
+    assert!(
+        crate::support::wait_until(Duration::from_secs(10), || {
+            agent.stderr().matches("credential: could not give big__BLOB to hold.service").count() == 16
+        }),
+        "stalled writes were not abandoned: {}",
+        agent.stderr()
+    );
+    assert_eq!(load_credential(&socket, "app.service", "db__P"), b"small-value");
+    drop(holders);
+}
