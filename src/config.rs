@@ -11,7 +11,10 @@ use crate::decrypt::AgeIdentity;
 use crate::secret::Secret;
 use crate::url::{HttpUrl, S3Location};
 
+pub mod delivery;
 pub mod variables;
+
+pub use delivery::{CredentialConfig, RenderConfig};
 
 pub const DEFAULT_PORT: u16 = 7779;
 pub const DEFAULT_CACHE_TTL_SECONDS: u64 = 300;
@@ -221,6 +224,10 @@ pub struct Config {
     pub ssl_cert_file: Option<PathBuf>,
     /// `CLEF_AGENT_MAX_CONNECTIONS`: connections served at once on each listener.
     pub max_connections: usize,
+    /// Delivery beyond HTTP (`config/delivery.rs`): systemd credentials, files, change hook.
+    pub credentials: Option<CredentialConfig>,
+    pub render: Option<RenderConfig>,
+    pub on_change: Option<Vec<String>>,
 }
 
 const VCS_REQUIRED: [&str; 5] = [
@@ -317,6 +324,9 @@ impl Config {
             lambda_runtime_api: get("AWS_LAMBDA_RUNTIME_API"),
             ssl_cert_file: get("SSL_CERT_FILE").map(PathBuf::from),
             max_connections,
+            credentials: delivery::credentials(&get)?,
+            render: delivery::render(&get, mode)?,
+            on_change: delivery::on_change(&get)?,
             watchdog_interval: watchdog_interval(get, std::process::id()),
         })
     }
@@ -547,12 +557,12 @@ mod tests {
 
     pub(crate) const AGE_KEY: &str = "AGE-SECRET-KEY-1AUKVPCSM6LMRNMMKEAWTUH9LZPY5QA9ZD952WJGKCYLD5M4VEEKQKALAZ3";
 
-    fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    pub(super) fn config(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_env(|name| map.get(name).cloned())
     }
 
-    fn message(pairs: &[(&str, &str)]) -> String {
+    pub(super) fn message(pairs: &[(&str, &str)]) -> String {
         config(pairs).unwrap_err().to_string()
     }
 

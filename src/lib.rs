@@ -16,6 +16,7 @@ pub mod cli;
 pub mod cloud;
 pub mod config;
 pub mod decrypt;
+pub mod delivery;
 pub mod disk_cache;
 pub mod error;
 pub mod files;

@@ -19,6 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["source", "snapshot", "bearer", "telemetry"],
     &["disk_cache"],
     &["refresh"],
+    &["delivery"],
     &["server"],
     &["error"],
     &["agent"],

@@ -18,6 +18,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use crate::agent::{self, Agent};
 use crate::bearer;
 use crate::config::{Config, SourceConfig};
+use crate::delivery::{self, Subscribers};
 use crate::error::Fatal;
 use crate::http::HttpClient;
 use crate::log;
@@ -77,6 +78,8 @@ pub struct Running {
     pub inbox: Receiver<Event>,
     /// SIGHUP's refresh: take it as the refresh it asked for starts (see [`watch_signals`]).
     pub refresh_asked: Pending,
+    /// The delivery modes beyond HTTP, when any is configured.
+    deliveries: Option<Arc<Subscribers>>,
     started_at: Instant,
 }
 
@@ -92,6 +95,8 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
         log::error(&format!("warning: {warning}"));
     }
     let listeners = bind_listeners(&config)?;
+    // The render directory checked and the credential socket bound, before any thread starts.
+    let deliveries = delivery::prepare(&config)?;
     let (events, inbox) = mpsc::channel();
     let refresh_asked = Pending::default();
     watch_signals(events.clone(), refresh_asked.clone())?;
@@ -99,6 +104,14 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
 
     let cell = Arc::new(LiveSnapshot::new(config.mode));
     let refresher = Arc::new(Refresher::new(Arc::clone(&cell), pipeline, telemetry.clone()));
+    // Before the first load, so that its revision is delivered too.
+    let deliveries = deliveries
+        .start(Arc::clone(&cell), Arc::clone(&keys))
+        .map_err(|(purpose, error)| Fatal::Thread { purpose, error })?;
+    if let Some(subscribers) = &deliveries {
+        let subscribers = Arc::clone(subscribers);
+        refresher.observe_with(Box::new(move |served| subscribers.observe(served)));
+    }
     log::info(&format!("source: {}", refresher.describe_source()));
     log::info("fetching initial artifact...");
     let loaded = initial_load(&refresher, &events, &inbox, &refresh_asked).inspect_err(|_| {
@@ -106,6 +119,9 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
         telemetry.shutdown(telemetry::FLUSH_TIMEOUT);
     })?;
     if !loaded {
+        if let Some(subscribers) = &deliveries {
+            subscribers.shutdown();
+        }
         log::info("Shutting down...");
         log::info("Shutdown complete.");
         return Ok(None);
@@ -127,7 +143,18 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
         servers.push(server);
         log::info(&format!("Agent server listening at {address}"));
     }
-    Ok(Some(Running { config, refresher, servers, telemetry, http, events, inbox, refresh_asked, started_at }))
+    Ok(Some(Running {
+        config,
+        refresher,
+        servers,
+        telemetry,
+        http,
+        events,
+        inbox,
+        refresh_asked,
+        deliveries,
+        started_at,
+    }))
 }
 
 impl Running {
@@ -150,6 +177,10 @@ impl Running {
             server.finish_requests(deadline);
         }
         stop_poller(Instant::now() + budget.poller);
+        // Rendered files and the credential socket go with the agent.
+        if let Some(subscribers) = &self.deliveries {
+            subscribers.shutdown();
+        }
         if let Some(path) = &self.config.socket {
             let _ = std::fs::remove_file(path);
         }

@@ -16,7 +16,7 @@ mod schedule;
 mod state;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use self::pipeline::Outcome;
@@ -78,7 +78,12 @@ pub struct Refresher {
     source: String,
     /// The answer of a request whose refresh outlasted [`REQUEST_WAIT`], rendered once.
     still_running: Refusal,
+    /// Told what is served after each refresh and TTL wipe (the delivery modes beyond HTTP).
+    observer: OnceLock<Box<Observer>>,
 }
+
+/// Sees what is served now; runs on the refreshing thread, so it must return fast.
+pub type Observer = dyn Fn(&Served) + Send + Sync;
 
 impl Refresher {
     pub fn new(cell: Arc<LiveSnapshot>, pipeline: Pipeline, telemetry: Telemetry) -> Refresher {
@@ -100,6 +105,19 @@ impl Refresher {
             landed: Condvar::new(),
             forget_asked: AtomicBool::new(false),
             still_running,
+            observer: OnceLock::new(),
+        }
+    }
+
+    /// Installs the one observer of what is served (set before the first load; a second call
+    /// is refused and returns `false`).
+    pub fn observe_with(&self, observer: Box<Observer>) -> bool {
+        self.observer.set(observer).is_ok()
+    }
+
+    fn tell_observer(&self) {
+        if let Some(observer) = self.observer.get() {
+            observer(&self.cell.current());
         }
     }
 
@@ -180,6 +198,9 @@ impl Refresher {
             result = self.run_and_apply(state, now_ms);
         }
         let result = result.unwrap_or(Ok(Change::Unchanged));
+        // Rendered files and the change hook learn of a new revision or of a wipe by
+        // revocation or expiry (the observer turns only changes into events).
+        self.tell_observer();
         let mut flight = self.lock_flight();
         flight.last_result = result
             .clone()
@@ -253,6 +274,8 @@ impl Refresher {
             self.forget_asked.store(true, Ordering::SeqCst);
         });
         if wiped {
+            // The TTL wipe removes rendered files and runs the change hook too.
+            self.tell_observer();
             log::error("cache expired: no successful refresh within CLEF_AGENT_CACHE_TTL; secrets wiped");
             if let Mode::Cached { ttl } = self.cell.mode {
                 self.telemetry.emit(Event::CacheExpired { cache_ttl_seconds: ttl.as_secs(), disk_cache_purged: false });

@@ -3,6 +3,7 @@
 //! per capability, helpers in `support`.
 
 mod api;
+mod delivery;
 mod fixtures;
 mod hung_source;
 mod hygiene;
