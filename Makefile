@@ -13,7 +13,7 @@ DEMO_TOKEN ?= demo-token-not-secret
 VENV := .venv
 AWS_REQUIREMENTS := tests/aws/requirements.txt
 
-.PHONY: help build run test deps lint fmt bench bench-deps fixtures clean static static-deps test-packaging lambda-layer fuzz
+.PHONY: help build run test deps lint fmt bench bench-deps fixtures clean static static-deps test-packaging test-systemd lambda-layer fuzz
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -121,6 +121,10 @@ test-packaging: static ## Static binary alone in a chroot, systemd unit verifica
 	tests/packaging/static_isolation.sh $(STATIC_BIN)
 	tests/packaging/systemd_verify.sh $(STATIC_BIN)
 	tests/packaging/lambda_layer.sh
+
+# Not in `make test`: the first run builds a Debian root file system (cached in target/systemd-rootfs/).
+test-systemd: static ## The systemd unit under a real systemd (mmdebstrap root fs booted with systemd-nspawn; root)
+	tests/packaging/systemd_boot.sh $(STATIC_BIN)
 
 lambda-layer: static ## Build the Lambda layer zip (target/lambda/clef-agent-layer.zip)
 	packaging/lambda/build-layer.sh $(STATIC_BIN) target/lambda/clef-agent-layer.zip

@@ -16,12 +16,12 @@ fail() { echo "systemd_boot: FAILED: $*" >&2; exit 1; }
 step() { echo "systemd_boot: $*"; }
 [ "$(id -u)" = 0 ] || fail "booting a container with systemd-nspawn needs root"
 
-for tool in mmdebstrap systemd-nspawn nsenter; do
+for tool in mmdebstrap systemd-nspawn nsenter pgrep; do
   if ! command -v $tool >/dev/null; then
-    command -v apt-get >/dev/null || fail "$tool is required: install mmdebstrap, systemd-container and util-linux"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap systemd-container util-linux >/dev/null
+    command -v apt-get >/dev/null || fail "$tool is required: install mmdebstrap, systemd-container, util-linux and procps"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap systemd-container util-linux procps >/dev/null
   fi
-  command -v $tool >/dev/null || fail "installing mmdebstrap, systemd-container and util-linux did not provide $tool"
+  command -v $tool >/dev/null || fail "installing mmdebstrap, systemd-container, util-linux and procps did not provide $tool"
 done
 
 # The root file system: systemd as PID 1, kill for ExecReload=, curl for the Unix socket.
@@ -207,6 +207,28 @@ from_cache=$(inside curl -sf -H "Authorization: Bearer $token" http://127.0.0.1:
 journal | grep -q 'serving the artifact from the disk cache' || { journal >&2; fail "the journal does not say the disk cache was used"; }
 inside systemctl stop clef-agent
 [ "$(show ExecMainStatus)" = 0 ] || fail "the second stop did not exit 0"
+
+step "the token shared with an application's user through Group= (README's recipe)"
+inside sh -euc '
+  groupadd --system clef-agent-token
+  useradd --system --no-create-home --groups clef-agent-token app
+  mkdir -p /etc/systemd/system/clef-agent.service.d
+  printf "[Service]\nGroup=clef-agent-token\n" > /etc/systemd/system/clef-agent.service.d/group.conf
+  echo CLEF_AGENT_TOKEN_FILE_MODE=0640 >> /etc/clef-agent/agent.env
+  mv /etc/clef-agent/gone.age.json /etc/clef-agent/demo.age.json
+  systemctl daemon-reload
+' || fail "setting up the token group failed"
+inside systemctl start clef-agent || { journal >&2; fail "start with Group=clef-agent-token failed"; }
+token_stat=$(inside stat -c '%a %G' /run/clef-agent/token)
+[ "$token_stat" = "640 clef-agent-token" ] || fail "the shared token file is '$token_stat', expected 640 clef-agent-token"
+shared=$(inside runuser -u app -- sh -c 'curl -sf --unix-socket /run/clef-agent/agent.sock \
+  -H "Authorization: Bearer $(cat /run/clef-agent/token)" http://localhost/v1/secrets') \
+  || fail "the application's user could not read the token file or use the socket"
+[ "$shared" = "$secrets" ] || fail "the application's user got other secrets"
+if inside runuser -u nobody -- cat /run/clef-agent/token >/dev/null 2>&1; then fail "a user outside the group read the token"; fi
+token=$(inside cat /run/clef-agent/token)
+inside systemctl stop clef-agent
+[ "$(show ExecMainStatus)" = 0 ] || fail "the third stop did not exit 0"
 
 step "journal"
 log=$(journal)
