@@ -117,10 +117,11 @@ static: static-deps ## Build the fully static executable into target/static/clef
 	  || { echo "error: $(STATIC_BIN) is not statically linked"; exit 1; }
 	@echo "$(STATIC_BIN): $$(stat -c %s $(STATIC_BIN)) bytes, static"
 
-test-packaging: static ## Static binary alone in a chroot, systemd unit verification, Lambda layer
+test-packaging: static lambda-layer ## Static binary alone in a chroot, systemd unit verification, Lambda layer (also under AWS's emulator)
 	tests/packaging/static_isolation.sh $(STATIC_BIN)
 	tests/packaging/systemd_verify.sh $(STATIC_BIN)
 	tests/packaging/lambda_layer.sh
+	tests/packaging/lambda_rie.sh target/lambda/clef-agent-layer.zip
 
 # Not in `make test`: the first run builds a Debian root file system (cached in target/systemd-rootfs/).
 test-systemd: static ## The systemd unit under a real systemd (mmdebstrap root fs booted with systemd-nspawn; root)
