@@ -49,8 +49,11 @@ work=$(mktemp -d)
 nspawn=
 cleanup() {
   local status=$?
+  if [ $status != 0 ] && [ -s "$work/console.log" ]; then
+    echo "--- container console (last 40 lines)" >&2
+    tail -n 40 "$work/console.log" >&2
+  fi
   if [ -n "$nspawn" ] && kill -0 "$nspawn" 2>/dev/null; then
-    [ $status = 0 ] || { echo "--- container console (last 40 lines)" >&2; tail -n 40 "$work/console.log" >&2; }
     # SIGTERM makes systemd-nspawn power the container off cleanly; SIGKILL if that hangs.
     kill "$nspawn" 2>/dev/null
     for _ in $(seq 50); do kill -0 "$nspawn" 2>/dev/null || break; sleep 0.2; done
