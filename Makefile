@@ -17,7 +17,7 @@ PACKAGING_REQUIREMENTS := tests/packaging/requirements.txt
 # What `make image` tags: push it to your registry under your own name (README, Deployment).
 IMAGE ?= localhost/clef-agent:dev
 
-.PHONY: help build run test deps lint fmt bench bench-deps fixtures clean static static-deps test-packaging lambda-layer fuzz image podman-deps packaging-deps
+.PHONY: help build run test deps lint fmt bench bench-deps fixtures clean static static-deps test-packaging test-systemd lambda-layer fuzz image podman-deps packaging-deps
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
@@ -121,12 +121,17 @@ static: static-deps ## Build the fully static executable into target/static/clef
 	  || { echo "error: $(STATIC_BIN) is not statically linked"; exit 1; }
 	@echo "$(STATIC_BIN): $$(stat -c %s $(STATIC_BIN)) bytes, static"
 
-test-packaging: static deps podman-deps packaging-deps ## Static binary in a chroot, the image under podman, the Kubernetes pod, systemd unit, Lambda layer
+test-packaging: static lambda-layer deps podman-deps packaging-deps ## Static binary in a chroot, the image under podman, the Kubernetes pod, systemd unit, Lambda layer (also under AWS's emulator)
 	tests/packaging/static_isolation.sh $(STATIC_BIN)
 	tests/packaging/container_image.sh
 	tests/packaging/kubernetes_sidecar.sh
 	tests/packaging/systemd_verify.sh $(STATIC_BIN)
 	tests/packaging/lambda_layer.sh
+	tests/packaging/lambda_rie.sh target/lambda/clef-agent-layer.zip
+
+# Not in `make test`: the first run builds a Debian root file system (cached in target/systemd-rootfs/).
+test-systemd: static ## The systemd unit under a real systemd (mmdebstrap root fs booted with systemd-nspawn; root)
+	tests/packaging/systemd_boot.sh $(STATIC_BIN)
 
 image: static podman-deps ## Build the scratch image localhost/clef-agent:dev (or IMAGE=…) with podman from target/static/clef-agent
 	podman build --format docker -f packaging/docker/Dockerfile --build-arg BINARY=prebuilt -t $(IMAGE) .

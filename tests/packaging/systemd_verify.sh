@@ -27,7 +27,7 @@ if echo "$output" | grep -F "clef-agent.service" >&2; then
 fi
 for setting in Type=notify WatchdogSec= DynamicUser=yes ProtectSystem=strict NoNewPrivileges=yes PrivateTmp=yes \
   MemoryDenyWriteExecute=yes RestrictAddressFamilies= SystemCallFilter=@system-service 'CapabilityBoundingSet=$' LoadCredential= \
-  SystemCallErrorNumber=EPERM LimitNOFILE= CacheDirectory=; do
+  SystemCallErrorNumber=EPERM LimitNOFILE= CacheDirectory= ProcSubset=pid PrivateUsers=yes; do
   grep -Eq "^$setting" "$unit" || fail "the unit lacks $setting"
 done
 echo "systemd_verify: ok ($(systemd-analyze --version | head -1))"
