@@ -2,11 +2,13 @@
 //! the token file. Each is opened without waiting on a FIFO (`O_NONBLOCK`; a regular file
 //! ignores it), optionally without following a symbolic link (`O_NOFOLLOW`), checked on the
 //! open descriptor (so it cannot be swapped after the check), and read up to a limit, so a
-//! device such as `/dev/zero` cannot fill the memory.
+//! device such as `/dev/zero` cannot fill the memory. And binding a Unix socket in a directory
+//! others may write in ([`bind_unix_socket`]).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 
 /// Whether a symbolic link at the path itself is followed.
@@ -43,6 +45,44 @@ pub fn read_at_most(file: &mut File, limit: u64) -> io::Result<Option<Vec<u8>>> 
     let mut bytes = Vec::new();
     file.take(limit + 1).read_to_end(&mut bytes)?;
     Ok((bytes.len() as u64 <= limit).then_some(bytes))
+}
+
+/// Why a Unix socket could not be bound.
+#[derive(Debug)]
+pub enum SocketError {
+    /// Something that is not a socket is at the path.
+    NotASocket,
+    /// A live socket is there: something answers on it.
+    InUse,
+    /// The stale socket file of a previous run could not be removed.
+    RemoveStale(io::Error),
+    Bind(io::Error),
+}
+
+/// Binds a Unix socket at `path` with mode 0777 minus `umask`. A stale socket file left by a
+/// previous run is replaced; a live one or a file that is not a socket is an error.
+///
+/// `bind` creates the socket file with mode 0777 minus the umask, so the mode is set by the
+/// umask during `bind` rather than by a chmod afterwards, which would leave the file open to
+/// anyone between the two calls. The umask is process-wide: callers bind before the agent
+/// starts any thread that creates files — and a file created in that instant anyway would get
+/// fewer permissions, never more.
+pub fn bind_unix_socket(path: &Path, umask: libc::mode_t) -> Result<UnixListener, SocketError> {
+    if let Ok(metadata) = std::fs::symlink_metadata(path) {
+        if !metadata.file_type().is_socket() {
+            return Err(SocketError::NotASocket);
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(SocketError::InUse);
+        }
+        std::fs::remove_file(path).map_err(SocketError::RemoveStale)?;
+    }
+    // SAFETY: umask only swaps the process's file mode creation mask; the old one is restored.
+    let previous = unsafe { libc::umask(umask) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(previous) };
+    bound.map_err(SocketError::Bind)
 }
 
 #[cfg(test)]

@@ -15,7 +15,6 @@
 
 use std::io::Write;
 use std::os::linux::net::SocketAddrExt;
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,6 +24,7 @@ use std::time::{Duration, Instant};
 use super::{Delivery, Subscriber};
 use crate::config::{ConfigError, CredentialConfig};
 use crate::decrypt::DecryptionKeys;
+use crate::files::{bind_unix_socket, SocketError};
 use crate::log;
 use crate::snapshot::{LiveSnapshot, Served, Snapshot};
 
@@ -46,21 +46,16 @@ impl Bound {
     pub fn bind(config: &CredentialConfig) -> Result<Bound, ConfigError> {
         let path = &config.socket;
         let fail = |why: String| ConfigError::new(format!("CLEF_AGENT_CREDENTIAL_SOCKET {}: {why}", path.display()));
-        if let Ok(metadata) = std::fs::symlink_metadata(path) {
-            if !metadata.file_type().is_socket() {
-                return Err(fail("the path exists and is not a socket; remove it or choose another path".into()));
-            }
-            if UnixStream::connect(path).is_ok() {
-                return Err(fail("another process is listening on it".into()));
-            }
-            std::fs::remove_file(path).map_err(|error| fail(format!("cannot remove the stale socket: {error}")))?;
-        }
-        // SAFETY: umask only swaps the process's file mode creation mask; the old one is restored.
-        let previous = unsafe { libc::umask(0o177) };
-        let bound = UnixListener::bind(path);
-        // SAFETY: as above.
-        unsafe { libc::umask(previous) };
-        let listener = bound.map_err(|error| fail(format!("cannot listen on it: {error}")))?;
+        let listener = bind_unix_socket(path, 0o177).map_err(|error| {
+            fail(match error {
+                SocketError::NotASocket => {
+                    "the path exists and is not a socket; remove it or choose another path".to_string()
+                }
+                SocketError::InUse => "another process is listening on it".to_string(),
+                SocketError::RemoveStale(error) => format!("cannot remove the stale socket: {error}"),
+                SocketError::Bind(error) => format!("cannot listen on it: {error}"),
+            })
+        })?;
         Ok(Bound { listener, path: path.clone(), units: config.units.clone() })
     }
 

@@ -6,9 +6,10 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::Path;
+
+use crate::files::{bind_unix_socket, SocketError};
 
 /// Binds `127.0.0.1:<port>`; never a wildcard address.
 pub fn bind_loopback(port: u16) -> Result<TcpListener, String> {
@@ -35,32 +36,21 @@ fn disable_nagle(fd: RawFd) {
     }
 }
 
-/// Binds a Unix socket at `path` with mode 0660. A stale socket file left by a previous run is
-/// replaced; a live one (something answers on it) or a file that is not a socket is an error.
-///
-/// `bind` creates the socket file with mode 0777 minus the umask, so the mode is set by the
-/// umask during `bind` rather than by a chmod afterwards, which would leave the file open to
-/// anyone between the two calls. The umask is process-wide; changing it for this one call is
-/// safe because the agent binds before it starts any thread (signals, telemetry, servers and
-/// the poller all come later), so nothing else creates a file meanwhile — and a file created
-/// in that instant anyway would get fewer permissions, never more.
+/// Binds a Unix socket at `path` with mode 0660 (set by the umask during `bind`, never wider
+/// for an instant). A stale socket file left by a previous run is replaced; a live one
+/// (something answers on it) or a file that is not a socket is an error. The agent binds
+/// before it starts any thread (signals, telemetry, servers and the poller all come later),
+/// so the process-wide umask is safe to change for that call.
 pub fn bind_unix(path: &Path) -> Result<UnixListener, String> {
-    let cannot = |why: String| format!("cannot listen on unix:{}: {why}", path.display());
-    if let Ok(metadata) = std::fs::symlink_metadata(path) {
-        if !metadata.file_type().is_socket() {
-            return Err(cannot("the path exists and is not a socket".into()));
-        }
-        if UnixStream::connect(path).is_ok() {
-            return Err(cannot("another process is listening on it".into()));
-        }
-        std::fs::remove_file(path).map_err(|error| cannot(format!("cannot remove the stale socket: {error}")))?;
-    }
-    // SAFETY: umask only swaps the process's file mode creation mask; the old one is restored.
-    let previous = unsafe { libc::umask(0o117) };
-    let bound = UnixListener::bind(path);
-    // SAFETY: as above.
-    unsafe { libc::umask(previous) };
-    bound.map_err(|error| cannot(error.to_string()))
+    bind_unix_socket(path, 0o117).map_err(|error| {
+        let why = match error {
+            SocketError::NotASocket => "the path exists and is not a socket".to_string(),
+            SocketError::InUse => "another process is listening on it".to_string(),
+            SocketError::RemoveStale(error) => format!("cannot remove the stale socket: {error}"),
+            SocketError::Bind(error) => error.to_string(),
+        };
+        format!("cannot listen on unix:{}: {why}", path.display())
+    })
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit, so many clients do not make `accept()`
