@@ -14,14 +14,12 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use clef_agent::config::Config;
-use clef_agent::refresh::Refresher;
-use clef_agent::server::routes::Api;
 use clef_agent::server::{Bound, Server};
-use clef_agent::snapshot::LiveSnapshot;
+
+mod in_process;
+use in_process::TOKEN;
 
 /// [`System`], counting every block it hands out (`realloc` included: it allocates).
 struct Counting;
@@ -57,9 +55,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-const TOKEN: &str = "allocation-test-token-0123456789";
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
-
 /// The most heap allocations one steady-state request of each route may cost. Raise a figure
 /// only with a reason: each allocation takes the allocator's lock on a hot path.
 const ROUTES: [(&str, &str, usize); 7] = [
@@ -76,30 +71,6 @@ const ROUTES: [(&str, &str, usize); 7] = [
 /// Requests counted per route, after a few that fill the per-connection buffers.
 const COUNTED: usize = 200;
 const WARM_UP: usize = 5;
-
-/// The agent's server, serving the fixture artifact on a loopback port.
-fn serve() -> (Server, u16) {
-    let source = format!("{FIXTURES}/artifacts/age-cli.json");
-    let key_file = format!("{FIXTURES}/keys/demo.agekey");
-    let lookup = |name: &str| match name {
-        "CLEF_AGENT_SOURCE" => Some(source.clone()),
-        "CLEF_AGENT_AGE_KEY_FILE" => Some(key_file.clone()),
-        "CLEF_AGENT_TOKEN" => Some(TOKEN.to_string()),
-        _ => None,
-    };
-    let config = Config::from_env(lookup).expect("the test configuration is valid");
-    let agent = clef_agent::agent::Agent::assemble(&config).expect("the fixture key loads");
-    let pipeline = clef_agent::agent::pipeline(&config, agent.source, Arc::clone(&agent.keys)).expect("no cache");
-    let (token, _) = clef_agent::bearer::resolve(&config.token).expect("the token is given");
-    let cell = Arc::new(LiveSnapshot::new(config.mode));
-    let refresher = Arc::new(Refresher::new(Arc::clone(&cell), pipeline, Default::default()));
-    refresher.refresh(clef_agent::time::now_ms()).expect("the fixture artifact decrypts");
-    let api = Arc::new(Api { cell, refresher, keys: agent.keys, token });
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
-    let port = listener.local_addr().expect("a bound port").port();
-    let server = Server::start(Bound::Tcp(listener), api, 16, |message| panic!("{message}")).expect("serving");
-    (server, port)
-}
 
 /// Sends `request` and reads its whole answer into `answer` (which never grows: it was
 /// allocated big enough); returns the status.
@@ -128,7 +99,10 @@ fn exchange(stream: &mut TcpStream, request: &[u8], answer: &mut [u8]) -> u16 {
 
 #[test]
 fn steady_state_requests_on_a_keep_alive_connection_allocate_nothing() {
-    let (_server, port) = serve();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let port = listener.local_addr().expect("a bound port").port();
+    let api = in_process::api(None);
+    let _server = Server::start(Bound::Tcp(listener), api, 16, |message| panic!("{message}")).expect("serving");
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connected");
     stream.set_read_timeout(Some(Duration::from_secs(10))).expect("a read timeout");
     let mut answer = vec![0u8; 64 * 1024];

@@ -25,6 +25,7 @@ fn small_limits() -> Limits {
         idle_timeout: Duration::from_millis(600),
         write_timeout: Duration::from_millis(600),
         max_connections: 4,
+        ..Limits::default()
     }
 }
 

@@ -103,6 +103,7 @@ pub fn limits(max_connections: usize) -> tiny_http::Limits {
         idle_timeout: config::IDLE_CONNECTION_TIMEOUT,
         write_timeout: config::RESPONSE_WRITE_STALL_TIMEOUT,
         max_connections,
+        thread_stack_bytes: config::CONNECTION_THREAD_STACK_BYTES,
     }
 }
 
