@@ -238,12 +238,12 @@ def main():
     print()
     print(f"load: wrk, {LOAD_SECONDS} s per row, keep-alive; agent and nginx on core 0, wrk on core 1")
     print("each measure of the agent is followed by nginx's on the same load")
-    print(f"{'endpoint':<34} {'conns':>5} {'req/s':>9} {'nginx':>9} {'ratio':>5} {'p50 ms':>7} {'nginx':>6}"
+    print(f"{'endpoint':<40} {'conns':>5} {'req/s':>9} {'nginx':>9} {'ratio':>5} {'p50 ms':>7} {'nginx':>6}"
           f" {'p99 ms':>7} {'nginx':>6} {'CPU ms/1k':>9} {'nginx':>6} {'errors':>6}")
     for name, connections, agent, reference in rows:
         rate, p50, p99, cpu, errors = agent
         ref_rate, ref_p50, ref_p99, ref_cpu = reference
-        print(f"{name:<34} {connections:>5} {rate:9.0f} {ref_rate:9.0f} {rate / ref_rate:5.2f} {p50:7.2f} {ref_p50:6.2f}"
+        print(f"{name:<40} {connections:>5} {rate:9.0f} {ref_rate:9.0f} {rate / ref_rate:5.2f} {p50:7.2f} {ref_p50:6.2f}"
               f" {p99:7.2f} {ref_p99:6.2f} {cpu:9.1f} {ref_cpu:6.1f} {errors:>6}")
     print()
     print(f"targets (SPEC §9): /v1/secrets >= 10x the TypeScript agent ({TS_REQUESTS_PER_SECOND[0]}-"
