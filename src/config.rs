@@ -39,6 +39,13 @@ pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// A response write that makes no progress this long (a client that stopped reading) ends the
 /// connection; a slow reader that keeps reading is never cut.
 pub const RESPONSE_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The stack of each connection's thread, instead of Rust's 2 MiB. Every kind of request (a JIT
+/// decryption and a panicking handler included) fits in 80 KiB in an unoptimized build;
+/// `tests/connection_stack.rs` serves them all on a quarter of this. The rest is margin for what
+/// the test cannot reach in-process, such as a JIT unwrap through a cloud KMS over TLS (a rustls
+/// handshake on the connection thread): an overflow would end the process, and untouched stack
+/// pages cost no memory, so the margin is generous.
+pub const CONNECTION_THREAD_STACK_BYTES: usize = 512 * 1024;
 
 /// `CLEF_AGENT_TOKEN_FILE_MODE`: the token file is the agent's user's only (the default), or its
 /// group may read it too (an application in that group). Nothing wider: others never read the

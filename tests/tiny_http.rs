@@ -25,11 +25,20 @@ fn small_limits() -> Limits {
         idle_timeout: Duration::from_millis(600),
         write_timeout: Duration::from_millis(600),
         max_connections: 4,
+        ..Limits::default()
     }
 }
 
-/// `/big` is a 1 MiB body of `x`; any other path is `hello <path>`.
+/// `/big` is a 1 MiB body of `x`; any other path is `hello <path>`. Under `/bytes` the same
+/// answers are sent with `Request::respond_with_bytes` from memory that outlives the request.
 fn answer(request: Request) {
+    static BIG_BODY: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    if let Some(path) = request.url().strip_prefix("/bytes") {
+        let hello = format!("hello {path}");
+        let body = if path == "/big" { BIG_BODY.get_or_init(|| vec![b'x'; BIG]) } else { hello.as_bytes() };
+        let _ = request.respond_with_bytes(200, &[("Content-Type", "text/plain")], body);
+        return;
+    }
     let response = if request.url() == "/big" {
         Response::from_data(vec![b'x'; BIG]).with_chunked_threshold(usize::MAX)
     } else {
@@ -88,6 +97,24 @@ fn pipelined_requests_are_answered_in_order_on_one_connection() {
     assert_eq!(found[0], (200, "hello /one".into()));
     assert_eq!((found[1].0, found[1].1.len()), (200, BIG));
     assert_eq!(found[2], (200, "hello /three".into()));
+}
+
+#[test]
+fn answers_sent_from_memory_keep_their_order_length_and_connection_header() {
+    let (_server, port) = tcp_server(Limits::default());
+    let text = exchange(
+        connect(port),
+        "GET /bytes/one HTTP/1.1\r\nHost: a\r\n\r\nGET /bytes/big HTTP/1.1\r\nHost: a\r\n\r\n\
+         GET /two HTTP/1.1\r\nHost: a\r\n\r\nGET /bytes/three HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert!(text.ends_with("\r\nConnection: close\r\n\r\nhello /three"), "no Connection: close");
+    let found = answers(&text);
+    assert_eq!(found.len(), 4, "{found:?}");
+    assert_eq!(found[0], (200, "hello /one".into()));
+    assert_eq!((found[1].0, found[1].1.len(), found[1].1.bytes().all(|byte| byte == b'x')), (200, BIG, true));
+    assert_eq!(found[2..], [(200, "hello /two".into()), (200, "hello /three".into())]);
+    let head = exchange(connect(port), "HEAD /bytes/big HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+    assert!(head.ends_with(&format!("\r\nContent-Length: {BIG}\r\nConnection: close\r\n\r\n")), "{head:?}");
 }
 
 #[test]

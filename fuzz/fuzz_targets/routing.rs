@@ -151,7 +151,7 @@ fn fixture() -> &'static Fixture {
     })
 }
 
-/// The handler: the agent's own `answer` and `into_response`, with the oracle in between.
+/// The handler: the agent's own `answer` and `respond`, with the oracle in between.
 fn serve(api: &Api, values: &[String], log: &Mutex<Vec<Answered>>, request: tiny_http::Request) {
     let reply = clef_agent::server::answer(api, &request);
     let headers = request.headers();
@@ -169,10 +169,10 @@ fn serve(api: &Api, values: &[String], log: &Mutex<Vec<Answered>>, request: tiny
     let view = Request {
         method: request.method().as_str(),
         target: request.url(),
-        hosts: named("Host").collect(),
+        hosts: &named("Host").collect::<Vec<_>>(),
         authorization: named("Authorization").next(),
         forwarded: named("X-Forwarded-For").next().is_some() || named("Forwarded").next().is_some(),
-        accept: named("Accept").collect(),
+        accept: &named("Accept").collect::<Vec<_>>(),
     };
     check(&view, &reply, values);
     let version = request.http_version();
@@ -183,7 +183,7 @@ fn serve(api: &Api, values: &[String], log: &Mutex<Vec<Answered>>, request: tiny
         status: reply.status,
         body_len: reply.body.bytes().len(),
     });
-    let _ = request.respond(clef_agent::server::into_response(reply));
+    let _ = clef_agent::server::respond(request, &reply);
 }
 
 /// The README's Host rule, written separately: exactly one Host that is a loopback name with

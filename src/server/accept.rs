@@ -7,9 +7,10 @@
 /// most specific range that matches it (`type/subtype`, then `type/*`, then `*/*`); a type no
 /// range matches has quality 0. Ranges whose `q` is not a valid qvalue are skipped.
 pub fn prefers_json(accept: &[&str]) -> bool {
-    let ranges: Vec<Range<'_>> = accept.iter().flat_map(|field| field.split(',')).filter_map(Range::parse).collect();
-    let json = quality(&ranges, "application", "json");
-    json > 0 && json > quality(&ranges, "text", "plain")
+    // parsed once per type asked about rather than collected, so that no request allocates
+    let ranges = || accept.iter().flat_map(|field| field.split(',')).filter_map(Range::parse);
+    let json = quality(ranges(), "application", "json");
+    json > 0 && json > quality(ranges(), "text", "plain")
 }
 
 /// One media range with its quality in thousandths.
@@ -53,7 +54,7 @@ impl<'a> Range<'a> {
 
 /// The quality the most specific matching range gives `kind/subtype` (the first of equally
 /// specific ones), 0 when none matches.
-fn quality(ranges: &[Range<'_>], kind: &str, subtype: &str) -> u16 {
+fn quality<'a>(ranges: impl Iterator<Item = Range<'a>>, kind: &str, subtype: &str) -> u16 {
     let mut best: Option<(u8, u16)> = None;
     for range in ranges {
         if let Some(specificity) = range.specificity(kind, subtype) {
@@ -71,7 +72,12 @@ fn qvalue(text: &str) -> Option<u16> {
     if fraction.len() > 3 || !fraction.bytes().all(|byte| byte.is_ascii_digit()) {
         return None;
     }
-    let thousandths = format!("{fraction:0<3}").parse::<u16>().ok()?;
+    // "5" is 500 thousandths, "25" 250: the digits padded with zeros to three
+    let thousandths = fraction
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(3)
+        .fold(0, |sum, digit| sum * 10 + u16::from(digit - b'0'));
     match whole {
         "0" => Some(thousandths),
         "1" if thousandths == 0 => Some(1000),

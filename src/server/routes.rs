@@ -2,6 +2,8 @@
 //! reply value. Guards run in the order the spec gives: Host, method, bearer token, proxy
 //! headers. No sockets here, so nearly all of the API is tested without a server.
 
+use std::borrow::Cow;
+use std::io::Write as _;
 use std::sync::Arc;
 
 use super::accept::prefers_json;
@@ -9,7 +11,6 @@ use crate::decrypt::DecryptionKeys;
 use crate::refresh::{self, Refresher};
 use crate::secret::{constant_time_eq, Secret, SecretBytes};
 use crate::snapshot::{error_body, LiveSnapshot, Part, Refusal, SealedArtifact, Served, Snapshot, Wipe};
-use crate::text::json_string;
 use crate::url::percent_decode;
 
 /// The parts of an HTTP request the API looks at.
@@ -19,17 +20,19 @@ pub struct Request<'a> {
     /// The request target as sent (`/v1/secrets?x=1`).
     pub target: &'a str,
     /// Every `Host` header (a request must carry exactly one).
-    pub hosts: Vec<&'a str>,
+    pub hosts: &'a [&'a str],
     pub authorization: Option<&'a str>,
     /// The request carries `X-Forwarded-For` or `Forwarded`.
     pub forwarded: bool,
     /// Every `Accept` header (one comma-separated list, RFC 9110 §5.3).
-    pub accept: Vec<&'a str>,
+    pub accept: &'a [&'a str],
 }
 
 /// What a response carries.
 pub enum Body {
     Json(String),
+    /// A body rendered into the thread's own buffer (`/v1/health`).
+    Reused(Reused),
     Static(&'static str),
     /// A body rendered once and shared by every request that gets it ([`Refusal`]).
     Shared(Arc<str>),
@@ -43,10 +46,40 @@ impl Body {
     pub fn bytes(&self) -> &[u8] {
         match self {
             Body::Json(text) => text.as_bytes(),
+            Body::Reused(reused) => &reused.0,
             Body::Static(text) => text.as_bytes(),
             Body::Shared(text) => text.as_bytes(),
             Body::Snapshot(snapshot, part) => snapshot.body(*part),
             Body::Rendered(bytes) => bytes,
+        }
+    }
+}
+
+/// A body rendered into a buffer the thread keeps from one reply to the next, so that rendering
+/// it allocates nothing once the thread has rendered one. For bodies with nothing secret in them
+/// (`/v1/health`): the buffer is not wiped.
+pub struct Reused(Vec<u8>);
+
+thread_local! {
+    static REUSED: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+impl Reused {
+    fn render(render: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) -> Reused {
+        let mut buffer = REUSED.take();
+        buffer.clear();
+        // writing into a `Vec` fails only when memory runs out, which aborts first
+        let _ = render(&mut buffer);
+        Reused(buffer)
+    }
+}
+
+impl Drop for Reused {
+    fn drop(&mut self) {
+        let buffer = std::mem::take(&mut self.0);
+        // a buffer grown by an unusually long revision is not kept
+        if buffer.capacity() <= 1024 {
+            let _ = REUSED.try_with(|kept| kept.set(buffer));
         }
     }
 }
@@ -98,13 +131,14 @@ pub struct Api {
     pub token: Secret,
 }
 
-enum Route {
+/// A route, with names borrowed from the request target unless they had to be decoded.
+enum Route<'a> {
     Health,
     Ready,
     Secrets,
     Keys,
-    Namespace(String),
-    Value(String, String),
+    Namespace(Cow<'a, str>),
+    Value(Cow<'a, str>, Cow<'a, str>),
 }
 
 impl Api {
@@ -117,7 +151,7 @@ impl Api {
     }
 
     fn route(&self, request: &Request<'_>, now_ms: u64) -> Reply {
-        if !host_is_loopback(&request.hosts) {
+        if !host_is_loopback(request.hosts) {
             return Reply::error(403, "Forbidden: invalid Host header", None);
         }
         if request.method != "GET" && request.method != "HEAD" {
@@ -151,7 +185,7 @@ impl Api {
             Route::Health | Route::Ready => None,
         };
         match part {
-            Some(part @ (Part::Value(..) | Part::Flat(_))) => value_reply(snapshot, part, &request.accept),
+            Some(part @ (Part::Value(..) | Part::Flat(_))) => value_reply(snapshot, part, request.accept),
             Some(part) => Reply::json(200, Body::Snapshot(snapshot, part)),
             None => Reply::error(404, "Secret not found", None),
         }
@@ -169,16 +203,21 @@ impl Api {
         // A TTL that passed wipes here at the latest, so `expired` and what is served agree.
         self.refresher.wipe_if_expired(now_ms);
         let served = self.cell.current();
-        let revision = served.revision().map_or("null".to_string(), json_string);
-        let last_refresh_at = self.cell.last_refresh_at_ms().map_or("null".to_string(), |ms| ms.to_string());
-        Reply::json(
-            200,
-            Body::Json(format!(
-                r#"{{"status":"ok","mode":"{}","revision":{revision},"lastRefreshAt":{last_refresh_at},"expired":{}}}"#,
-                self.cell.mode.name(),
-                self.cell.is_expired(now_ms)
-            )),
-        )
+        let (mode, expired) = (self.cell.mode.name(), self.cell.is_expired(now_ms));
+        let last_refresh_at = self.cell.last_refresh_at_ms();
+        let body = Reused::render(|out| {
+            write!(out, r#"{{"status":"ok","mode":"{mode}","revision":"#)?;
+            match served.revision() {
+                Some(revision) => serde_json::to_writer(&mut *out, revision)?,
+                None => out.write_all(b"null")?,
+            }
+            match last_refresh_at {
+                Some(ms) => write!(out, r#","lastRefreshAt":{ms}"#)?,
+                None => out.write_all(br#","lastRefreshAt":null"#)?,
+            }
+            write!(out, r#","expired":{expired}}}"#)
+        });
+        Reply::json(200, Body::Reused(body))
     }
 
     fn ready(&self, now_ms: u64) -> Reply {
@@ -278,7 +317,7 @@ fn path_of(target: &str) -> &str {
 }
 
 /// Maps a path to a route: `Ok(None)` for unknown paths, `Err` for undecodable ones.
-fn parse_route(path: &str) -> Result<Option<Route>, String> {
+fn parse_route(path: &str) -> Result<Option<Route<'_>>, String> {
     let path = path.strip_suffix('/').filter(|trimmed| !trimmed.is_empty()).unwrap_or(path);
     let Some(rest) = path.strip_prefix("/v1/") else { return Ok(None) };
     let mut segments = rest.split('/');
@@ -288,12 +327,20 @@ fn parse_route(path: &str) -> Result<Option<Route>, String> {
         [Some("ready"), None, ..] => Some(Route::Ready),
         [Some("secrets"), None, ..] => Some(Route::Secrets),
         [Some("keys"), None, ..] => Some(Route::Keys),
-        [Some("secrets"), Some(name), None, _] if !name.is_empty() => Some(Route::Namespace(percent_decode(name)?)),
+        [Some("secrets"), Some(name), None, _] if !name.is_empty() => Some(Route::Namespace(decode(name)?)),
         [Some("secrets"), Some(namespace), Some(key), None] if !namespace.is_empty() && !key.is_empty() => {
-            Some(Route::Value(percent_decode(namespace)?, percent_decode(key)?))
+            Some(Route::Value(decode(namespace)?, decode(key)?))
         }
         _ => None,
     })
+}
+
+/// A path segment, percent-decoded; borrowed when it has no escape (the common case).
+fn decode(segment: &str) -> Result<Cow<'_, str>, String> {
+    match segment.contains('%') {
+        false => Ok(Cow::Borrowed(segment)),
+        true => percent_decode(segment).map(Cow::Owned),
+    }
 }
 
 #[cfg(test)]

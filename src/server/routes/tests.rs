@@ -81,7 +81,7 @@ fn cached() -> Fixture {
 }
 
 fn get<'a>(target: &'a str, authorization: Option<&'a str>) -> Request<'a> {
-    Request { method: "GET", target, hosts: vec!["127.0.0.1:7779"], authorization, forwarded: false, accept: vec![] }
+    Request { method: "GET", target, hosts: &["127.0.0.1:7779"], authorization, forwarded: false, accept: &[] }
 }
 
 const BEARER: Option<&str> = Some("Bearer test-token-0123456789");
@@ -157,7 +157,7 @@ fn a_namespace_name_wins_over_a_flat_name_in_a_nested_plaintext() {
     assert_eq!(body(&value), "value");
 }
 
-fn accepting<'a>(target: &'a str, accept: Vec<&'a str>) -> Request<'a> {
+fn accepting<'a>(target: &'a str, accept: &'a [&'a str]) -> Request<'a> {
     Request { accept, ..get(target, BEARER) }
 }
 
@@ -165,16 +165,16 @@ fn accepting<'a>(target: &'a str, accept: Vec<&'a str>) -> Request<'a> {
 fn single_values_answer_json_when_accept_prefers_it() {
     let api = cached().api;
     for target in ["/v1/secrets/database/DB%20USER", "/v1/secrets/database__DB%20USER"] {
-        let reply = api.handle(&accepting(target, vec!["application/json"]), NOW);
+        let reply = api.handle(&accepting(target, &["application/json"]), NOW);
         assert_eq!((reply.status, body(&reply), reply.content_type), (200, r#"{"value":"admin"}"#, JSON), "{target}");
         assert!(reply.no_store);
-        for accept in [vec![], vec!["*/*"], vec!["text/plain, application/json;q=0.9"]] {
-            let reply = api.handle(&accepting(target, accept.clone()), NOW);
+        for accept in [&[][..], &["*/*"], &["text/plain, application/json;q=0.9"]] {
+            let reply = api.handle(&accepting(target, accept), NOW);
             assert_eq!((body(&reply), reply.content_type), ("admin", TEXT), "{target} {accept:?}");
         }
     }
     let flat = cached_with(r#"{"TOKEN":"q\"\\\n\u0001é"}"#).api;
-    let reply = flat.handle(&accepting("/v1/secrets/TOKEN", vec!["text/plain;q=0.1", "application/json"]), NOW);
+    let reply = flat.handle(&accepting("/v1/secrets/TOKEN", &["text/plain;q=0.1", "application/json"]), NOW);
     assert_eq!((body(&reply), reply.content_type), (r#"{"value":"q\"\\\n\u0001é"}"#, JSON));
     let parsed: serde_json::Value = serde_json::from_str(body(&reply)).unwrap();
     assert_eq!(parsed["value"], "q\"\\\n\u{1}é");
@@ -183,9 +183,9 @@ fn single_values_answer_json_when_accept_prefers_it() {
 #[test]
 fn accept_does_not_change_object_answers_or_errors() {
     let api = cached().api;
-    let namespace = api.handle(&accepting("/v1/secrets/app", vec!["application/json"]), NOW);
+    let namespace = api.handle(&accepting("/v1/secrets/app", &["application/json"]), NOW);
     assert_eq!(body(&namespace), r#"{"API_KEY":"k-1"}"#);
-    let missing = api.handle(&accepting("/v1/secrets/app/NOPE", vec!["application/json"]), NOW);
+    let missing = api.handle(&accepting("/v1/secrets/app/NOPE", &["application/json"]), NOW);
     assert_eq!((missing.status, body(&missing)), (404, r#"{"error":"Secret not found"}"#));
 }
 
@@ -217,29 +217,23 @@ fn before_the_first_load_nothing_is_ready() {
 fn rejects_a_foreign_or_missing_host_before_anything_else() {
     let api = cached().api;
     for hosts in [
-        vec!["evil.example"],
-        vec![],
-        vec!["127.0.0.1", "127.0.0.1"],
-        vec!["127.0.0.1:99999"],
-        vec!["127.0.0.2"],
-        vec!["127.0.0.1:+80"],
-        vec!["[::1]:-1"],
-        vec!["localhost:80a"],
+        &["evil.example"][..],
+        &[][..],
+        &["127.0.0.1", "127.0.0.1"][..],
+        &["127.0.0.1:99999"][..],
+        &["127.0.0.2"][..],
+        &["127.0.0.1:+80"][..],
+        &["[::1]:-1"][..],
+        &["localhost:80a"][..],
     ] {
-        let request = Request {
-            method: "POST",
-            target: "/v1/secrets",
-            hosts,
-            authorization: None,
-            forwarded: true,
-            accept: vec![],
-        };
+        let request =
+            Request { method: "POST", target: "/v1/secrets", hosts, authorization: None, forwarded: true, accept: &[] };
         let reply = api.handle(&request, NOW);
         assert_eq!((reply.status, body(&reply)), (403, r#"{"error":"Forbidden: invalid Host header"}"#));
         assert!(reply.no_store);
     }
     for host in ["127.0.0.1", "localhost:7779", "LOCALHOST", "[::1]", "[::1]:7779", "localhost:", "[::1]:"] {
-        let request = Request { hosts: vec![host], ..get("/v1/health", None) };
+        let request = Request { hosts: &[host], ..get("/v1/health", None) };
         assert_eq!(api.handle(&request, NOW).status, 200, "{host}");
     }
 }

@@ -4,10 +4,11 @@ use std::io::Result as IoResult;
 use std::io::{BufRead, ErrorKind, Write};
 
 use std::net::SocketAddr;
-use std::str::FromStr;
 use std::time::Instant;
 
 use crate::common::{HTTPVersion, Header, Method};
+use crate::request::ResponseWriter;
+use crate::util::recycle;
 use crate::util::RefinedTcpStream;
 use crate::util::WipingBufReader;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
@@ -205,12 +206,17 @@ impl ClientConnection {
             let (method, path, version) = {
                 let line = self.read_next_line(deadline, &mut head_budget)?;
 
-                parse_request_line(line.trim())?
+                let (method, target, version) = parse_request_line(line.trim())?;
+                // clef-agent patch: into a string kept from the thread's previous request
+                let mut path = recycle::path();
+                path.push_str(target);
+                (method, path, version)
             };
 
             // getting all headers
             let headers = {
-                let mut headers = Vec::new();
+                // clef-agent patch: a list and fields kept from the thread's previous request
+                let mut headers = recycle::headers();
                 loop {
                     let max_fields = self.limits.max_header_fields;
                     let line = self.read_next_line(deadline, &mut head_budget)?;
@@ -221,10 +227,11 @@ impl ClientConnection {
                     if headers.len() == max_fields {
                         return Err(ReadError::HeadTooLarge);
                     }
-                    headers.push(match FromStr::from_str(line.trim()) {
-                        Ok(h) => h,
-                        _ => return Err(ReadError::WrongHeader(version)),
-                    });
+                    let mut field = recycle::field();
+                    if field.parse_into(line.trim()).is_err() {
+                        return Err(ReadError::WrongHeader(version));
+                    }
+                    headers.push(field);
                 }
                 // a line buffer grown by a long header is not kept for the connection's life
                 if self.line.capacity() > 1024 {
@@ -246,8 +253,10 @@ impl ClientConnection {
         // building the writer for the request
         let writer = self.sink.next_writer();
 
-        // follow-up for next potential request
-        let mut data_source = self.source.next_reader();
+        // follow-up for next potential request (clef-agent patch: through the hand-over slot
+        // of the request before, which is free again once that request was answered)
+        let spent = self.next_header_source.take_spent_slot();
+        let mut data_source = self.source.next_reader_reusing(spent);
         std::mem::swap(&mut self.next_header_source, &mut data_source);
 
         // building the next reader
@@ -261,7 +270,7 @@ impl ClientConnection {
             // instead of panicking the connection's thread
             self.remote_addr.as_ref().ok().copied().flatten(),
             data_source,
-            writer,
+            ResponseWriter::Connection(writer),
         )
         .map_err(|e| {
             use crate::request;
@@ -373,13 +382,14 @@ impl Iterator for ClientConnection {
                 .find(|h| h.field.equiv("Connection"))
                 .map(|h| h.value.as_str());
 
-            let lowercase = connection_header.map(|h| h.to_ascii_lowercase());
+            // clef-agent patch: compared without a lowercase copy
+            let has = |val: &str, word: &str| contains_ignoring_ascii_case(val, word);
 
-            match lowercase {
-                Some(ref val) if val.contains("close") => self.no_more_requests = true,
-                Some(ref val) if val.contains("upgrade") => self.no_more_requests = true,
-                Some(ref val)
-                    if !val.contains("keep-alive") && *rq.http_version() == HTTPVersion(1, 0) =>
+            match connection_header {
+                Some(val) if has(val, "close") => self.no_more_requests = true,
+                Some(val) if has(val, "upgrade") => self.no_more_requests = true,
+                Some(val)
+                    if !has(val, "keep-alive") && *rq.http_version() == HTTPVersion(1, 0) =>
                 {
                     self.no_more_requests = true
                 }
@@ -405,6 +415,12 @@ impl Iterator for ClientConnection {
     }
 }
 
+/// clef-agent patch: `haystack.to_ascii_lowercase().contains(needle)` for a lowercase
+/// `needle`, without the copy.
+pub(crate) fn contains_ignoring_ascii_case(haystack: &str, needle: &str) -> bool {
+    haystack.as_bytes().windows(needle.len()).any(|window| window.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
 /// Parses a "HTTP/1.1" string.
 fn parse_http_version(version: &str) -> Result<HTTPVersion, ReadError> {
     let (major, minor) = match version {
@@ -421,11 +437,11 @@ fn parse_http_version(version: &str) -> Result<HTTPVersion, ReadError> {
 
 /// Parses the request line of the request.
 /// eg. GET / HTTP/1.1
-fn parse_request_line(line: &str) -> Result<(Method, String, HTTPVersion), ReadError> {
+fn parse_request_line(line: &str) -> Result<(Method, &str, HTTPVersion), ReadError> {
     let mut parts = line.split(' ');
 
     let method = parts.next().and_then(|w| w.parse().ok());
-    let path = parts.next().map(ToOwned::to_owned);
+    let path = parts.next();
     let version = parts.next().and_then(|w| parse_http_version(w).ok());
 
     method

@@ -194,6 +194,41 @@ impl FromStr for Header {
     }
 }
 
+/// clef-agent patch: header fields reused from request to request (`util/recycle.rs`).
+impl Header {
+    /// A field with no name and no value, to be filled by [`Header::parse_into`].
+    pub(crate) fn empty() -> Header {
+        Header { field: HeaderField(AsciiString::new()), value: AsciiString::new() }
+    }
+
+    /// Parses `input` as `FromStr` does (same rules, same errors), into this field's buffers.
+    pub(crate) fn parse_into(&mut self, input: &str) -> Result<(), ()> {
+        let (field, value) = input.split_once(':').ok_or(())?;
+        if field.contains(char::is_whitespace) {
+            return Err(());
+        }
+        let field = AsciiStr::from_ascii(field).map_err(|_| ())?;
+        let value = AsciiStr::from_ascii(value.trim()).map_err(|_| ())?;
+        self.wipe();
+        self.field.0.push_str(field);
+        self.value.push_str(value);
+        Ok(())
+    }
+
+    /// Zeroes the name and the value (a bearer token, say) and empties them; the buffers stay.
+    pub(crate) fn wipe(&mut self) {
+        for text in [&mut self.field.0, &mut self.value] {
+            text.as_mut_slice().fill(ascii::AsciiChar::Null);
+            text.clear();
+        }
+    }
+
+    /// Bytes held by the buffers of this field.
+    pub(crate) fn capacity(&self) -> usize {
+        self.field.0.capacity() + self.value.capacity()
+    }
+}
+
 impl Display for Header {
     fn fmt(&self, formatter: &mut Formatter<'_>) -> Result<(), fmt::Error> {
         write!(formatter, "{}: {}", self.field, self.value.as_str())

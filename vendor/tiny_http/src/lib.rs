@@ -342,7 +342,7 @@ impl Server {
         let inside_messages = messages.clone();
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
-            let tasks_pool = util::TaskPool::new();
+            let tasks_pool = util::TaskPool::new(limits.thread_stack_bytes);
 
             // clef-agent patch: connections open now, each counted until its thread is done
             let open = Arc::new(AtomicUsize::new(0));

@@ -24,6 +24,10 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// Connections open at once; the next one gets `503` and is closed at once.
     pub max_connections: usize,
+    /// The stack of each connection's thread (`std::thread::Builder::stack_size`), instead of
+    /// Rust's 2 MiB default: reading heads and writing answers needs little, the handler's
+    /// needs decide.
+    pub thread_stack_bytes: usize,
 }
 
 impl Default for Limits {
@@ -36,6 +40,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             max_connections: 512,
+            thread_stack_bytes: 256 * 1024,
         }
     }
 }

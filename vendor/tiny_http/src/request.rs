@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use std::sync::mpsc::Sender;
 
-use crate::util::{EqualReader, FusedReader};
+use crate::util::{EqualReader, FusedReader, RefinedTcpStream, SequentialWriter};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
 use chunked_transfer::Decoder;
 
@@ -52,7 +52,7 @@ pub struct Request {
     data_reader: Option<Box<dyn Read + Send + 'static>>,
 
     // if this writer is empty, then the request has been answered
-    response_writer: Option<Box<dyn Write + Send + 'static>>,
+    response_writer: Option<ResponseWriter>,
 
     remote_addr: Option<SocketAddr>,
 
@@ -103,6 +103,36 @@ impl<R> Drop for NotifyOnDrop<R> {
     }
 }
 
+/// clef-agent patch: where a request's answer goes — the connection's own writer without a box
+/// (one allocation less per request), or any writer (`TestRequest`).
+pub(crate) enum ResponseWriter {
+    Connection(SequentialWriter<RefinedTcpStream>),
+    Other(Box<dyn Write + Send + 'static>),
+}
+
+impl Write for ResponseWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            ResponseWriter::Connection(writer) => writer.write(buf),
+            ResponseWriter::Other(writer) => writer.write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            ResponseWriter::Connection(writer) => writer.write_vectored(bufs),
+            ResponseWriter::Other(writer) => writer.write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            ResponseWriter::Connection(writer) => writer.flush(),
+            ResponseWriter::Other(writer) => writer.flush(),
+        }
+    }
+}
+
 /// Error that can happen when building a `Request` object.
 #[derive(Debug)]
 pub enum RequestCreationError {
@@ -129,7 +159,7 @@ impl From<IoError> for RequestCreationError {
 ///
 /// The `Write` object will be used by the `Request` to write the response.
 #[allow(clippy::too_many_arguments)]
-pub fn new_request<R, W>(
+pub(crate) fn new_request<R>(
     secure: bool,
     method: Method,
     path: String,
@@ -137,11 +167,10 @@ pub fn new_request<R, W>(
     headers: Vec<Header>,
     remote_addr: Option<SocketAddr>,
     mut source_data: R,
-    writer: W,
+    writer: ResponseWriter,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
-    W: Write + Send + 'static,
 {
     // finding the transfer-encoding header
     let transfer_encoding = headers
@@ -181,7 +210,8 @@ where
             .find(|h: &&Header| h.field.equiv("Connection"))
             .map(|h| h.value.as_str())
         {
-            Some(v) if v.to_ascii_lowercase().contains("upgrade") => true,
+            // clef-agent patch: compared without a lowercase copy
+            Some(v) if crate::client::contains_ignoring_ascii_case(v, "upgrade") => true,
             _ => false,
         }
     };
@@ -231,7 +261,7 @@ where
 
     Ok(Request {
         data_reader: Some(reader),
-        response_writer: Some(Box::new(writer) as Box<dyn Write + Send + 'static>),
+        response_writer: Some(writer),
         remote_addr,
         secure,
         method,
@@ -332,7 +362,7 @@ impl Request {
 
         self.response_writer.as_mut().unwrap().flush().ok(); // TODO: unused result
 
-        let stream = CustomStream::new(self.extract_reader_impl(), self.extract_writer_impl());
+        let stream = CustomStream::new(self.extract_reader_impl(), Box::new(self.extract_writer_impl()));
         if let Some(sender) = self.notify_when_responded.take() {
             let stream = NotifyOnDrop {
                 sender,
@@ -399,7 +429,7 @@ impl Request {
     /// Therefore you should always destroy the `Writer` as soon as possible.
     #[inline]
     pub fn into_writer(mut self) -> Box<dyn Write + Send + 'static> {
-        let writer = self.extract_writer_impl();
+        let writer = Box::new(self.extract_writer_impl());
         if let Some(sender) = self.notify_when_responded.take() {
             let writer = NotifyOnDrop {
                 sender,
@@ -415,7 +445,7 @@ impl Request {
     /// as the object returned by `into_writer` above.
     ///
     /// This may only be called once on a single request.
-    fn extract_writer_impl(&mut self) -> Box<dyn Write + Send + 'static> {
+    fn extract_writer_impl(&mut self) -> ResponseWriter {
         use std::mem;
 
         assert!(self.response_writer.is_some());
@@ -471,6 +501,37 @@ impl Request {
         Self::ignore_client_closing_errors(writer.flush())
     }
 
+    /// clef-agent patch: answers with `body` as it lies in memory, however large: the head
+    /// (status line, `Server`, `Date`, `headers`, `Content-Length` and the `Connection` the
+    /// client is owed) is assembled in a buffer the thread keeps, and head and body go to the
+    /// socket together in vectored writes (`writev`). The body is never copied, so no copy of
+    /// it is left anywhere in the process's memory, and no buffer has to be zeroed after it.
+    /// `headers` must not be one the server manages (`Connection`, `Content-Length`, `Trailer`,
+    /// `Transfer-Encoding`, `Upgrade`). A `HEAD` request gets the head alone.
+    pub fn respond_with_bytes(
+        mut self,
+        status: u16,
+        headers: &[(&'static str, &'static str)],
+        body: &[u8],
+    ) -> Result<(), IoError> {
+        let mut writer = self.extract_writer_impl();
+        let send_body = self.method != Method::Head;
+        let result = Self::ignore_client_closing_errors(crate::response::write_bytes_response(
+            &mut writer,
+            &self.http_version,
+            StatusCode(status),
+            headers,
+            body,
+            send_body,
+            self.connection_header,
+        ))
+        .and_then(|()| Self::ignore_client_closing_errors(writer.flush()));
+        if let Some(sender) = self.notify_when_responded.take() {
+            sender.send(()).unwrap();
+        }
+        result
+    }
+
     fn ignore_client_closing_errors(result: io::Result<()>) -> io::Result<()> {
         result.or_else(|err| match err.kind() {
             ErrorKind::BrokenPipe => Ok(()),
@@ -506,6 +567,9 @@ impl Drop for Request {
                 sender.send(()).unwrap();
             }
         }
+        // clef-agent patch: the target and the header fields, wiped, serve the thread's next
+        // request (`util/recycle.rs`)
+        crate::util::recycle::give_back(std::mem::take(&mut self.path), std::mem::take(&mut self.headers));
     }
 }
 

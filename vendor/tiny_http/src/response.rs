@@ -6,6 +6,7 @@ use std::sync::mpsc::Receiver;
 use std::io::Result as IoResult;
 use std::io::{self, Cursor, Read, Write};
 
+use std::fmt;
 use std::fs::File;
 
 use std::str::FromStr;
@@ -72,22 +73,43 @@ impl FromStr for TransferEncoding {
     }
 }
 
+/// The length of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the only form `HttpDate`
+/// writes.
+const DATE_LENGTH: usize = 29;
+
 /// The value of a `Date:` header for now.
 ///
-/// clef-agent patch: formatted once per second per thread instead of once per response.
+/// clef-agent patch: formatted once per second per thread instead of once per response, into
+/// an array rather than a new `String`.
 fn with_date_header_value<T>(use_value: impl FnOnce(&str) -> T) -> T {
     thread_local! {
-        static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+        static DATE: std::cell::Cell<(u64, [u8; DATE_LENGTH])> = const { std::cell::Cell::new((u64::MAX, [0; DATE_LENGTH])) };
     }
     let now = SystemTime::now();
     let second = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |since| since.as_secs());
-    DATE.with(|date| {
-        let mut date = date.borrow_mut();
-        if date.0 != second {
-            *date = (second, HttpDate::from(now).to_string());
+    let (formatted_at, mut text) = DATE.get();
+    if formatted_at != second {
+        let mut out = FixedText { bytes: &mut text, len: 0 };
+        if fmt::Write::write_fmt(&mut out, format_args!("{}", HttpDate::from(now))).is_ok() && out.len == DATE_LENGTH {
+            DATE.set((second, text));
         }
-        use_value(&date.1)
-    })
+    }
+    use_value(std::str::from_utf8(&text).unwrap_or(""))
+}
+
+/// `fmt::Write` into a fixed array; fails when the text does not fit.
+struct FixedText<'a> {
+    bytes: &'a mut [u8],
+    len: usize,
+}
+
+impl fmt::Write for FixedText<'_> {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        let end = self.len + text.len();
+        self.bytes.get_mut(self.len..end).ok_or(fmt::Error)?.copy_from_slice(text.as_bytes());
+        self.len = end;
+        Ok(())
+    }
 }
 
 /// Appends the status line, the headers and the empty line that ends them to `head`.
@@ -630,6 +652,52 @@ impl Clone for Response<io::Empty> {
             static_headers: self.static_headers.clone(),
         }
     }
+}
+
+/// clef-agent patch: writes a complete answer whose body is `body` as it lies in memory
+/// (`Request::respond_with_bytes`): the head from a buffer the thread keeps (it holds nothing
+/// but the status, constant headers, the length and the date), then head and body in vectored
+/// writes straight from where they are, with `Content-Length` framing. No copy of the body is
+/// made, so none is left behind, on the heap or on a stack.
+pub(crate) fn write_bytes_response<W: Write>(
+    writer: &mut W,
+    http_version: &HTTPVersion,
+    status_code: StatusCode,
+    headers: &[(&'static str, &'static str)],
+    body: &[u8],
+    send_body: bool,
+    connection: Option<&'static str>,
+) -> IoResult<()> {
+    thread_local! {
+        static HEAD: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+    // status codes 1xx, 204 and 304 never have a body (as in `raw_print_with_connection`)
+    let send_body = send_body && !matches!(status_code.0, 100..=199 | 204 | 304);
+    let mut head = HEAD.take();
+    head.clear();
+    let mut length_digits = [0u8; 20];
+    let length = decimal(&mut length_digits, body.len());
+    write_message_header(&mut head, http_version, &status_code, &[], headers, Some(("Content-Length", length)), connection);
+    let result = write_all_vectored(writer, &mut [io::IoSlice::new(&head), io::IoSlice::new(if send_body { body } else { &[] })]);
+    // a head made big by unusual headers is not kept
+    if head.capacity() <= 1024 {
+        HEAD.set(head);
+    }
+    result
+}
+
+/// `Write::write_all_vectored`, which is not stable yet.
+fn write_all_vectored<W: Write>(writer: &mut W, mut slices: &mut [io::IoSlice<'_>]) -> IoResult<()> {
+    io::IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        match writer.write_vectored(slices) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "failed to write the whole response")),
+            Ok(written) => io::IoSlice::advance_slices(&mut slices, written),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(())
 }
 
 /// The largest piece of a body sent in one write (clef-agent patch).

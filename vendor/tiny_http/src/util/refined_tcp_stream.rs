@@ -87,6 +87,15 @@ impl Write for Stream {
         }
     }
 
+    // clef-agent patch: `writev`, for a response's head and body in one system call
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> IoResult<usize> {
+        match self {
+            Stream::Http(tcp_stream) => tcp_stream.write_vectored(bufs),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(ssl_stream) => ssl_stream.write_vectored(bufs),
+        }
+    }
+
     fn flush(&mut self) -> IoResult<()> {
         match self {
             Stream::Http(tcp_stream) => tcp_stream.flush(),
@@ -173,18 +182,31 @@ impl Read for RefinedTcpStream {
     }
 }
 
-impl Write for RefinedTcpStream {
-    fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
-        // clef-agent patch: a write that made no progress within the socket's send timeout
-        // ends the connection, so a client that stopped reading is not offered its next answer
-        // (another full timeout each) while it holds a connection slot.
-        let result = self.stream.write(buf);
+impl RefinedTcpStream {
+    /// clef-agent patch: a write that made no progress within the socket's send timeout ends
+    /// the connection (see `write`).
+    fn shut_down_if_stalled(&mut self, result: IoResult<usize>) -> IoResult<usize> {
         if let Err(error) = &result {
             if matches!(error.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
                 self.stream.shutdown(Shutdown::Both).ok();
             }
         }
         result
+    }
+}
+
+impl Write for RefinedTcpStream {
+    fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
+        // clef-agent patch: a write that made no progress within the socket's send timeout
+        // ends the connection, so a client that stopped reading is not offered its next answer
+        // (another full timeout each) while it holds a connection slot.
+        let result = self.stream.write(buf);
+        self.shut_down_if_stalled(result)
+    }
+
+    fn write_vectored(&mut self, bufs: &[std::io::IoSlice<'_>]) -> IoResult<usize> {
+        let result = self.stream.write_vectored(bufs);
+        self.shut_down_if_stalled(result)
     }
 
     fn flush(&mut self) -> IoResult<()> {

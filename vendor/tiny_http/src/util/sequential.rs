@@ -1,5 +1,5 @@
 use std::io::Result as IoResult;
-use std::io::{BufRead, Error as IoError, ErrorKind, Read, Write};
+use std::io::{BufRead, Error as IoError, ErrorKind, IoSlice, Read, Write};
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -28,12 +28,36 @@ struct Giver<T>(Arc<Slot<T>>);
 
 struct Taker<T>(Arc<Slot<T>>);
 
-fn handover<T>() -> (Giver<T>, Taker<T>) {
-    let slot = Arc::new(Slot {
-        state: Mutex::new(Handover::Pending { waiting: false }),
-        changed: Condvar::new(),
-    });
+/// clef-agent patch: a hand-over slot nobody else holds any more, used again for the next
+/// request instead of a new one (the steady state of a keep-alive connection allocates nothing).
+pub struct SpareSlot<T>(Arc<Slot<T>>);
+
+/// A new hand-over, through `spare` when there is one.
+fn handover<T>(spare: Option<SpareSlot<T>>) -> (Giver<T>, Taker<T>) {
+    let slot = match spare {
+        Some(SpareSlot(slot)) => slot,
+        None => Arc::new(Slot {
+            state: Mutex::new(Handover::Pending { waiting: false }),
+            changed: Condvar::new(),
+        }),
+    };
     (Giver(slot.clone()), Taker(slot))
+}
+
+impl<T> Taker<T> {
+    /// This taker's slot, emptied, when its giver is gone too (a giver settles the slot when
+    /// it goes); else the taker itself.
+    fn into_spare_or_self(self) -> Result<SpareSlot<T>, Taker<T>> {
+        let mut slot = self.0;
+        match Arc::get_mut(&mut slot) {
+            Some(unique) => {
+                *unique.state.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                    Handover::Pending { waiting: false };
+                Ok(SpareSlot(slot))
+            }
+            None => Err(Taker(slot)),
+        }
+    }
 }
 
 fn lock<T>(slot: &Slot<T>) -> MutexGuard<'_, Handover<T>> {
@@ -102,6 +126,8 @@ where
 {
     inner: SequentialReaderInner<R>,
     next: Option<Giver<R>>,
+    // clef-agent patch: the slot this reader got the stream through, for the next reader
+    spent: Option<Taker<R>>,
 }
 
 enum SequentialReaderInner<R>
@@ -158,7 +184,13 @@ impl<R: Read + Send> Iterator for SequentialReaderBuilder<R> {
 impl<R: Read + Send> SequentialReaderBuilder<R> {
     /// clef-agent patch: the next reader, without an `Option` that is never `None`.
     pub fn next_reader(&mut self) -> SequentialReader<R> {
-        let (giver, taker) = handover();
+        self.next_reader_reusing(None)
+    }
+
+    /// clef-agent patch: [`Self::next_reader`] through `spare` (see
+    /// [`SequentialReader::take_spent_slot`]) when there is one, instead of a new slot.
+    pub fn next_reader_reusing(&mut self, spare: Option<SpareSlot<R>>) -> SequentialReader<R> {
+        let (giver, taker) = handover(spare);
 
         let inner = mem::replace(&mut self.inner, SequentialReaderBuilderInner::NotFirst(taker));
 
@@ -166,11 +198,13 @@ impl<R: Read + Send> SequentialReaderBuilder<R> {
             SequentialReaderBuilderInner::First(reader) => SequentialReader {
                 inner: SequentialReaderInner::MyTurn(reader),
                 next: Some(giver),
+                spent: None,
             },
 
             SequentialReaderBuilderInner::NotFirst(previous) => SequentialReader {
                 inner: SequentialReaderInner::Waiting(previous),
                 next: Some(giver),
+                spent: None,
             },
         }
     }
@@ -186,8 +220,15 @@ impl<W: Write + Send> Iterator for SequentialWriterBuilder<W> {
 impl<W: Write + Send> SequentialWriterBuilder<W> {
     /// clef-agent patch: the next writer, without an `Option` that is never `None`.
     pub fn next_writer(&mut self) -> SequentialWriter<W> {
-        let (giver, taker) = handover();
-        let trigger = mem::replace(&mut self.next_trigger, Some(taker));
+        // clef-agent patch: when the previous writer is gone (its request was answered), this
+        // one has nobody to wait for, and their slot serves again instead of a new one
+        let (trigger, spare) = match self.next_trigger.take().map(Taker::into_spare_or_self) {
+            Some(Ok(spare)) => (None, Some(spare)),
+            Some(Err(previous)) => (Some(previous), None),
+            None => (None, None),
+        };
+        let (giver, taker) = handover(spare);
+        self.next_trigger = Some(taker);
 
         SequentialWriter {
             trigger,
@@ -201,10 +242,13 @@ impl<R: Read + Send> SequentialReader<R> {
     /// Waits until the previous reader is done, then returns the stream.
     fn turn(&mut self) -> IoResult<&mut R> {
         if let SequentialReaderInner::Waiting(ref taker) = self.inner {
-            self.inner = match taker.take() {
+            let now = match taker.take() {
                 Some(reader) => SequentialReaderInner::MyTurn(reader),
                 None => SequentialReaderInner::Empty,
             };
+            if let SequentialReaderInner::Waiting(taker) = mem::replace(&mut self.inner, now) {
+                self.spent = Some(taker);
+            }
         }
         match self.inner {
             SequentialReaderInner::MyTurn(ref mut reader) => Ok(reader),
@@ -220,6 +264,12 @@ impl<R: Read + Send> SequentialReader<R> {
     /// clef-agent patch: the stream itself, once it is this reader's turn (socket timeouts).
     pub fn get_mut(&mut self) -> IoResult<&mut R> {
         self.turn()
+    }
+
+    /// clef-agent patch: the slot this reader got the stream through, once the reader before
+    /// it is gone, for [`SequentialReaderBuilder::next_reader_reusing`].
+    pub fn take_spent_slot(&mut self) -> Option<SpareSlot<R>> {
+        self.spent.take().and_then(|taker| taker.into_spare_or_self().ok())
     }
 }
 
@@ -257,6 +307,11 @@ impl<W: Write + Send> SequentialWriter<W> {
 impl<W: Write + Send> Write for SequentialWriter<W> {
     fn write(&mut self, buf: &[u8]) -> IoResult<usize> {
         self.turn()?.write(buf)
+    }
+
+    // clef-agent patch: a response's head and body in one system call (`Response::raw_print`)
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> IoResult<usize> {
+        self.turn()?.write_vectored(bufs)
     }
 
     fn flush(&mut self) -> IoResult<()> {

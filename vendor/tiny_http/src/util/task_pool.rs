@@ -10,6 +10,8 @@ use std::time::Duration;
 /// Any idle thread will automatically die after a few seconds.
 pub struct TaskPool {
     sharing: Arc<Sharing>,
+    // clef-agent patch: the stack size of each thread
+    stack_bytes: usize,
 }
 
 struct Sharing {
@@ -47,8 +49,10 @@ impl<'a> Drop for Registration<'a> {
 }
 
 impl TaskPool {
-    pub fn new() -> TaskPool {
+    /// clef-agent patch: every thread gets a stack of `stack_bytes`.
+    pub fn new(stack_bytes: usize) -> TaskPool {
         let pool = TaskPool {
+            stack_bytes,
             sharing: Arc::new(Sharing {
                 todo: Mutex::new(VecDeque::new()),
                 condvar: Condvar::new(),
@@ -96,7 +100,7 @@ impl TaskPool {
         let initial = std::sync::Arc::new(std::sync::Mutex::new(initial_fn));
         let handed_over = std::sync::Arc::clone(&initial);
 
-        let spawned = thread::Builder::new().spawn(move || {
+        let spawned = thread::Builder::new().stack_size(self.stack_bytes).spawn(move || {
             let initial_fn = handed_over.lock().ok().and_then(|mut initial| initial.take());
             let sharing = sharing;
             let _active_guard = Registration::new(&sharing.active_tasks);
