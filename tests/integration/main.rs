@@ -18,3 +18,4 @@ mod rollback;
 mod secrecy;
 mod sources;
 mod support;
+mod watch;
