@@ -13,6 +13,7 @@ mod ops;
 mod pressure;
 mod readme_recipe;
 mod refresh;
+mod refresh_endpoint;
 mod resilience;
 mod rollback;
 mod secrecy;
