@@ -94,6 +94,23 @@ fn a_new_revision_restarts_the_command_with_the_new_environment() {
 }
 
 #[test]
+fn a_command_that_ignores_sigterm_is_killed_after_the_grace_and_started_again() {
+    let deployment = deployment("watch-grace");
+    let starts = deployment.dir.join("starts");
+    let script =
+        r#"trap '' TERM; echo "$$ $database__DB_PASSWORD" >> "$WATCH_DIR/starts"; while :; do sleep 0.1; done"#;
+    let agent = watch(&deployment, &[], &["--grace", "1"], script);
+    wait_for_lines(&agent, &starts, 1, QUICK);
+
+    deployment.publish(&rotated());
+    let both = wait_for_lines(&agent, &starts, 2, CHANGE_LIMIT);
+    assert!(both[1].ends_with(" db-pass-b702"), "{both:?}");
+    assert!(!exists(pid_of(&both[0])), "the first CMD still exists");
+    let stdout = agent.stdout();
+    assert!(stdout.contains("exec: CMD did not exit within 1 s of SIGTERM: sending SIGKILL"), "{stdout}");
+}
+
+#[test]
 fn signal_mode_sends_the_signal_and_keeps_the_command() {
     let deployment = deployment("watch-signal");
     let (starts, hups) = (deployment.dir.join("starts"), deployment.dir.join("hups"));
