@@ -71,7 +71,8 @@ pub fn run(config: &Config, program: &OsString, arguments: &[OsString], policy: 
     let refresher = Arc::new(Refresher::new(Arc::clone(&cell), pipeline, Telemetry::default()));
     // Before CMD exists, so that no SIGCHLD and no stop signal goes unseen.
     let (signals, inbox) = mpsc::channel();
-    watch_signals(signals)?;
+    // Held here, so the channel never disconnects and a wait on it is only ever a timeout.
+    watch_signals(signals.clone())?;
     log::info(&format!("source: {}", refresher.describe_source()));
     let source = refresher.describe_source();
     refresher.refresh(crate::time::now_ms()).map_err(|error| Fatal::Load { source, error: Box::new(error) })?;
@@ -91,10 +92,7 @@ pub fn run(config: &Config, program: &OsString, arguments: &[OsString], policy: 
         let signalled = match inbox.recv_timeout(TICK) {
             Ok(number) if number == libc::SIGCHLD => None,
             Ok(number) => Some(Signal::from_number(number)),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => {
-                return Err(Fatal::Signals(std::io::Error::other("the signal thread ended")));
-            }
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
         };
         if let Some(signal) = signalled {
             if let Some(status) = supervisor.handle(&Event::Signalled(signal))? {
