@@ -11,6 +11,7 @@
 //! CMD's status when CMD exits by itself, 128 + the signal's number when a signal killed it.
 
 use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::Duration;
@@ -165,6 +166,23 @@ impl Supervisor<'_> {
             command.env_remove(name);
         }
         command.envs(variables.iter().map(|(name, value)| (name.as_str(), value.as_str())));
+        // CMD dies with the supervisor: killed (SIGKILL, the OOM killer), it could no longer stop
+        // CMD on a revocation, so CMD must not run on unsupervised. The signal fires when the
+        // forking thread ends — this one, the supervisor's main thread, which ends only with it.
+        let supervisor = std::process::id() as libc::pid_t;
+        // SAFETY: prctl and getppid are async-signal-safe and touch only the child.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The supervisor died before prctl took effect: do not start CMD at all.
+                if libc::getppid() != supervisor {
+                    return Err(std::io::Error::other("the supervisor exited while starting CMD"));
+                }
+                Ok(())
+            });
+        }
         // The `Child` is dropped without waiting: `reap` collects CMD with every other child.
         let child = command.spawn().map_err(|error| Fatal::Exec { program: self.program.clone(), error })?;
         let pid = child.id() as libc::pid_t;

@@ -71,6 +71,13 @@ fn exists(pid: i32) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
 }
 
+/// The process exists and is not a zombie (one whose parent is gone may wait for another reaper).
+fn runs(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    state.is_some_and(|state| state != "Z")
+}
+
 fn pid_of(start_line: &str) -> i32 {
     start_line.split(' ').next().and_then(|pid| pid.parse().ok()).expect("a pid first")
 }
@@ -169,6 +176,17 @@ fn forwards_signals_and_exits_with_the_status_the_command_chose() {
 }
 
 #[test]
+fn the_command_dies_with_a_killed_supervisor() {
+    let deployment = deployment("watch-killed");
+    let starts = deployment.dir.join("starts");
+    let agent = watch(&deployment, &[], &[], RECORD_STARTS);
+    let command = pid_of(&wait_for_lines(&agent, &starts, 1, QUICK)[0]);
+    assert!(runs(command));
+    agent.signal(libc::SIGKILL);
+    assert!(wait_until(QUICK, || !runs(command)), "CMD runs on without its supervisor");
+}
+
+#[test]
 fn exits_with_the_status_of_a_command_that_exits_by_itself() {
     let deployment = deployment("watch-status");
     for (script, status) in [("exit 0", 0), ("exit 3", 3), ("kill -9 $$", 137)] {
@@ -186,7 +204,7 @@ fn as_pid_1_it_reaps_orphans_and_passes_sigterm_on() {
     // The subshell exits at once, so its background child is orphaned to PID 1: the supervisor.
     let script =
         r#"(sh -c 'sleep 0.3; touch "$WATCH_DIR/orphan-done"' &); echo "$$" >> "$WATCH_DIR/starts"; exec sleep 600"#;
-    let agent = watch(&deployment, &["unshare", "--pid", "--fork", "--mount-proc"], &[], script);
+    let agent = watch(&deployment, &["unshare", "--pid", "--fork", "--mount-proc", "--kill-child"], &[], script);
     wait_for_lines(&agent, &starts, 1, QUICK);
     let supervisor = children_of(agent.pid()).into_iter().next().expect("unshare has no child");
     let status = std::fs::read_to_string(format!("/proc/{supervisor}/status")).unwrap_or_default();
