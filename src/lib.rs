@@ -31,6 +31,7 @@ pub mod secret;
 pub mod server;
 pub mod snapshot;
 pub mod source;
+pub mod supervise;
 pub mod telemetry;
 pub mod text;
 pub mod time;

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     let environment = |name: &str| std::env::var(name).ok();
     // Before the configuration is loaded, so that a misspelt required variable is explained
     // next to the configuration error it causes.
-    if matches!(command, Command::Run | Command::Check | Command::Exec { .. }) {
+    if matches!(command, Command::Run | Command::Check | Command::Exec { .. } | Command::ExecWatch { .. }) {
         let names = std::env::vars_os().map(|(name, _)| name.to_string_lossy().into_owned());
         for warning in clef_agent::config::variables::unknown_variables(names) {
             log::error(&warning);
@@ -59,6 +59,14 @@ fn main() -> ExitCode {
         Command::Exec { program, arguments } => Config::from_env(environment)
             .map_err(Fatal::Config)
             .and_then(|config| cli::exec::run(&config, &program, &arguments)),
+        // The supervisor ends with CMD's status, not with success or failure.
+        Command::ExecWatch { program, arguments, policy } => match Config::from_env(environment)
+            .map_err(Fatal::Config)
+            .and_then(|config| cli::watch::run(&config, &program, &arguments, policy))
+        {
+            Ok(status) => return ExitCode::from(status),
+            Err(fatal) => Err(fatal),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

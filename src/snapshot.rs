@@ -136,6 +136,11 @@ impl Snapshot {
     pub fn flat_value(&self, flat_name: &str) -> Option<Part> {
         self.flat_index.get(flat_name).copied()
     }
+
+    /// The secrets themselves, for the environment `exec --watch` starts its command with.
+    pub fn plaintext(&self) -> &Plaintext {
+        &self.plaintext
+    }
 }
 
 /// `{"key":"value",…}`, in a buffer sized exactly so that it never grows (a grown `Vec`

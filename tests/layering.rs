@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// Bottom to top, in data-flow order. A module may import modules of lower layers only; two
 /// modules of one layer never import each other.
 const LAYERS: &[&[&str]] = &[
-    &["alloc", "log", "text", "time", "secret", "files", "url", "retry", "pending"],
+    &["alloc", "log", "text", "time", "secret", "files", "url", "retry", "pending", "supervise"],
     &["http"],
     &["cloud"],
     &["artifact", "kms"],

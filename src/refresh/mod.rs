@@ -20,7 +20,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use self::pipeline::Outcome;
-use self::state::{request_step, Effect, Landed, RequestStep, Serving, State};
+use self::state::{demand_step, request_step, DemandStep, Effect, Landed, RequestStep, Serving, State};
 use crate::config::Mode;
 use crate::disk_cache::DiskCache;
 use crate::log;
@@ -31,7 +31,7 @@ use crate::telemetry::{Event, Telemetry};
 pub use self::error::{OpenError, RefreshError};
 pub use self::pipeline::{open, open_for_request, validate, validate_and_open_once, Pipeline, Policy, Validated};
 pub use self::schedule::{poll_interval_for, spawn_expiry_timer, Poller, POLL_FLOOR, REFRESH_OVERDUE_FLOOR};
-pub use self::state::REQUEST_WAIT;
+pub use self::state::{DEMAND_MIN_INTERVAL, DEMAND_WAIT, REQUEST_WAIT};
 
 /// What a successful refresh did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +59,8 @@ struct Flight {
     begun: Option<Instant>,
     /// Refreshes completed so far: a change tells a waiting request that a refresh landed.
     completed: u64,
+    /// When the last completed refresh began (`POST /v1/refresh`'s rate limit).
+    last_began: Option<Instant>,
     last_result: Result<Change, Failure>,
 }
 
@@ -101,7 +103,12 @@ impl Refresher {
             disk_cache: pipeline.disk_cache(),
             source: pipeline.describe_source(),
             state: Mutex::new(PipelineState { pipeline, failure_log: FailureLog::default() }),
-            flight: Mutex::new(Flight { begun: None, completed: 0, last_result: Ok(Change::Unchanged) }),
+            flight: Mutex::new(Flight {
+                begun: None,
+                completed: 0,
+                last_began: None,
+                last_result: Ok(Change::Unchanged),
+            }),
             landed: Condvar::new(),
             forget_asked: AtomicBool::new(false),
             still_running,
@@ -180,6 +187,43 @@ impl Refresher {
         flight.last_result.clone().map_err(|failure| failure.refusal)
     }
 
+    /// `POST /v1/refresh`: a refresh now, shared — a call while one runs waits for that one,
+    /// a call within [`DEMAND_MIN_INTERVAL`] of the last one's start gets its result, so many
+    /// callers cost at most one fetch a second. Waits [`DEMAND_WAIT`] at most, then answers
+    /// that the refresh goes on in the background.
+    pub fn refresh_on_demand(self: &Arc<Self>, now_ms: u64) -> Result<Change, Refusal> {
+        let mut flight = self.lock_flight();
+        let seen = flight.completed;
+        let since_last_began = flight.last_began.map(|began| began.elapsed());
+        match demand_step(flight.begun.is_some(), since_last_began) {
+            DemandStep::Share => return flight.last_result.clone().map_err(|failure| failure.refusal),
+            DemandStep::Wait => {}
+            DemandStep::Start => {
+                let refresher = Arc::clone(self);
+                let spawned = std::thread::Builder::new()
+                    .name("api-refresh".into())
+                    .spawn(move || refresher.refresh_unless_done_since(seen, now_ms));
+                if let Err(error) = spawned {
+                    let detail = format!("cannot start a refresh thread: {error}");
+                    return Err(Refusal::new("Refresh failed", &detail));
+                }
+                flight.begun = Some(Instant::now());
+            }
+        }
+        let (flight, _) = self
+            .landed
+            .wait_timeout_while(flight, DEMAND_WAIT, |flight| flight.completed == seen)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if flight.completed == seen {
+            let detail = format!(
+                "the refresh has not finished within {} s; it goes on in the background",
+                DEMAND_WAIT.as_secs()
+            );
+            return Err(Refusal::new("Refresh failed", &detail));
+        }
+        flight.last_result.clone().map_err(|failure| failure.refusal)
+    }
+
     /// A request's refresh, skipped when another one landed since the request looked.
     fn refresh_unless_done_since(&self, seen: u64, now_ms: u64) {
         let mut state = self.lock();
@@ -191,7 +235,7 @@ impl Refresher {
     }
 
     fn refresh_locked(&self, state: &mut PipelineState, now_ms: u64) -> Result<Change, RefreshError> {
-        self.lock_flight().begun.get_or_insert_with(Instant::now);
+        let began = *self.lock_flight().begun.get_or_insert_with(Instant::now);
         let mut result = self.run_and_apply(state, now_ms);
         if result.is_none() {
             // The TTL wiped the artifact this fetch found unchanged: fetch it in full.
@@ -206,6 +250,7 @@ impl Refresher {
             .clone()
             .map_err(|error| Failure { at_ms: now_ms, refusal: Refusal::new("Refresh failed", &error.to_string()) });
         flight.begun = None;
+        flight.last_began = Some(began);
         flight.completed += 1;
         self.landed.notify_all();
         result

@@ -193,6 +193,33 @@ pub(super) fn request_step(running_for: Option<Duration>, last_failure_at_ms: Op
     }
 }
 
+/// `POST /v1/refresh` waits this long at most for the refresh it shares or starts.
+pub const DEMAND_WAIT: Duration = Duration::from_secs(30);
+/// `POST /v1/refresh` starts at most one fetch per this interval; calls within it share the
+/// result of the refresh that began last.
+pub const DEMAND_MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a call of `POST /v1/refresh` does.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum DemandStep {
+    /// A refresh is running: share it.
+    Wait,
+    /// Start one on its own thread and wait for it.
+    Start,
+    /// The last refresh began less than [`DEMAND_MIN_INTERVAL`] ago: answer with its result.
+    Share,
+}
+
+/// Pure: `running` says a refresh is in flight; `since_last_began` is how long ago the last
+/// completed refresh began, if one did.
+pub(super) fn demand_step(running: bool, since_last_began: Option<Duration>) -> DemandStep {
+    match (running, since_last_began) {
+        (true, _) => DemandStep::Wait,
+        (false, Some(since)) if since < DEMAND_MIN_INTERVAL => DemandStep::Share,
+        (false, _) => DemandStep::Start,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,6 +486,24 @@ mod tests {
                 step,
                 "{running_for:?}, {last_failure_at_ms:?}"
             );
+        }
+    }
+
+    #[test]
+    fn a_refresh_on_demand_shares_the_running_one_and_starts_at_most_one_per_second() {
+        let millis = Duration::from_millis;
+        // (a refresh running, the last one began … ago, step)
+        let cases = [
+            (false, None, DemandStep::Start),
+            (true, None, DemandStep::Wait),
+            (true, Some(millis(10)), DemandStep::Wait),
+            (false, Some(Duration::ZERO), DemandStep::Share),
+            (false, Some(millis(999)), DemandStep::Share),
+            (false, Some(DEMAND_MIN_INTERVAL), DemandStep::Start),
+            (false, Some(millis(60_000)), DemandStep::Start),
+        ];
+        for (running, since_last_began, step) in cases {
+            assert_eq!(demand_step(running, since_last_began), step, "{running}, {since_last_began:?}");
         }
     }
 }

@@ -8,9 +8,10 @@ use std::sync::Arc;
 
 use super::accept::prefers_json;
 use crate::decrypt::DecryptionKeys;
-use crate::refresh::{self, Refresher};
+use crate::refresh::{self, Change, Refresher};
 use crate::secret::{constant_time_eq, Secret, SecretBytes};
 use crate::snapshot::{error_body, LiveSnapshot, Part, Refusal, SealedArtifact, Served, Snapshot, Wipe};
+use crate::text::json_string;
 use crate::url::percent_decode;
 
 /// The parts of an HTTP request the API looks at.
@@ -139,6 +140,8 @@ enum Route<'a> {
     Keys,
     Namespace(Cow<'a, str>),
     Value(Cow<'a, str>, Cow<'a, str>),
+    /// `POST /v1/refresh`: refresh now (the only route that is not GET or HEAD).
+    Refresh,
 }
 
 impl Api {
@@ -154,10 +157,15 @@ impl Api {
         if !host_is_loopback(request.hosts) {
             return Reply::error(403, "Forbidden: invalid Host header", None);
         }
-        if request.method != "GET" && request.method != "HEAD" {
-            return Reply::error(405, "Method not allowed", None).with_header("Allow", "GET, HEAD");
+        let route = parse_route(path_of(request.target));
+        let (allowed, allow) = match route {
+            Ok(Some(Route::Refresh)) => (request.method == "POST", "POST"),
+            _ => (request.method == "GET" || request.method == "HEAD", "GET, HEAD"),
+        };
+        if !allowed {
+            return Reply::error(405, "Method not allowed", None).with_header("Allow", allow);
         }
-        let route = match parse_route(path_of(request.target)) {
+        let route = match route {
             Ok(Some(route)) => route,
             Ok(None) => return Reply::error(404, "Not found", None),
             Err(detail) => return Reply::error(400, "Bad request", Some(&detail)),
@@ -173,6 +181,9 @@ impl Api {
         if request.forwarded {
             return Reply::error(403, "Forbidden: proxied requests are not accepted", None);
         }
+        if let Route::Refresh = route {
+            return self.refresh_now(now_ms);
+        }
         let snapshot = match self.snapshot_for_request(now_ms) {
             Ok(snapshot) => snapshot,
             Err(reply) => return reply,
@@ -182,7 +193,7 @@ impl Api {
             Route::Keys => Some(Part::Keys),
             Route::Namespace(name) => snapshot.namespace(name).or_else(|| snapshot.flat_value(name)),
             Route::Value(namespace, key) => snapshot.value(namespace, key),
-            Route::Health | Route::Ready => None,
+            Route::Health | Route::Ready | Route::Refresh => None,
         };
         match part {
             Some(part @ (Part::Value(..) | Part::Flat(_))) => value_reply(snapshot, part, request.accept),
@@ -197,6 +208,20 @@ impl Api {
         };
         scheme.eq_ignore_ascii_case("bearer")
             && constant_time_eq(token.trim().as_bytes(), self.token.expose().as_bytes())
+    }
+
+    /// `POST /v1/refresh`: the refresh's outcome — the revision served after it and whether it
+    /// loaded a new artifact — or its failure as other routes answer one (503, JSON).
+    fn refresh_now(&self, now_ms: u64) -> Reply {
+        match self.refresher.refresh_on_demand(now_ms) {
+            Ok(change) => {
+                let revision = self.cell.current().revision().map_or("null".to_string(), json_string);
+                let changed = matches!(change, Change::Loaded { .. });
+                let body = format!(r#"{{"revision":{revision},"changed":{changed}}}"#);
+                Reply { no_store: true, ..Reply::json(200, Body::Json(body)) }
+            }
+            Err(refusal) => Reply { no_store: true, ..Reply::refused(&refusal) },
+        }
     }
 
     fn health(&self, now_ms: u64) -> Reply {
@@ -327,6 +352,7 @@ fn parse_route(path: &str) -> Result<Option<Route<'_>>, String> {
         [Some("ready"), None, ..] => Some(Route::Ready),
         [Some("secrets"), None, ..] => Some(Route::Secrets),
         [Some("keys"), None, ..] => Some(Route::Keys),
+        [Some("refresh"), None, ..] => Some(Route::Refresh),
         [Some("secrets"), Some(name), None, _] if !name.is_empty() => Some(Route::Namespace(decode(name)?)),
         [Some("secrets"), Some(namespace), Some(key), None] if !namespace.is_empty() && !key.is_empty() => {
             Some(Route::Value(decode(namespace)?, decode(key)?))

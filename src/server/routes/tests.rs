@@ -363,3 +363,46 @@ fn jit_mode_decrypts_per_request() {
     assert_eq!((reply.status, body(&reply)), (200, PLAINTEXT));
     assert!(body(&fixture.api.handle(&get("/v1/health", None), NOW)).contains(r#""mode":"jit""#));
 }
+
+fn post<'a>(target: &'a str, authorization: Option<&'a str>) -> Request<'a> {
+    Request { method: "POST", ..get(target, authorization) }
+}
+
+#[test]
+fn refresh_takes_only_post_and_other_routes_still_only_get_and_head() {
+    let api = cached().api;
+    for method in ["GET", "HEAD", "PUT"] {
+        let reply = api.handle(&Request { method, ..get("/v1/refresh", BEARER) }, NOW);
+        assert_eq!((reply.status, body(&reply)), (405, r#"{"error":"Method not allowed"}"#), "{method}");
+        assert_eq!(reply.headers, [("Allow", "POST")]);
+    }
+    let reply = api.handle(&post("/v1/secrets", BEARER), NOW);
+    assert_eq!((reply.status, reply.headers.as_slice()), (405, &[("Allow", "GET, HEAD")][..]));
+}
+
+#[test]
+fn refresh_needs_the_bearer_token_and_refuses_proxied_calls() {
+    let api = cached().api;
+    for authorization in [None, Some("Bearer wrong")] {
+        let reply = api.handle(&post("/v1/refresh", authorization), NOW);
+        assert_eq!((reply.status, body(&reply)), (401, r#"{"error":"Unauthorized"}"#));
+    }
+    let reply = api.handle(&Request { forwarded: true, ..post("/v1/refresh/", BEARER) }, NOW);
+    assert_eq!(reply.status, 403);
+}
+
+#[test]
+fn refresh_answers_the_revision_served_and_whether_it_changed() {
+    let fixture = cached();
+    // Within a second of the load, a call shares its result: r1, newly loaded.
+    let reply = fixture.api.handle(&post("/v1/refresh", BEARER), NOW);
+    assert_eq!((reply.status, body(&reply), reply.content_type), (200, r#"{"revision":"r1","changed":true}"#, JSON));
+    *fixture.source.0.lock().unwrap() = Err(FetchError::Network { source: "memory".into(), detail: "down".into() });
+    let waited = std::time::Instant::now();
+    while waited.elapsed() < crate::refresh::DEMAND_MIN_INTERVAL {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let reply = fixture.api.handle(&post("/v1/refresh", BEARER), NOW + 2_000);
+    assert_eq!(reply.status, 503, "{}", body(&reply));
+    assert!(body(&reply).starts_with(r#"{"error":"Refresh failed","detail":"#), "{}", body(&reply));
+}

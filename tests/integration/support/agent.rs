@@ -48,7 +48,8 @@ impl Agent {
         Agent::start_command(command, env)
     }
 
-    fn start_command(mut command: Command, env: &[(&str, &str)]) -> Agent {
+    /// Spawns `command` (the agent with arguments, or a wrapper around it) like [`Agent::start`].
+    pub fn start_command(mut command: Command, env: &[(&str, &str)]) -> Agent {
         command.env_clear().stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         if let Some(path) = std::env::var_os("PATH") {
             command.env("PATH", path);

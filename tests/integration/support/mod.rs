@@ -16,7 +16,7 @@ pub use self::agent::{Agent, READY_LINE};
 pub use self::artifact::{
     build_artifact, build_envelope_artifact, epoch_ms_to_iso8601, now_ms, sha256_hex, ArtifactOptions, EnvelopeKms,
 };
-pub use self::http::{get, get_unix, raw, request, request_without_host};
+pub use self::http::{get, get_unix, raw, request, request_without_host, Response};
 pub use self::slow_reader::SlowReader;
 
 /// The bearer token the tests configure. Distinctive, so a log line that leaked it would show.
