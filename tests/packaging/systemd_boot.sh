@@ -322,6 +322,7 @@ inside sh -euc '
   mkdir -p /etc/systemd/system/clef-agent.service.d
   printf "[Service]\nGroup=clef-agent-token\n" > /etc/systemd/system/clef-agent.service.d/group.conf
   echo CLEF_AGENT_TOKEN_FILE_MODE=0640 >> /etc/clef-agent/agent.env
+  printf "CLEF_AGENT_RENDER_MODE=0440\nCLEF_AGENT_RENDER_GROUP=clef-agent-token\n" >> /etc/clef-agent/agent.env
   mv /etc/clef-agent/gone.age.json /etc/clef-agent/demo.age.json
   systemctl daemon-reload
 ' || fail "setting up the token group failed"
@@ -333,6 +334,11 @@ shared=$(inside runuser -u app -- sh -c 'curl -sf --unix-socket /run/clef-agent/
   || fail "the application's user could not read the token file or use the socket"
 [ "$shared" = "$secrets" ] || fail "the application's user got other secrets"
 if inside runuser -u nobody -- cat /run/clef-agent/token >/dev/null 2>&1; then fail "a user outside the group read the token"; fi
+# The render directory and files given to the same group (PrivateUsers=yes maps Group=).
+[ "$(inside stat -c '%a %G' $render)" = "750 clef-agent-token" ] || fail "$render is '$(inside stat -c '%a %G' $render)', expected 750 clef-agent-token"
+[ "$(inside stat -L -c '%a %G' $render/secrets.json)" = "440 clef-agent-token" ] || fail "$render/secrets.json is '$(inside stat -L -c '%a %G' $render/secrets.json)', expected 440 clef-agent-token"
+[ "$(inside runuser -u app -- cat $render/secrets.json)" = "$secrets" ] || fail "the application's user could not read $render/secrets.json"
+if inside runuser -u nobody -- cat $render/secrets.json >/dev/null 2>&1; then fail "a user outside the group read $render/secrets.json"; fi
 token=$(inside cat /run/clef-agent/token)
 inside systemctl stop clef-agent
 [ "$(show ExecMainStatus)" = 0 ] || fail "the third stop did not exit 0"
