@@ -6,7 +6,11 @@
 # WatchdogSec; `systemctl reload` (SIGHUP) loads a newly published artifact; the token file, the
 # Unix socket and the disk cache work inside the sandbox; a restart during a source outage serves
 # from the disk cache; `systemctl stop` exits 0; the journal carries the agent's lines and no
-# secret; `systemd-analyze security` rates the unit "OK" or better.
+# secret; `systemd-analyze security` rates the unit "OK" or better. Delivery beyond HTTP under the
+# same sandbox: packaging/systemd/credentials/ installed, app.service's main process receives the
+# credential from the agent's socket and a unit not allowed gets none (its start fails); the
+# render directory in RuntimeDirectory= (tmpfs, modes, the swap on reload, emptied by the agent at
+# stop, shared through Group=); the change hook's environment.
 # Usage: systemd_boot.sh <static clef-agent>   (root; installs mmdebstrap and systemd-container)
 set -euo pipefail
 binary=$(realpath "${1:?usage: systemd_boot.sh <static clef-agent>}")
@@ -344,7 +348,7 @@ inside systemctl stop clef-agent
 [ "$(show ExecMainStatus)" = 0 ] || fail "the third stop did not exit 0"
 
 step "journal"
-log=$(journal)
+log=$(journal; inside journalctl -u app.service -u intruder.service -o cat --no-pager)
 for line in 'lifecycle: daemon' 'Agent ready. Polling for updates.' 'Agent server listening at' \
   'refreshed: revision 1732521600000-demo0002' 'Shutdown complete.'; do
   echo "$log" | grep -qF "$line" || { echo "$log" >&2; fail "the journal lacks '$line'"; }
