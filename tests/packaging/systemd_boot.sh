@@ -99,9 +99,9 @@ sed 's/db_password/database__DB_PASSWORD/g' "$root/packaging/systemd/credentials
 grep -q '^LoadCredential=database__DB_PASSWORD:/run/clef-agent/credentials.sock$' "$stage/app.service" \
   || fail "packaging/systemd/credentials/app.service lost its LoadCredential= line"
 sed 's/^Description=.*/Description=A unit not allowed to load credentials/' "$stage/app.service" > "$stage/intruder.service"
-# What app.service received, seen by its main process (with DynamicUser=, systemd 252 lets only
-# that one read $CREDENTIALS_DIRECTORY: ExecStartPost= gets EACCES): length and hash into the
-# journal, never the value. The example's ExecStartPre= (no empty credential) stays.
+# What app.service received, seen by its main process (with DynamicUser=, systemd 252 denies
+# ExecStartPost= access to $CREDENTIALS_DIRECTORY): length and hash into the journal, never the
+# value. The example's ExecStartPre= (no empty credential) stays.
 cat > "$stage/app-check.conf" <<'UNIT'
 [Service]
 ExecStart=
