@@ -360,11 +360,26 @@ fn check_memory_backed(dir: &OwnedFd) -> Result<(), String> {
 }
 
 fn set_owner_and_mode(fd: RawFd, gid: Option<libc::gid_t>, mode: u32) -> std::io::Result<()> {
-    // SAFETY: fchown/fchmod act on a descriptor we own; -1 keeps the owner.
+    // SAFETY: fstat/fchown/fchmod act on a descriptor we own; -1 keeps the owner.
     unsafe {
         if let Some(gid) = gid {
-            if libc::fchown(fd, u32::MAX, gid) != 0 {
+            // Only when the group differs: what the agent creates has its primary group already,
+            // and the shipped unit forbids chown (SystemCallFilter=~@privileged) — there the
+            // group comes from Group=, and no chown is needed.
+            let mut stat: libc::stat = std::mem::zeroed();
+            if libc::fstat(fd, &mut stat) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if stat.st_gid != gid && libc::fchown(fd, u32::MAX, gid) != 0 {
+                let error = std::io::Error::last_os_error();
+                return Err(std::io::Error::new(
+                    error.kind(),
+                    format!(
+                        "cannot give it to CLEF_AGENT_RENDER_GROUP (gid {gid}): {error}; the agent's user must be in \
+                         that group, and under a systemd unit with SystemCallFilter=~@privileged or PrivateUsers=yes \
+                         (as the shipped one) run the service with Group= that group instead"
+                    ),
+                ));
             }
         }
         if libc::fchmod(fd, mode as libc::mode_t) != 0 {

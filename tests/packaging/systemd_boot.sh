@@ -6,7 +6,11 @@
 # WatchdogSec; `systemctl reload` (SIGHUP) loads a newly published artifact; the token file, the
 # Unix socket and the disk cache work inside the sandbox; a restart during a source outage serves
 # from the disk cache; `systemctl stop` exits 0; the journal carries the agent's lines and no
-# secret; `systemd-analyze security` rates the unit "OK" or better.
+# secret; `systemd-analyze security` rates the unit "OK" or better. Delivery beyond HTTP under the
+# same sandbox: packaging/systemd/credentials/ installed, app.service's main process receives the
+# credential from the agent's socket and a unit not allowed gets none (its start fails); the
+# render directory in RuntimeDirectory= (tmpfs, modes, the swap on reload, emptied by the agent at
+# stop, shared through Group=); the change hook's environment.
 # Usage: systemd_boot.sh <static clef-agent>   (root; installs mmdebstrap and systemd-container)
 set -euo pipefail
 binary=$(realpath "${1:?usage: systemd_boot.sh <static clef-agent>}")
@@ -87,6 +91,33 @@ json.dump(artifact, open(sys.argv[2], "w"), indent=2)
 PY
 # The unit's WatchdogSec=30s would make the watchdog check wait a minute: a drop-in shortens it.
 printf '[Service]\nWatchdogSec=3s\n' > "$stage/watchdog.conf"
+# Delivery beyond HTTP. The credentials example as README says to adapt it: the id is a name of
+# /v1/keys (the demo has no flat db_password). A second unit, not in CLEF_AGENT_CREDENTIAL_UNITS,
+# asks for the same id. The files go to a directory in the unit's RuntimeDirectory= (tmpfs).
+cp "$root/packaging/systemd/credentials/clef-agent.service.d/credentials.conf" "$stage/"
+sed 's/db_password/database__DB_PASSWORD/g' "$root/packaging/systemd/credentials/app.service" > "$stage/app.service"
+grep -q '^LoadCredential=database__DB_PASSWORD:/run/clef-agent/credentials.sock$' "$stage/app.service" \
+  || fail "packaging/systemd/credentials/app.service lost its LoadCredential= line"
+sed 's/^Description=.*/Description=A unit not allowed to load credentials/' "$stage/app.service" > "$stage/intruder.service"
+# What app.service received, seen by its main process (with DynamicUser=, systemd 252 denies
+# ExecStartPost= access to $CREDENTIALS_DIRECTORY): length and hash into the journal, never the
+# value. The example's ExecStartPre= (no empty credential) stays.
+cat > "$stage/app-check.conf" <<'UNIT'
+[Service]
+ExecStart=
+ExecStart=/bin/sh -c 'f="$$CREDENTIALS_DIRECTORY/database__DB_PASSWORD"; echo "app: credential $$(wc -c < "$$f") bytes, sha256 $$(sha256sum < "$$f" | cut -d" " -f1)"; exec sleep infinity'
+UNIT
+# What the render directory holds once the agent has exited, before systemd removes its
+# RuntimeDirectory= ('+': outside the sandbox, as root), so that the removal seen is the agent's.
+cat > "$stage/render-check.conf" <<'UNIT'
+[Service]
+ExecStopPost=+/bin/sh -c 'cd /run/clef-agent/secrets && echo "render directory after exit: [$$(ls -A | tr "\\n" " ")]"'
+UNIT
+{
+  echo 'CLEF_AGENT_RENDER_DIR=/run/clef-agent/secrets'
+  # A hook that shows what it gets: env prints its whole environment into the journal.
+  echo 'CLEF_AGENT_ON_CHANGE=/usr/bin/env'
+} >> "$stage/agent.env"
 chmod -R a+rX "$stage"
 
 # --volatile=overlay: the cached tree stays as built, every change goes to a tmpfs.
@@ -128,6 +159,10 @@ inside sh -euc '
   install -D -m 0600 /mnt/clef/agent.env /etc/clef-agent/agent.env
   install -m 0644 /mnt/clef/clef-agent.service /etc/systemd/system/
   install -D -m 0644 /mnt/clef/watchdog.conf /etc/systemd/system/clef-agent.service.d/watchdog.conf
+  install -m 0644 /mnt/clef/credentials.conf /etc/systemd/system/clef-agent.service.d/
+  install -m 0644 /mnt/clef/render-check.conf /etc/systemd/system/clef-agent.service.d/
+  install -m 0644 /mnt/clef/app.service /mnt/clef/intruder.service /etc/systemd/system/
+  install -D -m 0644 /mnt/clef/app-check.conf /etc/systemd/system/app.service.d/check.conf
   systemctl daemon-reload
 ' || fail "installing the files inside the container failed"
 
@@ -157,6 +192,64 @@ over_socket=$(inside curl -sf --unix-socket /run/clef-agent/agent.sock -H "Autho
 python3 -c 'import json,sys; d=json.loads(sys.argv[1]); assert isinstance(d, dict) and d, d' "$secrets" \
   || fail "/v1/secrets did not answer a non-empty JSON object"
 
+step "credential socket: LoadCredential= from app.service"
+uid=$(show UID)
+[ "$(inside stat -c '%F %a %u' /run/clef-agent/credentials.sock)" = "socket 600 $uid" ] \
+  || fail "no socket (mode 600, the service's user) at /run/clef-agent/credentials.sock"
+# systemd (PID 1, root outside the agent's PrivateUsers= namespace) connects from
+# \0<random>/unit/app.service/database__DB_PASSWORD; the agent answers only app.service.
+inside systemctl start app.service || { journal >&2; fail "systemctl start app.service failed"; }
+expected=$(python3 -c '
+import hashlib, json, sys
+value = json.loads(sys.argv[1])["database"]["DB_PASSWORD"].encode()
+print(f"app: credential {len(value)} bytes, sha256 {hashlib.sha256(value).hexdigest()}")' "$secrets")
+received=
+for _ in $(seq 50); do
+  received=$(inside journalctl -u app.service -o cat --no-pager | grep '^app: credential' || true)
+  [ -n "$received" ] && break
+  sleep 0.1
+done
+[ "$received" = "$expected" ] || fail "app.service read '$received' from \$CREDENTIALS_DIRECTORY, expected '$expected'"
+journal | grep -qxF '[clef-agent] credential: gave database__DB_PASSWORD to app.service' \
+  || { journal >&2; fail "the journal does not say the credential went to app.service"; }
+# A unit not in CLEF_AGENT_CREDENTIAL_UNITS: the agent closes with nothing written, systemd 252
+# makes that an empty credential (not an error), and the example's ExecStartPre= fails the start.
+if inside systemctl start intruder.service 2>/dev/null; then fail "intruder.service started without its credential"; fi
+[ "$(inside systemctl show intruder.service --value -p ExecMainStartTimestampMonotonic)" = 0 ] \
+  || fail "intruder.service's main process ran"
+journal | grep -qxF '[clef-agent] credential: refused database__DB_PASSWORD to intruder.service: the unit is not in CLEF_AGENT_CREDENTIAL_UNITS' \
+  || { journal >&2; fail "the journal does not name intruder.service and the id it was refused"; }
+inside systemctl stop app.service
+
+step "render directory in the RuntimeDirectory= (tmpfs)"
+render=/run/clef-agent/secrets
+[ "$(inside stat -f -c %T $render)" = tmpfs ] || fail "$render is on $(inside stat -f -c %T $render), not tmpfs"
+[ "$(inside stat -c '%a %u' $render)" = "700 $uid" ] || fail "$render is '$(inside stat -c '%a %u' $render)', expected 700 $uid"
+names=$(python3 -c '
+import json, sys
+d = json.loads(sys.argv[1])
+print(" ".join(sorted([f"{n}__{k}" for n, v in d.items() for k in v] + ["secrets.env", "secrets.json"])))' "$secrets")
+[ "$(inside sh -c "cd $render && ls | sort | tr '\n' ' '")" = "$names " ] || fail "$render holds '$(inside ls $render | tr '\n' ' ')', expected '$names'"
+for name in $names; do
+  [ "$(inside stat -L -c '%a %u' $render/$name)" = "400 $uid" ] || fail "$render/$name is '$(inside stat -L -c '%a %u' $render/$name)', expected 400 $uid"
+done
+[ "$(inside cat $render/secrets.json)" = "$secrets" ] || fail "$render/secrets.json is not the /v1/secrets body"
+[ "$(inside sh -c "sha256sum < $render/database__DB_PASSWORD" | cut -d' ' -f1)" = "${expected##* }" ] \
+  || fail "$render/database__DB_PASSWORD does not hold the value"
+revision_dir=$(inside readlink $render/..data)
+
+step "change hook"
+hooked=
+for _ in $(seq 50); do
+  if journal | grep -qxF '[clef-agent] on-change: /usr/bin/env (event refreshed, revision 1732435200000-demo0001) exited with status 0'; then hooked=yes; break; fi
+  sleep 0.1
+done
+[ -n "$hooked" ] || { journal >&2; fail "the hook did not run for the first revision"; }
+# env printed the hook's whole environment: these three and nothing else.
+hook_env=$(journal | grep -E '^[A-Z_]+=' | sort | tr '\n' ' ')
+[ "$hook_env" = "CLEF_EVENT=refreshed CLEF_REVISION=1732435200000-demo0001 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin " ] \
+  || fail "the hook's environment is '$hook_env'"
+
 step "disk cache"
 # DynamicUser=: CacheDirectory= lives in /var/cache/private, reached through /var/cache/clef-agent.
 # What it keeps is the artifact as fetched (encrypted), in a file named after the source.
@@ -184,6 +277,18 @@ for _ in $(seq 50); do
 done
 [ -n "$refreshed" ] || { journal >&2; fail "no 'refreshed: revision 1732521600000-demo0002' in the journal 5 s after systemctl reload"; }
 [ "$(show MainPID)" = "$pid" ] || fail "reload restarted the agent"
+# The render directory switched to a new revision directory, the old one goes after 2 s.
+journal | grep -qxF "[clef-agent] render: revision 1732521600000-demo0002 in $render" || fail "the journal does not say the new revision was rendered"
+[ "$(inside readlink $render/..data)" != "$revision_dir" ] || fail "$render/..data still points to $revision_dir after the reload"
+for _ in $(seq 50); do inside test -e "$render/$revision_dir" || break; sleep 0.1; done
+if inside test -e "$render/$revision_dir"; then fail "the replaced $render/$revision_dir is still there 5 s after the reload"; fi
+[ "$(inside cat $render/secrets.json)" = "$secrets" ] || fail "$render/secrets.json changed its content after the reload"
+hooked=
+for _ in $(seq 50); do
+  if journal | grep -qxF 'CLEF_REVISION=1732521600000-demo0002'; then hooked=yes; break; fi
+  sleep 0.1
+done
+[ -n "$hooked" ] || { journal >&2; fail "the hook did not run for the reloaded revision"; }
 
 step "systemd-analyze security"
 security=$(inside systemd-analyze security --no-pager clef-agent.service) || { echo "$security" >&2; fail "systemd-analyze security failed"; }
@@ -199,6 +304,9 @@ stopped="$(show ExecMainCode)/$(show ExecMainStatus)/$(show Result)"
 [ "$stopped" = 1/0/success ] || { journal >&2; fail "the agent did not exit 0 on stop (ExecMainCode/ExecMainStatus/Result = $stopped)"; }
 inside sh -c 'cmp -s /mnt/clef/demo-next.age.json /var/cache/private/clef-agent/source-*.age.json' \
   || fail "the disk cache did not keep the reloaded artifact across the stop"
+# render-check.conf's ExecStopPost= looked into the render directory after the agent had exited,
+# before systemd removed the RuntimeDirectory=: empty, the agent removed the files itself.
+journal | grep -qxF 'render directory after exit: []' || { journal >&2; fail "the agent left files in $render when it stopped"; }
 
 step "restart during a source outage: served from the disk cache"
 inside mv /etc/clef-agent/demo.age.json /etc/clef-agent/gone.age.json
@@ -218,6 +326,7 @@ inside sh -euc '
   mkdir -p /etc/systemd/system/clef-agent.service.d
   printf "[Service]\nGroup=clef-agent-token\n" > /etc/systemd/system/clef-agent.service.d/group.conf
   echo CLEF_AGENT_TOKEN_FILE_MODE=0640 >> /etc/clef-agent/agent.env
+  printf "CLEF_AGENT_RENDER_MODE=0440\nCLEF_AGENT_RENDER_GROUP=clef-agent-token\n" >> /etc/clef-agent/agent.env
   mv /etc/clef-agent/gone.age.json /etc/clef-agent/demo.age.json
   systemctl daemon-reload
 ' || fail "setting up the token group failed"
@@ -229,12 +338,17 @@ shared=$(inside runuser -u app -- sh -c 'curl -sf --unix-socket /run/clef-agent/
   || fail "the application's user could not read the token file or use the socket"
 [ "$shared" = "$secrets" ] || fail "the application's user got other secrets"
 if inside runuser -u nobody -- cat /run/clef-agent/token >/dev/null 2>&1; then fail "a user outside the group read the token"; fi
+# The render directory and files given to the same group (PrivateUsers=yes maps Group=).
+[ "$(inside stat -c '%a %G' $render)" = "750 clef-agent-token" ] || fail "$render is '$(inside stat -c '%a %G' $render)', expected 750 clef-agent-token"
+[ "$(inside stat -L -c '%a %G' $render/secrets.json)" = "440 clef-agent-token" ] || fail "$render/secrets.json is '$(inside stat -L -c '%a %G' $render/secrets.json)', expected 440 clef-agent-token"
+[ "$(inside runuser -u app -- cat $render/secrets.json)" = "$secrets" ] || fail "the application's user could not read $render/secrets.json"
+if inside runuser -u nobody -- cat $render/secrets.json >/dev/null 2>&1; then fail "a user outside the group read $render/secrets.json"; fi
 token=$(inside cat /run/clef-agent/token)
 inside systemctl stop clef-agent
 [ "$(show ExecMainStatus)" = 0 ] || fail "the third stop did not exit 0"
 
 step "journal"
-log=$(journal)
+log=$(journal; inside journalctl -u app.service -u intruder.service -o cat --no-pager)
 for line in 'lifecycle: daemon' 'Agent ready. Polling for updates.' 'Agent server listening at' \
   'refreshed: revision 1732521600000-demo0002' 'Shutdown complete.'; do
   echo "$log" | grep -qF "$line" || { echo "$log" >&2; fail "the journal lacks '$line'"; }
