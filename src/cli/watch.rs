@@ -177,8 +177,9 @@ impl Supervisor<'_> {
                     return Err(std::io::Error::last_os_error());
                 }
                 // The supervisor died before prctl took effect: do not start CMD at all.
+                // (An OS error: nothing may allocate between fork and exec.)
                 if libc::getppid() != supervisor {
-                    return Err(std::io::Error::other("the supervisor exited while starting CMD"));
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
                 }
                 Ok(())
             });

@@ -126,8 +126,15 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
         log::info("Shutdown complete.");
         return Ok(None);
     }
+    // From here on files may be rendered: a start-up that fails removes them before it returns.
+    let remove_rendered = |fatal: Fatal| {
+        if let Some(subscribers) = &deliveries {
+            subscribers.shutdown();
+        }
+        fatal
+    };
     crate::refresh::spawn_expiry_timer(Arc::clone(&refresher))
-        .map_err(|error| Fatal::Thread { purpose: "TTL timer", error })?;
+        .map_err(|error| remove_rendered(Fatal::Thread { purpose: "TTL timer", error }))?;
     log::info(&format!("mode: {}", config.mode.name()));
     log::info(&token_line);
     log::info(&format!("lifecycle: {lifecycle}"));
@@ -139,7 +146,7 @@ pub fn start(config: Config, lifecycle: &str) -> Result<Option<Running>, Fatal> 
         let server = Server::start(listener, Arc::clone(&api), config.max_connections, move |message| {
             let _ = failures.send(Event::Failed(Fatal::Serve(message)));
         })
-        .map_err(Fatal::Serve)?;
+        .map_err(|message| remove_rendered(Fatal::Serve(message)))?;
         servers.push(server);
         log::info(&format!("Agent server listening at {address}"));
     }

@@ -195,7 +195,8 @@ impl Refresher {
         let mut flight = self.lock_flight();
         let seen = flight.completed;
         let since_last_began = flight.last_began.map(|began| began.elapsed());
-        match demand_step(flight.begun.is_some(), since_last_began) {
+        let last_failure_at_ms = flight.last_result.as_ref().err().map(|failure| failure.at_ms);
+        match demand_step(flight.begun.is_some(), since_last_began, last_failure_at_ms, now_ms) {
             DemandStep::Share => return flight.last_result.clone().map_err(|failure| failure.refusal),
             DemandStep::Wait => {}
             DemandStep::Start => {

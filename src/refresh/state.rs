@@ -206,16 +206,25 @@ pub(super) enum DemandStep {
     Wait,
     /// Start one on its own thread and wait for it.
     Start,
-    /// The last refresh began less than [`DEMAND_MIN_INTERVAL`] ago: answer with its result.
+    /// The last refresh began less than [`DEMAND_MIN_INTERVAL`] ago, or failed less than
+    /// [`retry::RETRY_AFTER_FAILURE`] ago: answer with its result.
     Share,
 }
 
 /// Pure: `running` says a refresh is in flight; `since_last_began` is how long ago the last
-/// completed refresh began, if one did.
-pub(super) fn demand_step(running: bool, since_last_began: Option<Duration>) -> DemandStep {
+/// completed refresh began, if one did; `last_failure_at_ms` when it failed. After a failure
+/// the endpoint backs off like requests do, so a caller in a loop cannot make the agent hammer
+/// its source (or its KMS, or a VCS API's rate limit).
+pub(super) fn demand_step(
+    running: bool,
+    since_last_began: Option<Duration>,
+    last_failure_at_ms: Option<u64>,
+    now_ms: u64,
+) -> DemandStep {
     match (running, since_last_began) {
         (true, _) => DemandStep::Wait,
         (false, Some(since)) if since < DEMAND_MIN_INTERVAL => DemandStep::Share,
+        (false, _) if !retry::should_attempt(last_failure_at_ms, now_ms) => DemandStep::Share,
         (false, _) => DemandStep::Start,
     }
 }
@@ -492,18 +501,29 @@ mod tests {
     #[test]
     fn a_refresh_on_demand_shares_the_running_one_and_starts_at_most_one_per_second() {
         let millis = Duration::from_millis;
-        // (a refresh running, the last one began … ago, step)
+        let failed_ago = |ago: u64| Some(NOW - ago);
+        // (a refresh running, the last one began … ago, it failed at, step)
         let cases = [
-            (false, None, DemandStep::Start),
-            (true, None, DemandStep::Wait),
-            (true, Some(millis(10)), DemandStep::Wait),
-            (false, Some(Duration::ZERO), DemandStep::Share),
-            (false, Some(millis(999)), DemandStep::Share),
-            (false, Some(DEMAND_MIN_INTERVAL), DemandStep::Start),
-            (false, Some(millis(60_000)), DemandStep::Start),
+            (false, None, None, DemandStep::Start),
+            (true, None, None, DemandStep::Wait),
+            (true, Some(millis(10)), failed_ago(10), DemandStep::Wait),
+            (false, Some(Duration::ZERO), None, DemandStep::Share),
+            (false, Some(millis(999)), None, DemandStep::Share),
+            (false, Some(DEMAND_MIN_INTERVAL), None, DemandStep::Start),
+            (false, Some(millis(60_000)), None, DemandStep::Start),
+            // A failure backs the endpoint off for RETRY_AFTER_FAILURE, as it does requests.
+            (false, Some(millis(2_000)), failed_ago(1_000), DemandStep::Share),
+            (false, Some(millis(6_000)), failed_ago(4_999), DemandStep::Share),
+            (false, Some(millis(6_000)), failed_ago(5_000), DemandStep::Start),
+            // A clock stepped back past the failure does not stop refreshes.
+            (false, Some(millis(6_000)), Some(NOW + 60_000), DemandStep::Start),
         ];
-        for (running, since_last_began, step) in cases {
-            assert_eq!(demand_step(running, since_last_began), step, "{running}, {since_last_began:?}");
+        for (running, since_last_began, failed_at, step) in cases {
+            assert_eq!(
+                demand_step(running, since_last_began, failed_at, NOW),
+                step,
+                "{running}, {since_last_began:?}, {failed_at:?}"
+            );
         }
     }
 }
