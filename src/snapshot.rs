@@ -397,6 +397,23 @@ impl LiveSnapshot {
         true
     }
 
+    /// Wipes the artifact served when its `expiresAt` has passed by `now_ms`, calling `before`
+    /// first (under the same lock as [`LiveSnapshot::load`], so a refresh that swaps in a new
+    /// artifact meanwhile is never wiped for the old one's expiry). The expiry that passed, if
+    /// this call wiped.
+    pub fn wipe_if_artifact_expired(&self, now_ms: u64, before: impl FnOnce()) -> Option<Expiry> {
+        let _fresh_at = self.lock_fresh_at();
+        let served = self.current();
+        if !matches!(*served, Served::Cached(_) | Served::Jit(_)) {
+            return None;
+        }
+        let expiry = served.expires_at().filter(|expiry| expiry.epoch_ms <= now_ms as i64)?.clone();
+        before();
+        let detail = format!("Artifact expired at {}", expiry.text);
+        self.swap(Served::Wiped(Wipe::ArtifactExpired(Refusal::new("Artifact expired", &detail))));
+        Some(expiry)
+    }
+
     /// How long until [`LiveSnapshot::wipe_if_expired`] wipes, when secrets are served in cached mode.
     pub fn time_to_expiry(&self, now_ms: u64) -> Option<Duration> {
         let Mode::Cached { ttl } = self.mode else { return None };

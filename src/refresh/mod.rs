@@ -313,6 +313,7 @@ impl Refresher {
     /// refresh — the disk cache first — without waiting for the pipeline, so a fetch that
     /// hangs cannot keep them (see [`spawn_expiry_timer`]).
     pub fn wipe_if_expired(&self, now_ms: u64) {
+        self.wipe_if_artifact_expired(now_ms);
         let wiped = self.cell.wipe_if_expired(now_ms, || {
             if let Some(cache) = &self.disk_cache {
                 cache.purge();
@@ -326,6 +327,26 @@ impl Refresher {
             if let Mode::Cached { ttl } = self.cell.mode {
                 self.telemetry.emit(Event::CacheExpired { cache_ttl_seconds: ttl.as_secs(), disk_cache_purged: false });
             }
+            self.telemetry.secrets_wiped();
+        }
+    }
+
+    /// Wipes an artifact whose `expiresAt` has passed, as a failed refresh would (disk cache
+    /// purged first, then the wipe, telemetry and the observer), without waiting for a refresh:
+    /// requests refuse it on their own, but rendered files and the change hook must not wait for
+    /// a fetch that hangs (see [`spawn_expiry_timer`]).
+    fn wipe_if_artifact_expired(&self, now_ms: u64) {
+        // The accepted artifact is not forgotten: a poll that finds the same (expired) artifact
+        // again is "unchanged" and leaves the wipe in place, with no second event.
+        let wiped = self.cell.wipe_if_artifact_expired(now_ms, || {
+            if let Some(cache) = &self.disk_cache {
+                cache.purge();
+            }
+        });
+        if let Some(expiry) = wiped {
+            self.tell_observer();
+            log::error(&format!("artifact expired at {}; secrets wiped", expiry.text));
+            self.telemetry.emit(Event::ArtifactExpired { expires_at: expiry.text });
             self.telemetry.secrets_wiped();
         }
     }
@@ -438,6 +459,48 @@ mod tests {
             assert!(refresher.refresh_running_for().is_some(), "the fetch ended first: this proves nothing");
             source.hold(false);
             assert!(polling.join().unwrap().is_ok());
+        }
+
+        #[test]
+        fn the_timer_wipes_at_expires_at_while_a_refresh_hangs_and_tells_the_observer_once() {
+            // `expiresAt` two seconds from now, as clef writes it (found by a review: only a
+            // refresh's outcome wiped at expiry, so rendered files outlived a fetch that hung).
+            let expires_ms = crate::time::now_ms() + 2_000;
+            let output = std::process::Command::new("date")
+                .args(["-u", "-d", &format!("@{}", expires_ms / 1000), "+%Y-%m-%dT%H:%M:%S"])
+                .output()
+                .unwrap();
+            let expires_at = format!("{}.{:03}Z", String::from_utf8(output.stdout).unwrap().trim(), expires_ms % 1000);
+            let fixture = Fixture::new();
+            fixture.publish(&fixture.artifact_expiring("r1", OLDER, Some(&expires_at)));
+            let Fixture { pipeline, source, .. } = fixture;
+            let cell = Arc::new(LiveSnapshot::new(Mode::Cached { ttl: Duration::from_secs(3600) }));
+            let refresher = Arc::new(Refresher::new(Arc::clone(&cell), pipeline, Default::default()));
+            let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let seen = Arc::clone(&told);
+            refresher.observe_with(Box::new(move |served: &Served| {
+                seen.lock().unwrap().push(matches!(served, Served::Wiped(Wipe::ArtifactExpired(_))));
+            }));
+            refresher.refresh(crate::time::now_ms()).unwrap();
+            assert!(matches!(*cell.current(), Served::Cached(_)));
+            source.hold(true);
+            let hung = Arc::clone(&refresher);
+            let polling = std::thread::spawn(move || hung.refresh(crate::time::now_ms()));
+            crate::refresh::spawn_expiry_timer(Arc::clone(&refresher)).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !matches!(*cell.current(), Served::Wiped(_)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            assert!(matches!(*cell.current(), Served::Wiped(Wipe::ArtifactExpired(_))), "not wiped at expiresAt");
+            assert!(crate::time::now_ms() >= expires_ms, "wiped before expiresAt");
+            assert!(refresher.refresh_running_for().is_some(), "the fetch ended first: this proves nothing");
+            assert_eq!(*told.lock().unwrap(), [false, true], "the observer saw the load, then the wipe");
+            source.hold(false);
+            let _ = polling.join().unwrap();
+            // The same artifact again is "unchanged": the wipe stays, nobody is told twice.
+            let _ = refresher.refresh(crate::time::now_ms());
+            assert!(matches!(*cell.current(), Served::Wiped(Wipe::ArtifactExpired(_))));
+            assert!(!told.lock().unwrap()[2..].contains(&false), "served again after the wipe");
         }
     }
 

@@ -614,6 +614,16 @@ pub(super) mod tests {
 
             /// A signed artifact packed at `packed_at`, as a JSON value.
             pub(in crate::refresh) fn artifact(&self, revision: &str, packed_at: &str) -> serde_json::Value {
+                self.artifact_expiring(revision, packed_at, None)
+            }
+
+            /// The same, with an `expiresAt` (signed like every other field).
+            pub(in crate::refresh) fn artifact_expiring(
+                &self,
+                revision: &str,
+                packed_at: &str,
+                expires_at: Option<&str>,
+            ) -> serde_json::Value {
                 let encryptor =
                     age::Encryptor::with_recipients(std::iter::once(&self.recipient as &dyn age::Recipient)).unwrap();
                 let mut sealed = Vec::new();
@@ -623,15 +633,23 @@ pub(super) mod tests {
                 let mut artifact = crate::artifact::sample();
                 artifact.revision = revision.into();
                 artifact.packed_at = packed_at.into();
+                artifact.expires_at = expires_at.map(|text| crate::artifact::Expiry {
+                    text: text.into(),
+                    epoch_ms: crate::time::parse_iso8601_ms(text).unwrap(),
+                });
                 artifact.ciphertext = base64::engine::general_purpose::STANDARD.encode(sealed);
                 artifact.ciphertext_hash = crate::secret::sha256_hex(artifact.ciphertext.as_bytes());
                 let signature = self.signer.sign(signing_payload(&artifact).as_bytes());
-                serde_json::json!({
+                let mut document = serde_json::json!({
                     "version": 1, "identity": artifact.identity, "environment": artifact.environment,
                     "packedAt": artifact.packed_at, "revision": artifact.revision,
                     "ciphertextHash": artifact.ciphertext_hash, "ciphertext": artifact.ciphertext,
                     "signature": base64::engine::general_purpose::STANDARD.encode(signature.as_ref()),
-                })
+                });
+                if let Some(text) = expires_at {
+                    document["expiresAt"] = text.into();
+                }
+                document
             }
 
             pub(in crate::refresh) fn publish(&self, document: &serde_json::Value) {

@@ -45,8 +45,9 @@ fn random_jitter() -> f64 {
 /// that jumped forward (which ages the secrets early, see `time::elapsed_ms`).
 const EXPIRY_RECHECK: Duration = Duration::from_secs(1);
 
-/// The TTL's own timer: wipes the secrets when the TTL passes without a successful refresh,
-/// whatever the refresh thread is doing (a fetch that hangs holds the pipeline, not this).
+/// The TTL's own timer: wipes the secrets when the TTL passes without a successful refresh, or
+/// when the artifact's `expiresAt` passes (looked at every [`EXPIRY_RECHECK`]), whatever the
+/// refresh thread is doing (a fetch that hangs holds the pipeline, not this).
 pub fn spawn_expiry_timer(refresher: Arc<Refresher>) -> std::io::Result<()> {
     std::thread::Builder::new().name("ttl".into()).spawn(move || loop {
         let now_ms = crate::time::now_ms();
